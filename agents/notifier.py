@@ -1,0 +1,94 @@
+"""The SMS gateway port and its adapters (log-only, HTTP).
+
+Every call carries the event's idempotency key; the HTTP adapter sends it as the
+``Idempotency-Key`` header, so a gateway that honours it turns a replayed call
+(after a crash between the call and the commit) into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from streams.errors import GatewayRejected, GatewayUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    order_id: str
+    user_id: str
+    text: str
+
+
+class Notifier(Protocol):
+    channel: str
+
+    async def send(self, notification: Notification, idempotency_key: str) -> None:
+        """Deliver ``notification``; raise a :mod:`streams.errors` gateway error on failure."""
+
+    async def close(self) -> None: ...
+
+
+class LogNotifier:
+    """Default when ``NOTIFIER_URL`` is empty: logs each notification (at DEBUG)."""
+
+    channel = "log"
+
+    async def send(self, notification: Notification, idempotency_key: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("notify %s (key %s): %s", notification.user_id, idempotency_key, notification.text)
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpNotifier:
+    """``POST NOTIFIER_URL`` with JSON body, ``Idempotency-Key`` header and a timeout.
+
+    2xx → delivered. 429 and 5xx, timeouts and connection errors →
+    :class:`GatewayUnavailable` (retried). Any other 4xx → :class:`GatewayRejected`
+    (dead-lettered at once).
+    """
+
+    channel = "sms"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def send(self, notification: Notification, idempotency_key: str) -> None:
+        body = {"order_id": notification.order_id, "user_id": notification.user_id, "text": notification.text}
+        try:
+            async with self._client().post(
+                self.url, json=body, headers={"Idempotency-Key": idempotency_key}
+            ) as resp:
+                status = resp.status
+                detail = (await resp.text())[:200] if status >= 300 else ""
+        except asyncio.TimeoutError:
+            raise GatewayUnavailable(f"timeout after {self.timeout.total}s") from None
+        except aiohttp.ClientError as exc:
+            raise GatewayUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if status == 429 or status >= 500:
+            raise GatewayUnavailable(f"HTTP {status}: {detail}")
+        if status >= 400:
+            raise GatewayRejected(f"HTTP {status}: {detail}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def make_notifier(url: str, timeout: float) -> Notifier:
+    return HttpNotifier(url, timeout) if url else LogNotifier()

@@ -1,0 +1,108 @@
+"""The worker's settings: one frozen model, built once at start-up and passed in.
+
+Nothing else in the worker reads ``os.environ``. Every variable is validated when
+the model is built; :func:`load_settings` turns a bad value into a one-line error
+that names the variable and stops the process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Environment of ``faust -A streams worker`` (names are the upper-cased fields)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    kafka_broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Faust broker URL; comma-separated hosts allowed",
+        pattern=r"^(kafka|aiokafka)://[^\s]+$",
+    )
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    #: URL other workers use to reach this one (``table_route``); defaults to
+    #: ``http://WEB_HOST:WEB_PORT``.
+    canonical_url: str = ""
+    data_dir: Path = Path("./data")
+    dedup_ttl: float = Field(86400, gt=0, description="seconds a processed key is remembered")
+    dedup_sweep_interval: float = Field(60, gt=0, description="seconds between TTL sweeps")
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (5.0, 30.0, 300.0)
+    notifier_url: str = ""
+    notifier_timeout: float = Field(5.0, gt=0)
+    park_timeout: float = Field(300, gt=0)
+    search_url: str = ""
+    rpc_timeout: float = Field(0.2, gt=0)
+    rpc_max_in_flight: int = Field(100, ge=1)
+
+    topic_partitions: int = Field(4, ge=1, description="partitions of topics the app creates")
+    topic_replication_factor: int = Field(1, ge=1)
+    table_standby_replicas: int = Field(0, ge=0)
+    #: Events handed to a service's handler at once (the commit protocol runs per batch).
+    batch_size: int = Field(500, ge=1)
+    #: Seconds to wait for a batch to fill before processing what has arrived.
+    batch_within: float = Field(0.05, gt=0)
+    #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
+    handler_concurrency: int = Field(64, ge=1)
+    #: Take table-recovery end offsets from a Fetch response's high watermark instead
+    #: of ListOffsets. Needed on the embedded (Tansu) broker, whose ListOffsets answer
+    #: is short; harmless on Apache Kafka (one extra small request per partition at
+    #: recovery). See docs/operations.md, "Embedded broker".
+    end_offsets_from_fetch: bool = True
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return tuple(float(p) for p in parts)
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d < 0 for d in value):
+            raise ValueError("delays must be >= 0 seconds")
+        return value
+
+    @field_validator("notifier_url", "search_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, or empty")
+        return value
+
+    @property
+    def web_url(self) -> str:
+        return self.canonical_url or f"http://{self.web_host}:{self.web_port}"
+
+
+class SettingsError(SystemExit):
+    """Start-up stops: a setting has a bad value. The message names the variable."""
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the first bad variable, its value and what is wrong."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+    msg = err["msg"]
+    value = err.get("input")
+    shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+    more = len(exc.errors()) - 1
+    tail = f" (and {more} more)" if more else ""
+    return f"order-streams: invalid setting {name}{shown}: {msg}{tail}"
+
+
+def load_settings(**overrides: object) -> WorkerSettings:
+    """Build the settings from the environment; a bad value exits with one line."""
+    try:
+        return WorkerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        raise SettingsError(2) from None

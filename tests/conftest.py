@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from tests.support.worker import WorkerProcess
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A fresh embedded broker per test (its memory only grows), on a free port."""
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def worker_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make workers on this test's broker; every worker is stopped at the end."""
+    made: list[WorkerProcess] = []
+
+    def make(name: str = "w1", **env: str) -> WorkerProcess:
+        w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", **env)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.kill()

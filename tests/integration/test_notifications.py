@@ -1,0 +1,47 @@
+"""The notifications service end to end: real worker process, embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from streams.events import NotificationSent, OrderPaid
+from tests.support.events import paid
+from tests.support.gateway import GatewayStub
+from tests.support.kafka import produce, read_topic
+from tests.support.worker import metric_value
+
+pytestmark = pytest.mark.kafka
+
+PAID, SENT = OrderPaid.topic(), NotificationSent.topic()
+
+
+def sent_keys(records: list) -> Counter[bytes]:
+    return Counter(r.key for r in records)
+
+
+async def test_2000_paid_with_25pct_repeats_give_one_notification_per_order(broker, worker_factory):
+    gateway = await GatewayStub().start()
+    try:
+        worker = worker_factory(notifier_url=gateway.url)
+        await asyncio.to_thread(worker.start().wait_ready)
+        ids = [f"o-{i}" for i in range(1500)]
+        events = [paid(i) for i in ids] + [paid(random.choice(ids)) for _ in range(500)]
+        random.Random(7).shuffle(events)
+        await produce(broker.bootstrap, PAID, events)
+
+        sent = await read_topic(broker.bootstrap, SENT, until=lambda r: len(sent_keys(r)) >= 1500, idle=3)
+
+        per_order = sent_keys(sent)
+        assert set(per_order) == {i.encode() for i in ids}
+        assert [k for k, n in per_order.items() if n != 1] == []
+        assert len(gateway.requests) == 1500
+        assert [k for k, n in gateway.requests.items() if n != 1] == []
+        text = await asyncio.to_thread(worker.metrics)
+        assert metric_value(text, "event_processed_total", service="notifications", type="OrderPaid", status="success") == 1500
+        assert metric_value(text, "event_processed_total", service="notifications", type="OrderPaid", status="duplicate") == 500
+    finally:
+        await gateway.stop()
