@@ -146,7 +146,8 @@ def decode(event_type: type[E], record: Record) -> E:
         event = event_type.model_validate_json(record.value)
     except ValidationError as exc:
         first = exc.errors()[0]
-        if first["type"] in ("json_invalid", "json_type", "model_type", "model_attributes_type"):
+        top_level = first["type"] == "json_invalid" or not first["loc"]
+        if top_level and first["type"] in ("json_invalid", "json_type", "model_type", "model_attributes_type"):
             raise DecodeError(f"not a JSON object: {first['msg']}") from None
         raise ValidationFailed(_short(exc)) from None
     expected = event.idempotency_key().encode()
@@ -169,7 +170,14 @@ async def send_until_acked(
     """
     pending = list(outgoing)
     while pending:
-        futures = [await publisher.send(m) for m in pending]
+        futures: list[Any] = []
+        for m in pending:
+            try:  # send() itself raises when the broker is unreachable (metadata timeout)
+                futures.append(await publisher.send(m))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                futures.append(_failed(exc))
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [m for m, r in zip(pending, results) if isinstance(r, BaseException)]
         if failed:
@@ -178,6 +186,12 @@ async def send_until_acked(
             log.error("%d of %d sends failed (%r); sending them again", len(failed), len(pending), first)
             await asyncio.sleep(backoff)
         pending = failed
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
 
 
 def _short(exc: ValidationError) -> str:

@@ -7,6 +7,7 @@ that names the variable and stops the process.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class WorkerSettings(BaseSettings):
     """Environment of ``faust -A streams worker`` (names are the upper-cased fields)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
+    )
 
     kafka_broker: str = Field(
         "kafka://127.0.0.1:9092",
@@ -67,8 +70,8 @@ class WorkerSettings(BaseSettings):
     @field_validator("retry_delays")
     @classmethod
     def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(d < 0 for d in value):
-            raise ValueError("delays must be >= 0 seconds")
+        if any(not math.isfinite(d) or d < 0 for d in value):
+            raise ValueError("delays must be finite numbers of seconds >= 0")
         return value
 
     @field_validator("notifier_url", "search_url")

@@ -241,11 +241,6 @@ def test_decode_missing_field_is_validation_failed() -> None:
         decode(OrderPaid, record(raw(body)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG streams/pipeline.py:149: a nested object of the wrong type (model_type at a "
-    "non-empty loc) is classified as DecodeError instead of ValidationFailed",
-)
 @pytest.mark.parametrize("items", [["s-1"], [1]])
 def test_decode_nested_wrong_type_is_validation_failed(items: list[object]) -> None:
     body = {**CREATED, "items": items}

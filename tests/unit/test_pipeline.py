@@ -414,12 +414,6 @@ async def test_send_until_acked_waits_for_every_ack() -> None:
     await asyncio.wait_for(task, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG streams/pipeline.py:172 send_until_acked: an exception raised by "
-    "publisher.send() itself (e.g. aiokafka KafkaTimeoutError waiting for metadata while "
-    "the broker is down) escapes instead of being sent again, so Pipeline.process raises",
-)
 async def test_send_that_raises_is_sent_again_until_acked() -> None:
     h = Harness()
     h.publisher.raise_on_send = 1

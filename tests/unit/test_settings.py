@@ -119,13 +119,6 @@ def test_only_the_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, capsys:
     assert "70000" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG streams/settings.py:34,36: float fields accept inf/nan (pydantic allows them); "
-    "DEDUP_TTL=inf then crashes create_app (streams/application.py:101 int(inf*1000) "
-    "OverflowError) and RETRY_DELAYS=nan/inf crash Pipeline._route_failure "
-    "(streams/pipeline.py:288 int(delay*1000))",
-)
 @pytest.mark.parametrize(("var", "value"), [("DEDUP_TTL", "inf"), ("RETRY_DELAYS", "5,nan"), ("RETRY_DELAYS", "inf")])
 def test_non_finite_numbers_are_rejected(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], var: str, value: str
