@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine (Python 3.11 with venv):
+#   make run    set up .venv, start the embedded broker and the worker
+#   make test   set up .venv and run every test (unit, integration, fault)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-unit
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/dev-run
+
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
