@@ -67,3 +67,35 @@ async def test_restart_on_old_data_dir_does_not_trip_consistency_check(broker, w
     sent = await read_topic(broker.bootstrap, SENT, expect=500, idle=2)
     assert sorted(Counter(r.key for r in sent).values()) == [1] * 500
     assert "ConsistencyError" not in worker.tail(400)
+
+
+async def test_ttl_sweep_tombstones_do_not_come_back_after_recovery(broker, worker_factory):
+    """An expired key is deleted with a changelog tombstone: after a wiped-dir
+    recovery the key is still gone, so the same event is processed once more."""
+    worker = worker_factory("w1", dedup_ttl="60", dedup_sweep_interval="0.5")
+    await asyncio.to_thread(worker.start().wait_ready)
+    t0 = "2026-01-01T00:00:00+00:00"
+    later = "2026-01-01T01:00:00+00:00"  # an hour of event time later: past the TTL
+    old = [paid(f"old-{i}", occurred_at=t0) for i in range(20)]
+    await produce(broker.bootstrap, PAID, old)
+    await read_topic(broker.bootstrap, SENT, expect=20, idle=1)
+    # Newer events on every partition advance the event-time watermarks.
+    await produce(broker.bootstrap, PAID, [paid(f"new-{i}", occurred_at=later) for i in range(40)])
+    await read_topic(broker.bootstrap, SENT, expect=60, idle=1)
+
+    async def expired() -> float:
+        return metric_value(await asyncio.to_thread(worker.metrics), "dedup_keys_expired_total")
+
+    for _ in range(60):
+        if await expired() >= 20:
+            break
+        await asyncio.sleep(0.5)
+    assert await expired() == 20  # the 40 new keys are within the TTL
+
+    await asyncio.to_thread(worker.stop)
+    shutil.rmtree(worker.data_dir)
+    await asyncio.to_thread(worker.start().wait_ready)
+    await produce(broker.bootstrap, PAID, old + [paid("new-0", occurred_at=later)])
+    sent = Counter(r.key for r in await read_topic(broker.bootstrap, SENT, expect=80, idle=2))
+    assert all(sent[f"old-{i}".encode()] == 2 for i in range(20)), "expired keys came back"
+    assert sent[b"new-0"] == 1
