@@ -19,6 +19,7 @@ import faust
 from agents.notifications import NotificationsService
 from agents.notifier import make_notifier
 from agents.order_state import OrderStateService
+from agents.retries import RetryTier
 from streams.batching import run_batches
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
 from streams.metrics import Metrics
@@ -59,6 +60,12 @@ class Wiring:
     order_table: Any
 
 
+def oldest_retry_age(tiers: list[RetryTier], now: float) -> float:
+    """Seconds since the oldest retry still waiting in any tier failed (0 if none)."""
+    oldest = [t for t in (tier.oldest_failed_at_ms() for tier in tiers) if t is not None]
+    return max(0.0, now - min(oldest) / 1000) if oldest else 0.0
+
+
 def broker_urls(value: str) -> list[str]:
     """``kafka://a:9092,b:9092`` → ``["kafka://a:9092", "kafka://b:9092"]``."""
     scheme, _, hosts = value.partition("://")
@@ -84,6 +91,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
         value_serializer="raw",
         producer_acks=-1,
         producer_linger=0.005,
+        producer_max_request_size=settings.max_message_bytes,
+        consumer_max_fetch_size=settings.max_message_bytes,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         # Measured on the embedded broker: with Faust's defaults a restarted worker
@@ -122,6 +131,16 @@ def create_app(settings: WorkerSettings) -> faust.App:
         await run_batches(
             stream, notifications.process, size=settings.batch_size, within=settings.batch_within
         )
+
+    tiers = [
+        RetryTier(app, notifications, n, batch_size=settings.batch_size, clock=time.time)
+        for n in range(1, len(retry_tiers) + 1)
+    ]
+    for tier, topic in zip(tiers, retry_tiers):
+        app.agent(topic, name=f"notifications-retry-{tier.tier}")(tier.run)
+    metrics.oldest_retry_age.labels(NotificationsService.name).set_function(
+        lambda: oldest_retry_age(tiers, time.time())
+    )
 
     @app.timer(settings.dedup_sweep_interval)
     async def dedup_ttl_sweep() -> None:

@@ -53,6 +53,9 @@ class WorkerSettings(BaseSettings):
     batch_within: float = Field(0.05, gt=0)
     #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
     handler_concurrency: int = Field(64, ge=1)
+    #: Largest record the worker produces or fetches (producer max request size and
+    #: fetch size). A record it cannot produce could not be dead-lettered.
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
     #: Take table-recovery end offsets from a Fetch response's high watermark instead
     #: of ListOffsets. Needed on the embedded (Tansu) broker, whose ListOffsets answer
     #: is short; harmless on Apache Kafka (one extra small request per partition at
