@@ -21,6 +21,7 @@ from agents.notifier import make_notifier
 from agents.order_state import OrderStateService
 from agents.retries import RetryTier
 from streams.batching import run_batches
+from streams.commands import register_commands
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
 from streams.metrics import Metrics
 from streams.offsets import install_fetch_end_offsets
@@ -123,7 +124,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
         concurrency=settings.handler_concurrency,
     )
     retry_tiers, notifications_dlq = service_topics(
-        app, NotificationsService.name, len(settings.retry_delays), partitions
+        app, NotificationsService.name, len(settings.retry_delays), partitions,
+        settings.max_message_bytes,
     )
 
     @app.agent(topics[OrderPaid], name="notifications")
@@ -150,7 +152,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     order_table = define_order_table(app, partitions)
     order_state = OrderStateService(order_table, publisher, metrics, time.time)
     order_topics = [topics[t].get_topic_name() for t in (OrderCreated, OrderPaid, OrderCancelled, NotificationSent)]
-    _, order_state_dlq = service_topics(app, OrderStateService.name, 0, partitions)
+    _, order_state_dlq = service_topics(
+        app, OrderStateService.name, 0, partitions, settings.max_message_bytes
+    )
     order_source = app.topic(
         *order_topics, partitions=partitions, key_serializer="raw", value_serializer="raw"
     )
@@ -173,6 +177,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         await notifier.close()
 
     register_web(app, metrics, order_table)
+    register_commands(app, settings.kafka_broker)
     app.wiring = Wiring(settings, metrics, notifications, dedup, order_table)  # type: ignore[attr-defined]
     return app
 

@@ -14,18 +14,27 @@ from streams.events import EVENT_TYPES, Event
 from streams.pipeline import dlq_topic, retry_topic
 
 
-def raw_topic(app: Any, name: str, partitions: int) -> Any:
-    return app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
+def raw_topic(app: Any, name: str, partitions: int, config: dict[str, Any] | None = None) -> Any:
+    return app.topic(
+        name, partitions=partitions, key_serializer="raw", value_serializer="raw", config=config
+    )
 
 
 def event_topic(app: Any, event_type: type[Event], partitions: int) -> Any:
     return raw_topic(app, event_type.topic(), partitions)
 
 
-def service_topics(app: Any, service: str, tiers: int, partitions: int) -> tuple[list[Any], Any]:
-    """The retry tiers ``<service>.retry.1..tiers`` and ``<service>.dlq``."""
-    retries = [raw_topic(app, retry_topic(service, n), partitions) for n in range(1, tiers + 1)]
-    return retries, raw_topic(app, dlq_topic(service), partitions)
+def service_topics(
+    app: Any, service: str, tiers: int, partitions: int, max_message_bytes: int
+) -> tuple[list[Any], Any]:
+    """The retry tiers ``<service>.retry.1..tiers`` and ``<service>.dlq``.
+
+    Created with ``max.message.bytes`` = ``MAX_MESSAGE_BYTES``: whatever the source
+    topic accepted must fit into its retry tiers and DLQ unchanged.
+    """
+    config = {"max.message.bytes": str(max_message_bytes)}
+    retries = [raw_topic(app, retry_topic(service, n), partitions, config) for n in range(1, tiers + 1)]
+    return retries, raw_topic(app, dlq_topic(service), partitions, config)
 
 
 def all_event_topics(app: Any, partitions: int) -> dict[type[Event], Any]:

@@ -1,0 +1,68 @@
+"""Operator commands: ``faust -A streams dlq ls|show|redrive``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from faust.cli import argument, option
+
+from streams import dlq
+
+
+def bootstrap_of(kafka_broker: str) -> str:
+    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
+
+
+def register_commands(app: Any, kafka_broker: str) -> None:
+    bootstrap = bootstrap_of(kafka_broker)
+
+    @app.command(
+        argument("action", type=click.Choice(["ls", "show", "redrive"])),
+        argument("ids", nargs=-1),
+        option("--service", type=click.Choice(list(dlq.SERVICES)), default=None,
+               help="only this service's dead letters (default: every service)"),
+        option("--reason", default=None, help="only this x-dlq-reason, e.g. max_attempts"),
+        option("--since", default=None, help="only dead letters newer than 15m / 2h / 1d / an ISO time"),
+        option("--limit", type=int, default=None, help="redrive at most this many"),
+        option("--dry-run", is_flag=True, default=False, help="show what redrive would do"),
+    )
+    async def dlq_command(
+        self: Any, action: str, ids: tuple[str, ...], service: str | None, reason: str | None,
+        since: str | None, limit: int | None, dry_run: bool,
+    ) -> None:
+        """Inspect and redrive dead letters: dlq ls | dlq show ID… | dlq redrive."""
+        try:
+            since_ms = dlq.parse_since(since) if since else None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        services = [service] if service else list(dlq.SERVICES)
+        letters = []
+        for name in services:
+            letters += dlq.select(await dlq.dead_letters(bootstrap, name), reason=reason, since_ms=since_ms)
+        if action == "ls":
+            self.say(dlq.format_table(letters))
+            self.say(f"{len(letters)} dead letters")
+        elif action == "show":
+            wanted = set(ids)
+            found = [d for d in letters if d.id in wanted]
+            for d in found:
+                self.say(dlq.format_one(d) + "\n")
+            missing = wanted - {d.id for d in found}
+            if missing:
+                raise click.ClickException(f"no dead letter named {', '.join(sorted(missing))}")
+        else:
+            total = 0
+            for name in services:
+                mine = [d for d in letters if d.service == name]
+                result = await dlq.redrive(
+                    bootstrap, name, mine, limit=limit, dry_run=dry_run, progress=dlq.progress_bar()
+                )
+                verb = "would redrive" if dry_run else "redriven"
+                count = result.planned if dry_run else result.redriven
+                self.say(f"{name}: {verb} {count}, already redriven {result.skipped}")
+                total += count
+                if limit is not None:
+                    limit -= count
+                    if limit <= 0:
+                        break
