@@ -29,3 +29,20 @@ def worker_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[
     yield make
     for w in made:
         w.kill()
+
+
+@pytest.fixture
+def orders_factory(tmp_path: Path):
+    """Make order-service processes (serve / relay); all are killed at the end."""
+    from tests.support.orders import OrdersProcess
+
+    made: list[OrdersProcess] = []
+
+    def make(command: str = "serve", name: str | None = None, **env: str) -> OrdersProcess:
+        p = OrdersProcess(command, tmp_path / f"{name or command}.log", **env)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.kill()

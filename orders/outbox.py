@@ -1,0 +1,142 @@
+"""The outbox table: rows written in the business transaction, claimed by the relay.
+
+A row is one event to publish: ``id`` (the event's ``event_id``, also sent as the
+``event_id`` header), ``aggregate_id`` (the order), topic, key, payload, headers,
+``status`` (``pending`` → ``sent``), ``attempts``, ``next_retry_at``, created/sent
+times and ``last_error``. ``position`` orders rows globally.
+
+Per-order order: the relay only claims the *first* pending row of each order (no
+earlier pending row of the same ``aggregate_id``), so an order's second event is
+never published before its first is acknowledged — also with several relays.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orders.db import Tx
+from streams.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: str
+    aggregate_id: str
+    topic: str
+    key: bytes
+    payload: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    attempts: int
+    created_at: float
+
+
+async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple[str, str]] = ()) -> str:
+    """Insert ``event`` as a pending row (inside the caller's business transaction)."""
+    event_id = str(event.event_id)
+    key = event.idempotency_key()
+    await tx.execute(
+        "INSERT INTO outbox (id, aggregate_id, topic, key, payload, headers, status, attempts,"
+        " next_retry_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+        (event_id, key, event.topic(), key.encode(), event.to_bytes(),
+         json.dumps([list(h) for h in headers]), now, now),
+    )
+    return event_id
+
+
+CLAIM = """
+SELECT o.id, o.aggregate_id, o.topic, o.key, o.payload, o.headers, o.attempts, o.created_at
+FROM outbox o
+WHERE o.status = 'pending' AND o.next_retry_at <= ?
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox p
+      WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.position < o.position)
+ORDER BY o.position
+LIMIT ?
+"""
+
+
+async def claim(tx: Tx, *, now: float, limit: int, skip_locked: bool) -> list[OutboxRow]:
+    """Due head rows, oldest first. On PostgreSQL the rows stay locked until the
+    transaction ends and other relays skip them (``FOR UPDATE SKIP LOCKED``)."""
+    sql = CLAIM + (" FOR UPDATE OF o SKIP LOCKED" if skip_locked else "")
+    rows = await tx.fetchall(sql, (now, limit))
+    return [
+        OutboxRow(
+            id=r[0], aggregate_id=r[1], topic=r[2], key=bytes(r[3]), payload=bytes(r[4]),
+            headers=tuple((k, v.encode()) for k, v in json.loads(r[5])),
+            attempts=int(r[6]), created_at=float(r[7]),
+        )
+        for r in rows
+    ]
+
+
+async def mark_sent(tx: Tx, ids: Sequence[str], *, now: float) -> None:
+    for i in range(0, len(ids), 500):
+        chunk = list(ids[i:i + 500])
+        marks = ",".join("?" * len(chunk))
+        await tx.execute(
+            f"UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL WHERE id IN ({marks})",
+            (now, *chunk),
+        )
+
+
+def backoff(attempts: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: ``min(cap, base · 2^(attempts-1))`` × [0.5, 1)."""
+    r = (rng or random).random()
+    return min(cap, base * 2 ** max(attempts - 1, 0)) * (0.5 + r / 2)
+
+
+async def mark_failed(tx: Tx, row: OutboxRow, error: str, *, now: float, delay: float) -> None:
+    await tx.execute(
+        "UPDATE outbox SET attempts = attempts + 1, next_retry_at = ?, last_error = ? WHERE id = ?",
+        (now + delay, error[:1000], row.id),
+    )
+
+
+async def delete_sent_before(tx: Tx, cutoff: float) -> int:
+    return await tx.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (cutoff,))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    sent: int
+    failed: int
+    oldest_pending_age_seconds: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"pending": self.pending, "sent": self.sent, "failed": self.failed,
+                "oldest_pending_age_seconds": round(self.oldest_pending_age_seconds, 3)}
+
+
+async def stats(tx: Tx, *, now: float) -> OutboxStats:
+    row = await tx.fetchone(
+        "SELECT"
+        " COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0),"
+        " MIN(CASE WHEN status = 'pending' THEN created_at END)"
+        " FROM outbox"
+    )
+    assert row is not None
+    oldest = float(row[3]) if row[3] is not None else None
+    return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest else 0.0)
+
+
+async def try_lease(tx: Tx, name: str, holder: str, *, now: float, ttl: float) -> bool:
+    """Take or renew the lease ``name``; False while another holder's lease is live."""
+    changed = await tx.execute(
+        "UPDATE relay_lease SET holder = ?, expires_at = ? WHERE name = ? AND (holder = ? OR expires_at < ?)",
+        (holder, now + ttl, name, holder, now),
+    )
+    if changed:
+        return True
+    row = await tx.fetchone("SELECT holder FROM relay_lease WHERE name = ?", (name,))
+    if row is None:
+        await tx.execute("INSERT INTO relay_lease (name, holder, expires_at) VALUES (?, ?, ?)",
+                         (name, holder, now + ttl))
+        return True
+    return False

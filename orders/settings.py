@@ -1,0 +1,57 @@
+"""Settings of the order service process (one frozen model, built once)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.settings import SettingsError, describe_error
+
+
+def _default_relay_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class OrdersSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
+    )
+
+    database_url: str = Field(
+        "sqlite:///./data/orders.db", pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$"
+    )
+    orders_host: str = "127.0.0.1"
+    orders_port: int = Field(8000, ge=1, le=65535)
+    kafka_broker: str = Field("kafka://127.0.0.1:9092", pattern=r"^(kafka|aiokafka)://[^\s]+$")
+    topic_partitions: int = Field(4, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    #: ``serve`` also runs the relay in-process; false = API only.
+    relay_enabled: bool = True
+    relay_id: str = Field(default_factory=_default_relay_id)
+    relay_batch_size: int = Field(500, ge=1)
+    #: Fallback polling when no commit woke the relay (another process wrote rows).
+    relay_poll_interval: float = Field(1.0, gt=0)
+    relay_backoff_base: float = Field(0.5, gt=0)
+    relay_backoff_max: float = Field(60.0, gt=0)
+    #: Seconds a SQLite relay's lease lasts without renewal (one relay at a time).
+    relay_lease_ttl: float = Field(10.0, gt=0)
+    #: Seconds a broker send may take before the row counts as failed.
+    relay_send_timeout: float = Field(10.0, gt=0)
+    #: Sent rows are deleted this many seconds after they were sent.
+    outbox_retention: float = Field(3600.0, ge=0)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(h.split("://", 1)[-1] for h in self.kafka_broker.split(","))
+
+
+def load_orders_settings(**overrides: object) -> OrdersSettings:
+    try:
+        return OrdersSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        raise SettingsError(2) from None
