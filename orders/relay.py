@@ -61,6 +61,7 @@ class Relay:
         self._topics_ready = False
         self._last_cleanup = 0.0
         self._last_stats = 0.0
+        self.published_total = 0
 
     def notify(self) -> None:
         """Called after a commit that added outbox rows: relay now, not at the next poll."""
@@ -88,6 +89,7 @@ class Relay:
             if listener:
                 listener.cancel()
             await self._reset_producer()
+            log.info("relay %s: published %d rows", self.settings.relay_id, self.published_total)
 
     async def round(self) -> int:
         """One claim → publish → mark cycle; returns rows published."""
@@ -119,6 +121,7 @@ class Relay:
                                        cap=self.settings.relay_backoff_max)
                 await outbox.mark_failed(tx, row, f"{type(err).__name__}: {err}", now=now, delay=delay)
         self.metrics.published.inc(len(ok))
+        self.published_total += len(ok)
         if len(ok) < len(rows):
             self.metrics.failed.inc(len(rows) - len(ok))
             log.warning("relay: %d of %d rows failed to publish", len(rows) - len(ok), len(rows))

@@ -46,3 +46,13 @@ def orders_factory(tmp_path: Path):
     yield make
     for p in made:
         p.kill()
+
+
+@pytest.fixture
+def postgres():
+    """A private PostgreSQL server on a free port (stopped and removed afterwards)."""
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,60 @@
+"""SIGKILL the outbox relay 5 times during 5,000 orders (issue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from streams.events import NotificationSent, OrderCreated, OrderPaid
+from tests.support.kafka import read_topic
+from tests.support.orders import OrdersClient
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+async def test_issue4_relay_sigkilled_5_times_publishes_every_committed_order(
+    broker, orders_factory, worker_factory, tmp_path
+):
+    rng = random.Random(4)
+    common = {"kafka_broker": broker.url, "database_url": f"sqlite:///{tmp_path / 'orders.db'}"}
+    api = orders_factory("serve", relay_enabled="false", **common)
+    # A stable RELAY_ID: the restarted relay renews its own SQLite lease at once.
+    relay = orders_factory("relay", relay_id="relay-under-test", relay_batch_size="200", **common)
+    worker = worker_factory("w1")
+    await asyncio.to_thread(api.start().wait_ready)
+    await asyncio.to_thread(relay.start().wait_ready)
+    await asyncio.to_thread(worker.start().wait_ready)
+
+    client = OrdersClient(api.url, concurrency=16)
+    orders = asyncio.create_task(client.many(5000))
+    for _ in range(5):
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        relay.kill()
+        await asyncio.to_thread(relay.start().wait_ready)
+    ids = await orders
+    assert set(client.statuses) == {201, 202}
+
+    for _ in range(240):
+        stats = await client.get_json("/outbox/stats")
+        if stats["pending"] == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert stats["pending"] == 0, stats
+
+    wanted = {i.encode() for i in ids}
+    created = await read_topic(broker.bootstrap, OrderCreated.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=1)
+    paid = await read_topic(broker.bootstrap, OrderPaid.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=1)
+    sent = await read_topic(broker.bootstrap, NotificationSent.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=3, timeout=180)
+    republished = (len(created) + len(paid)) - 2 * len(ids)
+    per_order = Counter(r.key for r in sent)
+    print(f"\nrelay SIGKILL x5 over {len(ids)} orders: published {len(created) + len(paid)} records "
+          f"for {2 * len(ids)} events ({republished} republished), notifications "
+          f"{sum(per_order.values())} for {len(per_order)} orders, relay starts={relay.starts}")
+    assert relay.starts == 6
+    assert wanted - {r.key for r in created} == set()
+    assert wanted - {r.key for r in paid} == set()
+    assert set(per_order) == wanted
+    assert [k for k, n in per_order.items() if n > 1] == []  # dedup: one effect per order
