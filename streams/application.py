@@ -9,8 +9,11 @@ acknowledged → ``events.notification.sent.v1``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,9 @@ from agents.order_state import OrderStateService
 from agents.retries import RetryTier
 from streams.batching import run_batches
 from streams.commands import register_commands
-from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
+from streams.events import (
+    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
+)
 from streams.metrics import Metrics
 from streams.offsets import install_fetch_end_offsets
 from streams.pipeline import Outgoing, Pipeline, RetryPolicy
@@ -59,6 +64,18 @@ class Wiring:
     notifications: Pipeline[OrderPaid]
     dedup: FaustDedupTable
     order_table: Any
+
+
+@contextlib.asynccontextmanager
+async def never_crash(what: str) -> AsyncIterator[None]:
+    """Timers log their failures and try again next tick: an exception escaping a
+    Faust timer stops the whole worker."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s failed; retrying at the next tick", what)
 
 
 def oldest_retry_age(tiers: list[RetryTier], now: float) -> float:
@@ -146,12 +163,18 @@ def create_app(settings: WorkerSettings) -> faust.App:
 
     @app.timer(settings.dedup_sweep_interval)
     async def dedup_ttl_sweep() -> None:
-        await dedup.sweep()
+        async with never_crash("dedup TTL sweep"):
+            await dedup.sweep()
 
     # -- order-state: created / paid / cancelled / notification-sent → order table ------
     order_table = define_order_table(app, partitions)
-    order_state = OrderStateService(order_table, publisher, metrics, time.time)
-    order_topics = [topics[t].get_topic_name() for t in (OrderCreated, OrderPaid, OrderCancelled, NotificationSent)]
+    order_state = OrderStateService(
+        app, order_table, publisher, metrics, time.time, settings.park_timeout
+    )
+    order_topics = [
+        topics[t].get_topic_name()
+        for t in (OrderCreated, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved, InventoryRejected)
+    ]
     _, order_state_dlq = service_topics(
         app, OrderStateService.name, 0, partitions, settings.max_message_bytes
     )
@@ -163,6 +186,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
     async def order_state_agent(stream: Any) -> None:
         async for event in stream.events():
             await order_state.on_event(event)
+
+    @app.timer(min(1.0, settings.park_timeout / 4))
+    async def park_timeouts() -> None:
+        async with never_crash("park timeouts"):
+            await order_state.expire_parked()
 
     # -- topics that are only written: declared up front with the right partitions ----
     declared = [topics[NotificationSent], *retry_tiers, notifications_dlq, order_state_dlq]

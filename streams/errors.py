@@ -51,6 +51,18 @@ class GatewayRejected(PermanentError):
     """HTTP 4xx (other than 429) from a downstream service: the request is wrong."""
 
 
+class IllegalTransition(PermanentError):
+    """The order's state machine does not allow this event now or ever (e.g. paid after cancelled)."""
+
+    dlq_reason = "illegal_transition"
+
+
+class ParkTimeout(PermanentError):
+    """An out-of-order event waited ``PARK_TIMEOUT`` seconds and its predecessor never came."""
+
+    dlq_reason = "out_of_order_timeout"
+
+
 def classify(exc: BaseException) -> StreamsError:
     """Map any exception a handler raised onto the hierarchy.
 

@@ -99,7 +99,33 @@ class NotificationSent(Event):
     causation_id: uuid.UUID
 
 
-EVENT_TYPES: tuple[type[Event], ...] = (OrderCreated, OrderPaid, OrderCancelled, NotificationSent)
+class InventoryReserved(Event):
+    """Derived by the ``inventory`` service: every item of the order is reserved."""
+
+    domain = "inventory"
+    name = "reserved"
+
+    order_id: str = Field(min_length=1)
+    items: tuple[OrderItem, ...] = Field(min_length=1)
+    causation_id: uuid.UUID
+
+
+class InventoryRejected(Event):
+    """Derived by the ``inventory`` service: some item is out of stock; nothing is held."""
+
+    domain = "inventory"
+    name = "rejected"
+
+    order_id: str = Field(min_length=1)
+    items: tuple[OrderItem, ...] = Field(min_length=1)
+    #: SKUs that were short.
+    short: tuple[str, ...] = ()
+    causation_id: uuid.UUID
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    OrderCreated, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved, InventoryRejected,
+)
 
 #: event type → topic, e.g. ``OrderPaid`` → ``events.order.paid.v1``.
 TOPICS: dict[type[Event], str] = {t: t.topic() for t in EVENT_TYPES}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.metrics import Metrics
+from tables.order_state import public_view
 
 
 def register_web(app: Any, metrics: Metrics, order_table: Any) -> None:
@@ -30,4 +31,4 @@ def register_web(app: Any, metrics: Metrics, order_table: Any) -> None:
         state = order_table.get(order_id)
         if state is None:
             return web.json({"error": "unknown order", "order_id": order_id}, status=404)
-        return web.json(state)
+        return web.json(public_view(state))

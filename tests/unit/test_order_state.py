@@ -1,101 +1,112 @@
-"""tables.order_state.apply: the order's state after each lifecycle event."""
+"""tables.order_state: the lifecycle state machine (pure functions)."""
 
 from __future__ import annotations
 
-import copy
 import uuid
-from datetime import datetime, timezone
-from decimal import Decimal
 
-from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderItem, OrderPaid
-from tables.order_state import apply, new_state
+import pytest
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+from streams.pipeline import Record
+from streams.events import (
+    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderItem, OrderPaid,
+)
+from tables.order_state import Incoming, Verdict, expired_parked, judge, new_state, reachable, step, without
 
-
-def created(order_id: str = "o-1", **kw: object) -> OrderCreated:
-    return OrderCreated(order_id=order_id, user_id="u-7", items=(OrderItem(sku="s-1", qty=2),),
-                        amount=Decimal("25.00"), **kw)  # type: ignore[arg-type]
+ITEMS = (OrderItem(sku="s-1", qty=1),)
 
 
-def paid(order_id: str = "o-1", **kw: object) -> OrderPaid:
-    return OrderPaid(order_id=order_id, user_id="u-7", amount=Decimal("12.5"), **kw)  # type: ignore[arg-type]
+def incoming(event, now_ms: int = 0) -> Incoming:
+    rec = Record(event.topic(), 0, 7, event.order_id.encode(), event.to_bytes(), 1, {"h": b"\x00\x01"})
+    return Incoming.of(event, rec, now_ms)
 
 
-def test_new_state() -> None:
-    assert new_state("o-1") == {"order_id": "o-1", "status": "NEW", "reservation": "PENDING",
-                                "version": 0, "history": []}
+def created(): return OrderCreated(order_id="o-1", user_id="u", items=ITEMS, amount=1)
+def paid(): return OrderPaid(order_id="o-1", user_id="u", amount=1)
+def notified(): return NotificationSent(order_id="o-1", user_id="u", causation_id=uuid.uuid4())
+def cancelled(): return OrderCancelled(order_id="o-1")
+def reserved(): return InventoryReserved(order_id="o-1", items=ITEMS, causation_id=uuid.uuid4())
+def rejected(): return InventoryRejected(order_id="o-1", items=ITEMS, causation_id=uuid.uuid4())
 
 
-def test_created_gives_created_version_1() -> None:
-    event = created(occurred_at=T0)
-    state = apply(None, event)
-    assert state is not None
-    assert state["order_id"] == "o-1"
-    assert state["status"] == "CREATED"
-    assert state["version"] == 1
-    assert state["history"] == [{"type": "OrderCreated", "event_id": str(event.event_id),
-                                 "occurred_at": T0.isoformat()}]
+def run(*events):
+    state, verdicts = None, []
+    for e in events:
+        state, outcomes = step(state, incoming(e), "o-1")
+        verdicts.append([(i.type, v) for i, v in outcomes])
+    return state, verdicts
 
 
-def test_paid_after_created_gives_paid_version_2() -> None:
-    s1 = apply(None, created())
-    p = paid()
-    s2 = apply(s1, p)
-    assert s2 is not None
-    assert s2["status"] == "PAID"
-    assert s2["version"] == 2
-    assert [h["type"] for h in s2["history"]] == ["OrderCreated", "OrderPaid"]
-    assert s2["history"][1]["event_id"] == str(p.event_id)
-    assert s2["history"][1]["occurred_at"] is None
+def test_reachable_statuses():
+    assert reachable("NEW") == {"CREATED", "PAID", "NOTIFIED", "CANCELLED"}
+    assert reachable("PAID") == {"NOTIFIED"}
+    assert reachable("CANCELLED") == set()
 
 
-def test_duplicate_event_id_changes_nothing() -> None:
-    event = created()
-    s1 = apply(None, event)
-    assert apply(s1, event) is None
-    # same event_id arriving as a re-delivered copy (a new object, same id)
-    again = created(event_id=event.event_id)
-    assert apply(s1, again) is None
-    s2 = apply(s1, paid())
-    assert apply(s2, event) is None
+def test_in_order_lifecycle_bumps_version_per_transition():
+    state, _ = run(created(), paid(), notified())
+    assert state["status"] == "NOTIFIED" and state["version"] == 3
+    assert [h["type"] for h in state["history"]] == ["OrderCreated", "OrderPaid", "NotificationSent"]
 
 
-def test_history_grows_with_every_applied_event() -> None:
-    state = None
-    events = [created(), paid(), NotificationSent(order_id="o-1", user_id="u-7", causation_id=uuid.uuid4())]
-    for n, event in enumerate(events, start=1):
-        state = apply(state, event)
-        assert state is not None
-        assert state["version"] == n
-        assert len(state["history"]) == n
-        assert state["history"][-1]["event_id"] == str(event.event_id)
-    assert state is not None and state["status"] == "NOTIFIED"
+@pytest.mark.parametrize("order", [
+    (paid, created, notified), (notified, paid, created), (notified, created, paid), (created, notified, paid),
+])
+def test_any_arrival_order_ends_like_the_in_order_run(order):
+    in_order, _ = run(created(), paid(), notified())
+    state, _ = run(*(make() for make in order))
+    assert (state["status"], state["version"]) == (in_order["status"], in_order["version"])
+    assert [h["type"] for h in state["history"]] == [h["type"] for h in in_order["history"]]
+    assert state["parked"] == []
 
 
-def test_apply_does_not_mutate_the_input_state() -> None:
-    s1 = apply(None, created())
-    assert s1 is not None
-    before = copy.deepcopy(s1)
-    s2 = apply(s1, paid())
-    assert s1 == before
-    assert s2 is not s1 and s2 is not None and s2["history"] is not s1["history"]
+def test_early_event_is_parked_then_applied_when_its_predecessor_arrives():
+    state, verdicts = run(paid())
+    assert verdicts == [[("OrderPaid", Verdict.PARK)]]
+    assert state["version"] == 0 and [p["type"] for p in state["parked"]] == ["OrderPaid"]
+    state, outcomes = step(state, incoming(created()), "o-1")
+    assert [(i.type, v) for i, v in outcomes] == [("OrderCreated", Verdict.APPLY), ("OrderPaid", Verdict.APPLY)]
+    assert state["status"] == "PAID" and state["version"] == 2
 
 
-def test_late_event_never_moves_status_back() -> None:
-    s = apply(apply(None, created()), paid())
-    late_created = apply(s, created())
-    assert late_created is not None
-    assert late_created["status"] == "PAID"
-    assert late_created["version"] == 3  # still recorded
+def test_paid_after_cancelled_is_illegal_and_changes_nothing():
+    state, _ = run(created(), cancelled())
+    after, outcomes = step(state, incoming(paid()), "o-1")
+    assert [(i.type, v) for i, v in outcomes] == [("OrderPaid", Verdict.ILLEGAL)]
+    assert after == state
 
 
-def test_cancel_after_created() -> None:
-    s = apply(apply(None, created()), OrderCancelled(order_id="o-1", reason="changed mind"))
-    assert s is not None and s["status"] == "CANCELLED" and s["version"] == 2
+def test_cancel_after_paid_is_illegal():
+    state, _ = run(created(), paid())
+    assert judge(state, "OrderCancelled") is Verdict.ILLEGAL
 
 
-def test_first_event_may_be_paid() -> None:
-    s = apply(None, paid("o-9"))
-    assert s is not None
-    assert s["order_id"] == "o-9" and s["status"] == "PAID" and s["version"] == 1
+def test_duplicate_type_is_not_applied_twice():
+    state, verdicts = run(created(), paid(), paid())
+    assert verdicts[-1] == [("OrderPaid", Verdict.DUPLICATE)]
+    assert state["version"] == 2
+
+
+def test_reservation_is_its_own_fact_and_needs_created_first():
+    state, verdicts = run(reserved())
+    assert verdicts == [[("InventoryReserved", Verdict.PARK)]]
+    state, _ = step(state, incoming(created()), "o-1")
+    assert state["reservation"] == "RESERVED" and state["status"] == "CREATED" and state["version"] == 2
+    state, _ = step(state, incoming(paid()), "o-1")
+    assert state["reservation"] == "RESERVED" and state["status"] == "PAID"
+    _, outcomes = step(state, incoming(rejected()), "o-1")
+    assert [(i.type, v) for i, v in outcomes] == [("InventoryRejected", Verdict.ILLEGAL)]
+
+
+def test_parked_events_keep_their_bytes_and_expire():
+    event = paid()
+    state, _ = step(None, incoming(event, now_ms=1000), "o-1")
+    assert expired_parked(state, now_ms=1500, timeout_ms=1000) == []
+    [expired] = expired_parked(state, now_ms=2000, timeout_ms=1000)
+    assert expired.value == event.to_bytes()
+    assert expired.headers == (("h", b"\x00\x01"),) and expired.key == b"o-1"
+    assert without(state, {expired.event_id})["parked"] == []
+
+
+def test_new_state_shape():
+    assert new_state("o-9") == {"order_id": "o-9", "status": "NEW", "reservation": "PENDING",
+                                "version": 0, "history": [], "parked": []}

@@ -1,0 +1,104 @@
+"""orders.settings.load_orders_settings: defaults, env parsing, one-line exit-2 errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orders.settings import OrdersSettings, load_orders_settings
+from streams.settings import SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {n.upper() for n in OrdersSettings.model_fields}
+    for var in list(os.environ):
+        if var.upper() in names:
+            monkeypatch.delenv(var)
+
+
+def test_defaults() -> None:
+    s = load_orders_settings()
+    assert s.database_url == "sqlite:///./data/orders.db"
+    assert s.orders_port == 8000
+    assert s.relay_enabled is True
+    assert s.bootstrap == "127.0.0.1:9092"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////tmp/x/orders.db", "sqlite:///./o.db", "postgres://u:p@h/db", "postgresql://h:5432/db"]
+)
+def test_supported_database_urls(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_orders_settings().database_url == url
+
+
+def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERS_PORT", "8123")
+    monkeypatch.setenv("KAFKA_BROKER", "kafka://k1:9092,kafka://k2:9092")
+    monkeypatch.setenv("RELAY_ENABLED", "false")
+    monkeypatch.setenv("RELAY_ID", "relay-7")
+    s = load_orders_settings()
+    assert s.orders_port == 8123
+    assert s.bootstrap == "k1:9092,k2:9092"
+    assert s.relay_enabled is False
+    assert s.relay_id == "relay-7"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("DATABASE_URL", "mysql://x"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", "orders.db"),
+        ("ORDERS_PORT", "0"),
+        ("ORDERS_PORT", "70000"),
+        ("ORDERS_PORT", "http"),
+        ("RELAY_BATCH_SIZE", "0"),
+        ("RELAY_SEND_TIMEOUT", "0"),
+        ("RELAY_LEASE_TTL", "-1"),
+        ("RELAY_POLL_INTERVAL", "inf"),
+    ],
+)
+def test_bad_value_exits_2_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit) as info:
+        load_orders_settings()
+    assert isinstance(info.value, SettingsError)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert var in lines[0]
+    assert value in lines[0]
+
+
+def test_only_the_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://x")
+    monkeypatch.setenv("ORDERS_PORT", "8001")
+    with pytest.raises(SystemExit):
+        load_orders_settings()
+    err = capsys.readouterr().err
+    assert "DATABASE_URL" in err and "ORDERS_PORT" not in err
+
+
+def test_the_process_exits_2_on_a_bad_database_url(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in OrdersSettings.model_fields}}
+    env["DATABASE_URL"] = "mysql://x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orders", "serve"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "DATABASE_URL" in lines[0]
