@@ -8,11 +8,14 @@ auto-increment column and the binary type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -78,18 +81,33 @@ class Database(Protocol):
 # -- SQLite ----------------------------------------------------------------------------
 
 
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread; if the caller is cancelled, still wait for ``fn`` to end.
+
+    A statement keeps running in its thread after the awaiting task is cancelled; the
+    connection must not be used (ROLLBACK, next transaction) until it has finished.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return await asyncio.to_thread(lambda: self.conn.execute(sql, tuple(params)).rowcount)
+        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).rowcount)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(lambda: self.conn.execute(sql, tuple(params)).fetchall())
+        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).fetchall())
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        return await asyncio.to_thread(lambda: self.conn.execute(sql, tuple(params)).fetchone())
+        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).fetchone())
 
 
 class SqliteDatabase:
@@ -120,14 +138,19 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._lock:
-            conn = await asyncio.to_thread(self._connect)
-            await asyncio.to_thread(conn.execute, "BEGIN IMMEDIATE")
+            conn = await _in_thread(self._connect)
+            try:
+                await _in_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
+            except asyncio.CancelledError:
+                if conn.in_transaction:  # BEGIN finished after the cancel
+                    await asyncio.shield(asyncio.to_thread(conn.execute, "ROLLBACK"))
+                raise
             try:
                 yield _SqliteTx(conn)
             except BaseException:
-                await asyncio.to_thread(conn.execute, "ROLLBACK")
+                await asyncio.shield(asyncio.to_thread(conn.execute, "ROLLBACK"))
                 raise
-            await asyncio.to_thread(conn.execute, "COMMIT")
+            await _in_thread(lambda: conn.execute("COMMIT"))
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -123,7 +123,7 @@ async def stats(tx: Tx, *, now: float) -> OutboxStats:
     )
     assert row is not None
     oldest = float(row[3]) if row[3] is not None else None
-    return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest else 0.0)
+    return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest is not None else 0.0)
 
 
 async def try_lease(tx: Tx, name: str, holder: str, *, now: float, ttl: float) -> bool:

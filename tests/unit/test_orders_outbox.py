@@ -270,11 +270,8 @@ async def test_stats_age_is_never_negative(db: SqliteDatabase) -> None:
     assert st.oldest_pending_age_seconds == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG orders/outbox.py:126 `if oldest` treats created_at == 0.0 as 'no pending row' (should be `is not None`)",
-)
 async def test_stats_age_of_a_row_created_at_epoch_zero(db: SqliteDatabase) -> None:
+    """Regression: ``if oldest`` treated created_at == 0.0 as "no pending row"."""
     await add(db, created("o-a"), now=0.0)
     async with db.transaction() as tx:
         st = await outbox.stats(tx, now=42.0)
