@@ -24,12 +24,11 @@ from typing import Any
 
 from faust.types import TP
 
-from streams import headers as H
 from streams.batching import to_record
 from streams.errors import IllegalTransition, ParkTimeout, StreamsError
 from streams.events import EVENT_BY_TOPIC
 from streams.metrics import DEAD_LETTER, DUPLICATE, SUCCESS, Metrics
-from streams.pipeline import Outgoing, Publisher, Record, decode, dlq_topic, send_until_acked
+from streams.pipeline import Publisher, Record, dead_letter, decode, send_until_acked
 from tables.dedup import FAUST_OFFSET_KEY
 from tables.order_state import Incoming, State, Verdict, expired_parked, step, without
 
@@ -92,14 +91,7 @@ class OrderStateService:
 
     async def dead_letter(self, failures: list[tuple[Record, StreamsError]]) -> None:
         now_ms = int(self.clock() * 1000)
-        messages = []
-        for record, error in failures:
-            hdrs = H.failure_headers(record, error, H.attempt_of(record.headers) + 1, now_ms)
-            hdrs += ((H.DLQ_REASON, error.dlq_reason.encode()),)
-            messages.append(Outgoing(dlq_topic(SERVICE), record.key, record.value, hdrs, record.partition))
-            self.metrics.dead_letter.labels(SERVICE, error.dlq_reason).inc()
-            log.warning("%s: dead-lettered %s[%d]@%d: %s (%s)", SERVICE, record.topic,
-                        record.partition, record.offset, error.dlq_reason, error)
+        messages = [dead_letter(SERVICE, r, e, now_ms, self.metrics) for r, e in failures]
         await send_until_acked(self.publisher, messages)
 
     def _reindex(self) -> None:

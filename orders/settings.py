@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.settings import SettingsError, describe_error
@@ -38,11 +38,22 @@ class OrdersSettings(BaseSettings):
     relay_backoff_base: float = Field(0.5, gt=0)
     relay_backoff_max: float = Field(60.0, gt=0)
     #: Seconds a SQLite relay's lease lasts without renewal (one relay at a time).
-    relay_lease_ttl: float = Field(10.0, gt=0)
+    relay_lease_ttl: float = Field(30.0, gt=0)
     #: Seconds a broker send may take before the row counts as failed.
     relay_send_timeout: float = Field(10.0, gt=0)
     #: Sent rows are deleted this many seconds after they were sent.
     outbox_retention: float = Field(3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_round(self) -> "OrdersSettings":
+        # A SQLite relay publishes outside its lease transaction: if a round could
+        # outlast the lease, a second relay could take over and publish the same rows.
+        if self.relay_lease_ttl <= 2 * self.relay_send_timeout:
+            raise ValueError(
+                f"RELAY_LEASE_TTL ({self.relay_lease_ttl}) must exceed twice RELAY_SEND_TIMEOUT "
+                f"({self.relay_send_timeout})"
+            )
+        return self
 
     @property
     def bootstrap(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import faust
 
+from agents.inventory import InventoryService
 from agents.notifications import NotificationsService
 from agents.notifier import make_notifier
 from agents.order_state import OrderStateService
@@ -31,10 +32,12 @@ from streams.events import (
 from streams.metrics import Metrics
 from streams.offsets import install_fetch_end_offsets
 from streams.pipeline import Outgoing, Pipeline, RetryPolicy
+from streams.rpc import BestEffortCaller
 from streams.settings import WorkerSettings
 from streams.topics import all_event_topics, raw_topic, service_topics
 from streams.web import register_web
 from tables.dedup import FaustDedupTable, define_dedup_table
+from tables.inventory import ANSWERS_TOPIC, REQUESTS_TOPIC
 from tables.order_state import define_order_table
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Wiring:
     notifications: Pipeline[OrderPaid]
     dedup: FaustDedupTable
     order_table: Any
+    inventory: InventoryService
 
 
 @contextlib.asynccontextmanager
@@ -192,8 +196,37 @@ def create_app(settings: WorkerSettings) -> faust.App:
         async with never_crash("park timeouts"):
             await order_state.expire_parked()
 
+    # -- inventory: OrderCreated → stock per SKU → InventoryReserved | InventoryRejected --
+    stock_table = app.Table("inventory-stock", partitions=partitions, key_type=bytes,
+                            options={"driver": "rocksdict"}, help="SKU → available, decisions per order")
+    inventory_orders = app.Table("inventory-orders", partitions=partitions, key_type=bytes,
+                                 options={"driver": "rocksdict"}, help="order id → answers per SKU, outcome")
+    caller = BestEffortCaller(metrics.rpc_calls, timeout=settings.rpc_timeout,
+                              max_in_flight=settings.rpc_max_in_flight)
+    inventory = InventoryService(stock_table, inventory_orders, publisher, metrics, caller,
+                                 search_url=settings.search_url, clock=time.time)
+    requests_topic = raw_topic(app, REQUESTS_TOPIC, partitions)
+    answers_topic = raw_topic(app, ANSWERS_TOPIC, partitions)
+    _, inventory_dlq = service_topics(app, InventoryService.name, 0, partitions, settings.max_message_bytes)
+
+    @app.agent(topics[OrderCreated], name="inventory")
+    async def inventory_orders_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await inventory.on_order_created(event)
+
+    @app.agent(requests_topic, name="inventory-stock")
+    async def inventory_stock_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await inventory.on_stock_command(event)
+
+    @app.agent(answers_topic, name="inventory-answers")
+    async def inventory_answers_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await inventory.on_answer(event)
+
     # -- topics that are only written: declared up front with the right partitions ----
-    declared = [topics[NotificationSent], *retry_tiers, notifications_dlq, order_state_dlq]
+    declared = [topics[NotificationSent], topics[InventoryReserved], topics[InventoryRejected],
+                *retry_tiers, notifications_dlq, order_state_dlq, inventory_dlq]
 
     @app.task
     async def declare_topics() -> None:
@@ -203,10 +236,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:
         await notifier.close()
+        await inventory.close()
 
-    register_web(app, metrics, order_table)
+    register_web(app, metrics, order_table, stock_table)
     register_commands(app, settings.kafka_broker)
-    app.wiring = Wiring(settings, metrics, notifications, dedup, order_table)  # type: ignore[attr-defined]
+    app.wiring = Wiring(settings, metrics, notifications, dedup, order_table, inventory)  # type: ignore[attr-defined]
     return app
 
 

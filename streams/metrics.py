@@ -49,6 +49,10 @@ class Metrics:
             "dedup_keys_expired", "Dedup keys removed by the TTL sweep (tombstoned)",
             ["table"], registry=r,
         )
+        self.rpc_calls = Counter(
+            "rpc_calls", "Best-effort calls by outcome (ok, error, timeout, refused)",
+            ["target", "outcome"], registry=r,
+        )
         self.publish_failures = Counter(
             "publish_failures", "Sends to the broker that failed and were retried",
             ["service"], registry=r,

@@ -188,6 +188,21 @@ async def send_until_acked(
         pending = failed
 
 
+def dead_letter(
+    service: str, record: Record, error: StreamsError, now_ms: int, metrics: Metrics,
+    *, reason: str | None = None,
+) -> Outgoing:
+    """The ``<service>.dlq`` record for ``record``: its key and bytes unchanged, the
+    failure headers and ``x-dlq-reason``; counted in ``dead_letter_total``."""
+    reason = reason or error.dlq_reason
+    attempt = H.attempt_of(record.headers) + 1
+    hdrs = H.failure_headers(record, error, attempt, now_ms) + ((H.DLQ_REASON, reason.encode()),)
+    metrics.dead_letter.labels(service, reason).inc()
+    log.warning("%s: dead-lettered %s[%d]@%d: %s (%s)", service, record.topic,
+                record.partition, record.offset, reason, error)
+    return Outgoing(dlq_topic(service), record.key, record.value, hdrs, H.source_partition(record))
+
+
 def _failed(exc: BaseException) -> asyncio.Future[Any]:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_exception(exc)
@@ -302,18 +317,11 @@ class Pipeline(Generic[E]):
             not_before = now_ms + int(delay * 1000)
             hdrs = base + ((H.NOT_BEFORE, str(not_before).encode()),)
             topic = retry_topic(name, attempt)
-        else:
-            reason = error.dlq_reason if not error.retryable else "max_attempts"
-            tally[DEAD_LETTER] += 1
-            self.metrics.dead_letter.labels(name, reason).inc()
-            hdrs = base + ((H.DLQ_REASON, reason.encode()),)
-            topic = dlq_topic(name)
-            log.warning(
-                "%s: dead-lettered %s[%d]@%d: %s (%s)",
-                name, record.topic, record.partition, record.offset, reason, error,
-            )
-        partition = H.source_partition(record)
-        return Outgoing(topic, record.key, record.value, hdrs, partition)
+            partition = H.source_partition(record)
+            return Outgoing(topic, record.key, record.value, hdrs, partition)
+        reason = error.dlq_reason if not error.retryable else "max_attempts"
+        tally[DEAD_LETTER] += 1
+        return dead_letter(name, record, error, now_ms, self.metrics, reason=reason)
 
     async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
         await send_until_acked(

@@ -97,6 +97,8 @@ def describe_error(exc: ValidationError) -> str:
     """One line naming the first bad variable, its value and what is wrong."""
     err = exc.errors()[0]
     name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+    if not err["loc"]:  # a check across several variables names them in its message
+        return f"order-streams: invalid settings: {err['msg']}"
     msg = err["msg"]
     value = err.get("input")
     shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""

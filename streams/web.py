@@ -8,7 +8,7 @@ from streams.metrics import Metrics
 from tables.order_state import public_view
 
 
-def register_web(app: Any, metrics: Metrics, order_table: Any) -> None:
+def register_web(app: Any, metrics: Metrics, order_table: Any, stock_table: Any) -> None:
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
@@ -32,3 +32,13 @@ def register_web(app: Any, metrics: Metrics, order_table: Any) -> None:
         if state is None:
             return web.json({"error": "unknown order", "order_id": order_id}, status=404)
         return web.json(public_view(state))
+
+    @app.page("/inventory/{sku}")
+    @app.table_route(table=stock_table, match_info="sku")
+    async def get_stock(web: Any, request: Any, sku: str) -> Any:
+        stock = stock_table.get(sku)
+        if stock is None:
+            return web.json({"error": "unknown sku", "sku": sku}, status=404)
+        held = sum(d["qty"] for d in stock["decisions"].values() if d["decision"] == "reserved")
+        return web.json({"sku": sku, "available": stock["available"], "reserved": held,
+                         "orders": len(stock["decisions"])})

@@ -103,7 +103,7 @@ def make_relay(db: SqliteDatabase, producers: dict[int, Any]) -> Callable[..., t
              **settings: Any) -> tuple[Relay, FakeProducer]:
         s = OrdersSettings(
             relay_id=relay_id, relay_batch_size=settings.pop("relay_batch_size", 100),
-            relay_backoff_base=BASE, relay_backoff_max=60.0, relay_lease_ttl=10.0,
+            relay_backoff_base=BASE, relay_backoff_max=60.0, relay_lease_ttl=30.0,
             relay_send_timeout=settings.pop("relay_send_timeout", 5.0),
             database_url="sqlite:///unused.db", **settings,
         )
