@@ -8,6 +8,7 @@ import click
 from faust.cli import argument, option
 
 from streams import dlq
+from tables.inventory import REQUESTS_TOPIC, StockCommand
 
 
 def bootstrap_of(kafka_broker: str) -> str:
@@ -66,3 +67,26 @@ def register_commands(app: Any, kafka_broker: str) -> None:
                     limit -= count
                     if limit <= 0:
                         break
+
+    @app.command(argument("file", type=click.Path(exists=True, dir_okay=False)))
+    async def seed_stock(self: Any, file: str) -> None:
+        """Set available stock per SKU from a JSON file {"sku": quantity, …}."""
+        import json
+
+        from aiokafka import AIOKafkaProducer
+
+        try:
+            raw = json.loads(open(file, encoding="utf-8").read())
+            commands = [StockCommand(kind="set", sku=sku, qty=qty) for sku, qty in raw.items()]
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise click.ClickException(f"{file}: expected a JSON object of SKU → quantity ({exc})") from None
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            acks = [await producer.send(REQUESTS_TOPIC, key=c.sku.encode(), value=c.model_dump_json().encode())
+                    for c in commands]
+            for ack in acks:
+                await ack
+        finally:
+            await producer.stop()
+        self.say(f"stock set for {len(commands)} SKUs")
