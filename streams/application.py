@@ -239,7 +239,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         await inventory.close()
 
     register_web(app, metrics, order_table, stock_table)
-    register_commands(app, settings.kafka_broker)
+    register_commands(app, settings)
     app.wiring = Wiring(settings, metrics, notifications, dedup, order_table, inventory)  # type: ignore[attr-defined]
     return app
 

@@ -15,8 +15,8 @@ def bootstrap_of(kafka_broker: str) -> str:
     return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
-def register_commands(app: Any, kafka_broker: str) -> None:
-    bootstrap = bootstrap_of(kafka_broker)
+def register_commands(app: Any, settings: Any) -> None:
+    bootstrap = bootstrap_of(settings.kafka_broker)
 
     @app.command(
         argument("action", type=click.Choice(["ls", "show", "redrive"])),
@@ -90,3 +90,39 @@ def register_commands(app: Any, kafka_broker: str) -> None:
         finally:
             await producer.stop()
         self.say(f"stock set for {len(commands)} SKUs")
+
+    @app.command(
+        option("--since", default=None, help="only orders created after 15m / 2h / 1d / an ISO time"),
+        option("--sla", type=float, default=60.0, show_default=True,
+               help="seconds an order may lag before it counts as missing or stuck"),
+        option("--repair", is_flag=True, default=False,
+               help="re-publish what missing and stuck orders need, through the outbox"),
+        option("--worker-url", default=None, help="a worker's web URL (default: this worker's)"),
+        option("--metrics-file", default=None,
+               help="write reconciliation_mismatches{kind} here (default: DATA_DIR/reconcile.prom)"),
+    )
+    async def reconcile(self: Any, since: str | None, sla: float, repair: bool,
+                        worker_url: str | None, metrics_file: str | None) -> None:
+        """Compare the order service's orders with the workers' order states."""
+        from pathlib import Path
+
+        from orders.db import open_database
+        from streams import reconcile as rc
+
+        try:
+            since_s = dlq.parse_since(since) / 1000 if since else None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        db = open_database(settings.database_url)
+        await db.setup()
+        try:
+            mismatches, total = await rc.reconcile(db, worker_url or settings.web_url, since=since_s, sla=sla)
+            self.say(rc.format_report(mismatches, total))
+            target = Path(metrics_file) if metrics_file else Path(settings.data_dir) / "reconcile.prom"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(rc.prometheus_text(mismatches))
+            if repair:
+                added = await rc.repair(db, mismatches)
+                self.say(f"repair: {added} events re-published through the outbox")
+        finally:
+            await db.close()

@@ -37,6 +37,10 @@ class WorkerSettings(BaseSettings):
     dedup_ttl: float = Field(86400, gt=0, description="seconds a processed key is remembered")
     dedup_sweep_interval: float = Field(60, gt=0, description="seconds between TTL sweeps")
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (5.0, 30.0, 300.0)
+    #: The order service's database, read by ``reconcile`` (the source of truth).
+    database_url: str = Field(
+        "sqlite:///./data/orders.db", pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$"
+    )
     notifier_url: str = ""
     notifier_timeout: float = Field(5.0, gt=0)
     park_timeout: float = Field(300, gt=0)

@@ -1,0 +1,172 @@
+"""Did the system converge? The order service's orders (the source of truth) against
+the workers' order states (``faust -A streams reconcile``).
+
+For each order in the order service's database:
+
+| order service | worker's ``/orders/{id}`` | older than the SLA | kind |
+|---|---|---|---|
+| any | 404 (never seen) | yes | ``missing`` |
+| ``PAID`` | ``CREATED`` or ``PAID`` (not yet notified) | yes | ``stuck`` |
+| ``CANCELLED`` | ``CREATED`` | yes | ``stuck`` |
+| ``CREATED`` | ``PAID``/``NOTIFIED``; ``CANCELLED`` vs ``PAID`` … | — | ``diverged`` |
+
+Younger than the SLA, a lagging order is in flight and not reported.
+
+``--repair`` re-publishes, through the outbox, the events an order needs to catch up
+(``OrderCreated`` for a missing order, then ``OrderPaid`` / ``OrderCancelled`` as its
+status says). Consumers deduplicate by order id and by event type, so a repair that
+runs twice, or repeats an event that did arrive, changes nothing. Diverged orders
+are only reported: they need a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+import aiohttp
+
+from orders import outbox
+from orders.db import Database
+from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid
+
+KINDS = ("missing", "stuck", "diverged")
+
+#: order-service status → worker statuses that agree with it (final) / that lag behind it.
+AGREES = {"CREATED": {"CREATED"}, "PAID": {"NOTIFIED"}, "CANCELLED": {"CANCELLED"}}
+LAGS = {"CREATED": {"NEW"}, "PAID": {"NEW", "CREATED", "PAID"}, "CANCELLED": {"NEW", "CREATED"}}
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    order_id: str
+    user_id: str
+    items: tuple[OrderItem, ...]
+    amount: Decimal
+    status: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    order_id: str
+    kind: str
+    source_status: str
+    worker_status: str
+    age_seconds: float
+
+
+def classify(row: OrderRow, worker_status: str | None, *, now: float, sla: float) -> str | None:
+    """The mismatch kind of one order, or None when it agrees or is still in flight."""
+    seen = worker_status or "NEW"
+    if seen in AGREES[row.status]:
+        return None
+    overdue = now - row.updated_at > sla
+    if seen in LAGS[row.status]:
+        if not overdue:
+            return None
+        return "missing" if worker_status is None else "stuck"
+    return "diverged"
+
+
+async def load_orders(db: Database, since: float | None) -> list[OrderRow]:
+    async with db.transaction() as tx:
+        rows = await tx.fetchall(
+            "SELECT order_id, user_id, items, amount, status, created_at, updated_at FROM orders"
+            " WHERE created_at >= ? ORDER BY created_at", (since or 0.0,),
+        )
+    return [
+        OrderRow(r[0], r[1], tuple(OrderItem(**i) for i in json.loads(r[2])), Decimal(r[3]), r[4],
+                 float(r[5]), float(r[6]))
+        for r in rows
+    ]
+
+
+async def worker_statuses(web_url: str, order_ids: list[str], concurrency: int = 32) -> dict[str, str | None]:
+    """``status`` from a worker's ``GET /orders/{id}`` (None: 404, never seen)."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, str | None] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def one(order_id: str) -> None:
+            async with sem, session.get(f"{web_url}/orders/{order_id}") as resp:
+                if resp.status == 404:
+                    out[order_id] = None
+                    return
+                resp.raise_for_status()
+                out[order_id] = (await resp.json())["status"]
+
+        await asyncio.gather(*(one(i) for i in order_ids))
+    return out
+
+
+async def reconcile(db: Database, web_url: str, *, since: float | None, sla: float,
+                    now: float | None = None) -> tuple[list[Mismatch], int]:
+    now = time.time() if now is None else now
+    rows = await load_orders(db, since)
+    seen = await worker_statuses(web_url, [r.order_id for r in rows])
+    mismatches = []
+    for row in rows:
+        kind = classify(row, seen[row.order_id], now=now, sla=sla)
+        if kind:
+            mismatches.append(Mismatch(row.order_id, kind, row.status, seen[row.order_id] or "-",
+                                       now - row.updated_at))
+    return mismatches, len(rows)
+
+
+def repair_events(row: OrderRow, worker_status: str) -> list[Event]:
+    """Events that bring the workers' view of ``row`` up to the order service's."""
+    events: list[Event] = []
+    if worker_status in ("-", "NEW"):
+        events.append(OrderCreated(order_id=row.order_id, user_id=row.user_id, items=row.items, amount=row.amount))
+    if row.status == "PAID":
+        events.append(OrderPaid(order_id=row.order_id, user_id=row.user_id, amount=row.amount))
+    if row.status == "CANCELLED":
+        events.append(OrderCancelled(order_id=row.order_id, reason="customer"))
+    return events
+
+
+async def repair(db: Database, mismatches: list[Mismatch]) -> int:
+    """Re-publish through the outbox what missing and stuck orders need; returns rows added."""
+    wanted = {m.order_id: m for m in mismatches if m.kind in ("missing", "stuck")}
+    if not wanted:
+        return 0
+    rows = {r.order_id: r for r in await load_orders(db, None) if r.order_id in wanted}
+    added = 0
+    now = time.time()
+    async with db.transaction() as tx:
+        for order_id, m in wanted.items():
+            for event in repair_events(rows[order_id], m.worker_status):
+                await outbox.add_event(tx, event, now=now, headers=[("x-repair", "reconcile")])
+                added += 1
+        if db.dialect == "postgresql":
+            from orders.relay import NOTIFY_CHANNEL
+
+            await tx.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return added
+
+
+def format_report(mismatches: list[Mismatch], total: int) -> str:
+    rows = [("ORDER", "KIND", "ORDER SERVICE", "WORKER", "AGE (s)")]
+    rows += [(m.order_id, m.kind, m.source_status, m.worker_status, f"{m.age_seconds:.0f}") for m in mismatches]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] if mismatches else []
+    counts = {k: sum(1 for m in mismatches if m.kind == k) for k in KINDS}
+    lines.append(f"{total} orders checked: " + ", ".join(f"{counts[k]} {k}" for k in KINDS))
+    return "\n".join(lines)
+
+
+def prometheus_text(mismatches: list[Mismatch]) -> str:
+    """``reconciliation_mismatches{kind}`` in the text format (node_exporter textfile collector)."""
+    lines = ["# HELP reconciliation_mismatches Orders whose worker state disagrees with the order service",
+             "# TYPE reconciliation_mismatches gauge"]
+    for k in KINDS:
+        lines.append(f'reconciliation_mismatches{{kind="{k}"}} {sum(1 for m in mismatches if m.kind == k)}')
+    lines.append(f"reconciliation_last_run_timestamp_seconds {time.time():.3f}")
+    return "\n".join(lines) + "\n"
+
+

@@ -1,0 +1,57 @@
+"""streams.reconcile.classify and repair_events: which orders disagree, and what fixes them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from streams.events import OrderItem
+from streams.reconcile import Mismatch, classify, format_report, prometheus_text, repair_events
+from streams.reconcile import OrderRow
+
+NOW = 1000.0
+
+
+def row(status: str, updated_at: float = 0.0) -> OrderRow:
+    return OrderRow("o-1", "u", (OrderItem(sku="s", qty=1),), Decimal("1"), status, 0.0, updated_at)
+
+
+@pytest.mark.parametrize("source,worker,kind", [
+    ("CREATED", "CREATED", None),
+    ("PAID", "NOTIFIED", None),
+    ("CANCELLED", "CANCELLED", None),
+    ("CREATED", None, "missing"),
+    ("PAID", None, "missing"),
+    ("PAID", "CREATED", "stuck"),
+    ("PAID", "PAID", "stuck"),      # paid but never notified
+    ("PAID", "NEW", "stuck"),       # only parked events reached the worker
+    ("CANCELLED", "CREATED", "stuck"),
+    ("CREATED", "PAID", "diverged"),
+    ("CANCELLED", "PAID", "diverged"),
+    ("PAID", "CANCELLED", "diverged"),
+])
+def test_classify_overdue(source, worker, kind):
+    assert classify(row(source), worker, now=NOW, sla=60) == kind
+
+
+def test_lagging_within_the_sla_is_in_flight_not_a_mismatch():
+    assert classify(row("PAID", updated_at=NOW - 5), "CREATED", now=NOW, sla=60) is None
+    assert classify(row("PAID", updated_at=NOW - 5), None, now=NOW, sla=60) is None
+    assert classify(row("CREATED", updated_at=NOW - 5), "PAID", now=NOW, sla=60) == "diverged"
+
+
+def test_repair_events_bring_the_worker_up_to_the_source():
+    assert [e.type_name() for e in repair_events(row("PAID"), "-")] == ["OrderCreated", "OrderPaid"]
+    assert [e.type_name() for e in repair_events(row("PAID"), "CREATED")] == ["OrderPaid"]
+    assert [e.type_name() for e in repair_events(row("CANCELLED"), "NEW")] == ["OrderCreated", "OrderCancelled"]
+    assert [e.type_name() for e in repair_events(row("CREATED"), "-")] == ["OrderCreated"]
+
+
+def test_report_and_prometheus_text_count_each_kind():
+    ms = [Mismatch("o-1", "missing", "PAID", "-", 90), Mismatch("o-2", "stuck", "PAID", "CREATED", 70)]
+    report = format_report(ms, 10)
+    assert "10 orders checked: 1 missing, 1 stuck, 0 diverged" in report and "o-2" in report
+    text = prometheus_text(ms)
+    assert 'reconciliation_mismatches{kind="missing"} 1' in text
+    assert 'reconciliation_mismatches{kind="diverged"} 0' in text
