@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (Python 3.11 with venv):
 #   make run    set up .venv, start the embedded broker and the worker
-#   make test   set up .venv (and PostgreSQL from Debian if missing), run every test
+#   make test   set up .venv (and PostgreSQL, Prometheus from Debian if missing), run every test
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,7 +19,7 @@ run: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/dev-run
 
 test: setup
-	./scripts/ensure-postgres
+	./scripts/ensure-system-packages
 	$(PY) -m pytest
 
 test-unit: setup

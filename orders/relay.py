@@ -158,6 +158,7 @@ class Relay:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.bootstrap, acks="all", linger_ms=2,
                 request_timeout_ms=timeout_ms, max_batch_size=256 * 1024,
+                **self.settings.aiokafka_kwargs(),
             )
             try:
                 await asyncio.wait_for(producer.start(), self.settings.relay_send_timeout)
@@ -173,7 +174,8 @@ class Relay:
     async def _create_topics(self) -> None:
         """Create the event topics with the project's partition count (existing ones stay)."""
         s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap, request_timeout_ms=10000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap, request_timeout_ms=10000,
+                                    **s.aiokafka_kwargs())
         await admin.start()
         try:
             existing = set(await admin.list_topics())

@@ -9,6 +9,7 @@ import sys
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.kafka_security import KafkaSecurity
 from streams.settings import SettingsError, describe_error
 
 
@@ -16,7 +17,7 @@ def _default_relay_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class OrdersSettings(BaseSettings):
+class OrdersSettings(KafkaSecurity, BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
     )

@@ -88,6 +88,29 @@ def oldest_retry_age(tiers: list[RetryTier], now: float) -> float:
     return max(0.0, now - min(oldest) / 1000) if oldest else 0.0
 
 
+def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
+    """Per assigned partition: the fetcher's high watermark − the next offset to read
+    (Faust's ``Consumer._read_offset``, a private name of the pinned version)."""
+    if app.rebalancing or app.consumer is None:
+        return []
+    out = []
+    consumer = app.consumer
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started yet
+        return []
+    for tp in sorted(assigned):
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        if high is None:
+            continue
+        read = consumer._read_offset.get(tp)
+        out.append((tp.topic, tp.partition, max(0, int(high) - (int(read) + 1 if read is not None else 0))))
+    return out
+
+
 def broker_urls(value: str) -> list[str]:
     """``kafka://a:9092,b:9092`` → ``["kafka://a:9092", "kafka://b:9092"]``."""
     scheme, _, hosts = value.partition("://")
@@ -125,6 +148,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         broker_rebalance_timeout=8.0,
         broker_request_timeout=30.0,
         autodiscover=False,
+        broker_credentials=settings.faust_credentials(),
     )
     metrics = Metrics()
     publisher = FaustPublisher(app)
@@ -239,6 +263,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         await inventory.close()
 
     register_web(app, metrics, order_table, stock_table)
+    metrics.consumer_lag.source = lambda: consumer_lag(app)
     register_commands(app, settings)
     app.wiring = Wiring(settings, metrics, notifications, dedup, order_table, inventory)  # type: ignore[attr-defined]
     return app

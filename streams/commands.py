@@ -17,6 +17,7 @@ def bootstrap_of(kafka_broker: str) -> str:
 
 def register_commands(app: Any, settings: Any) -> None:
     bootstrap = bootstrap_of(settings.kafka_broker)
+    dlq.CLIENT_KWARGS.update(settings.aiokafka_kwargs())
 
     @app.command(
         argument("action", type=click.Choice(["ls", "show", "redrive"])),
@@ -80,7 +81,7 @@ def register_commands(app: Any, settings: Any) -> None:
             commands = [StockCommand(kind="set", sku=sku, qty=qty) for sku, qty in raw.items()]
         except (ValueError, AttributeError, TypeError) as exc:
             raise click.ClickException(f"{file}: expected a JSON object of SKU → quantity ({exc})") from None
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **settings.aiokafka_kwargs())
         await producer.start()
         try:
             acks = [await producer.send(REQUESTS_TOPIC, key=c.sku.encode(), value=c.model_dump_json().encode())

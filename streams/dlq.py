@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -100,11 +100,15 @@ def select(
     return out
 
 
+#: Extra aiokafka client arguments (TLS / SASL), set once by the CLI from the settings.
+CLIENT_KWARGS: dict[str, Any] = {}
+
+
 async def read_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes | None, dict[str, bytes], int]]:
     """Every record of ``topic`` (partition, offset, key, value, headers, timestamp)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=50, max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_wait_ms=50, max_partition_fetch_bytes=16 * 1024 * 1024, **CLIENT_KWARGS,
     )
     await consumer.start()
     try:
@@ -166,7 +170,8 @@ async def redrive(
         todo = todo[:limit]
     if dry_run or not todo:
         return RedriveResult(0, skipped, len(todo))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=16 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=16 * 1024 * 1024,
+                                **CLIENT_KWARGS)
     await producer.start()
     try:
         progress(0, len(todo))

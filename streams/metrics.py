@@ -5,7 +5,29 @@ Counted per batch (one ``inc(n)`` per label set and batch), not per event.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: (topic, partition, lag in records) for each partition this worker consumes.
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]
+
+
+class ConsumerLag(Collector):
+    """``consumer_lag{topic,partition}``: high watermark − next offset to read, at scrape."""
+
+    def __init__(self) -> None:
+        self.source: LagSource = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "consumer_lag", "Records not yet read, per assigned partition", labels=["topic", "partition"]
+        )
+        for topic, partition, lag in self.source():
+            family.add_metric([topic, str(partition)], lag)
+        yield family
 
 #: Statuses of ``event_processed_total``.
 SUCCESS, DUPLICATE, RETRY, DEAD_LETTER = "success", "duplicate", "retry", "dead_letter"
@@ -53,6 +75,8 @@ class Metrics:
             "rpc_calls", "Best-effort calls by outcome (ok, error, timeout, refused)",
             ["target", "outcome"], registry=r,
         )
+        self.consumer_lag = ConsumerLag()
+        r.register(self.consumer_lag)
         self.publish_failures = Counter(
             "publish_failures", "Sends to the broker that failed and were retried",
             ["service"], registry=r,

@@ -15,8 +15,10 @@ from typing import Annotated
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from streams.kafka_security import KafkaSecurity
 
-class WorkerSettings(BaseSettings):
+
+class WorkerSettings(KafkaSecurity, BaseSettings):
     """Environment of ``faust -A streams worker`` (names are the upper-cased fields)."""
 
     model_config = SettingsConfigDict(
@@ -90,7 +92,16 @@ class WorkerSettings(BaseSettings):
 
     @property
     def web_url(self) -> str:
-        return self.canonical_url or f"http://{self.web_host}:{self.web_port}"
+        """How other workers reach this one. With ``WEB_HOST=0.0.0.0`` and no
+        ``CANONICAL_URL`` (a container), this host's own address."""
+        if self.canonical_url:
+            return self.canonical_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::"):
+            import socket
+
+            host = socket.gethostbyname(socket.gethostname())
+        return f"http://{host}:{self.web_port}"
 
 
 class SettingsError(SystemExit):

@@ -1,4 +1,4 @@
-"""A private PostgreSQL server for tests (Debian's packages; see scripts/ensure-postgres)."""
+"""A private PostgreSQL server for tests (Debian's packages; see scripts/ensure-system-packages)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from streams.broker import free_port
 def pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL is not installed: run scripts/ensure-postgres (make test does)")
+        raise RuntimeError("PostgreSQL is not installed: run scripts/ensure-system-packages (make test does)")
     return Path(found[-1]).parent
 
 

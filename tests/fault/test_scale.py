@@ -1,0 +1,90 @@
+"""Scale 1 → 3 workers during a 20,000-event run, then SIGKILL one (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from streams.events import NotificationSent, OrderCreated, OrderPaid
+from tests.support.events import created, paid
+from tests.support.kafka import produce, read_topic
+from tests.support.worker import http_get
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+
+
+def assigned(worker, topic: str) -> set[int]:
+    try:
+        code, body = http_get(f"{worker.url}/health", timeout=2)
+    except OSError:
+        return set()
+    if code != 200:
+        return set()
+    return {int(a.rsplit(":", 1)[1]) for a in json.loads(body)["assigned"] if a.startswith(topic + ":")}
+
+
+def wait_all_assigned(workers, timeout: float = 120) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        parts = [assigned(w, OrderPaid.topic()) for w in workers]
+        if sum(map(len, parts)) == PARTITIONS and set().union(*parts) == set(range(PARTITIONS)):
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise TimeoutError([assigned(w, OrderPaid.topic()) for w in workers])
+
+
+async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker_factory):
+    env = {"table_standby_replicas": "1", "park_timeout": "3600"}
+    workers = [worker_factory(f"w{n}", **env) for n in (1, 2, 3)]
+    await asyncio.to_thread(workers[0].start().wait_ready)
+    ids = [f"o-{i}" for i in range(20_000)]
+    looked_up = ids[::80]  # 250 orders also get OrderCreated, to check GET /orders/{id}
+    await produce(broker.bootstrap, OrderCreated.topic(), [created(i) for i in looked_up])
+
+    async def feed() -> None:
+        for start in range(0, len(ids), 500):
+            await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in ids[start:start + 500]])
+            await asyncio.sleep(0.4)
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.sleep(3)
+    await asyncio.to_thread(workers[1].start().wait_ready)
+    await asyncio.sleep(3)
+    await asyncio.to_thread(workers[2].start().wait_ready)
+    await asyncio.to_thread(wait_all_assigned, workers)
+    await asyncio.sleep(2)
+
+    victim, survivors = workers[1], [workers[0], workers[2]]
+    victim.kill()
+    takeover = await asyncio.to_thread(wait_all_assigned, survivors)
+    await feeder
+
+    wanted = {i.encode() for i in ids}
+    sent = await read_topic(broker.bootstrap, NotificationSent.topic(),
+                            until=lambda r: wanted <= {x.key for x in r}, idle=3, timeout=240)
+    notified = {r.key for r in sent}
+    lost = wanted - notified
+
+    def lookups() -> dict[str, list]:
+        out: dict[str, list] = {w.url: [] for w in survivors}
+        for w in survivors:
+            for i in looked_up:
+                code, body = http_get(f"{w.url}/orders/{i}")
+                out[w.url].append(json.loads(body).get("status") if code == 200 else code)
+        return out
+
+    for _ in range(60):
+        seen = await asyncio.to_thread(lookups)
+        if all(s == "NOTIFIED" for v in seen.values() for s in v):
+            break
+        await asyncio.sleep(1)
+    print(f"\nscale 1→3 then SIGKILL 1 of 3 over {len(ids)} OrderPaid: notified={len(notified)} "
+          f"lost={len(lost)} duplicates={len(sent) - len(notified)} takeover={takeover:.1f}s")
+    assert not lost, f"lost {len(lost)}, e.g. {sorted(lost)[:5]}"
+    wrong = {url: [s for s in v if s != "NOTIFIED"] for url, v in seen.items()}
+    assert all(not w for w in wrong.values()), {u: w[:5] for u, w in wrong.items()}
