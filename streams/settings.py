@@ -50,6 +50,8 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     rpc_timeout: float = Field(0.2, gt=0)
     rpc_max_in_flight: int = Field(100, ge=1)
 
+    #: Consuming services this worker runs (comma-separated); default all.
+    services: Annotated[tuple[str, ...], NoDecode] = ("notifications", "order-state", "inventory")
     topic_partitions: int = Field(4, ge=1, description="partitions of topics the app creates")
     topic_replication_factor: int = Field(1, ge=1)
     table_standby_replicas: int = Field(0, ge=0)
@@ -67,6 +69,22 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     #: is short; harmless on Apache Kafka (one extra small request per partition at
     #: recovery). See docs/operations.md, "Embedded broker".
     end_offsets_from_fetch: bool = True
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _split_services(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("notifications", "order-state", "inventory")
+        unknown = [v for v in value if v not in known]
+        if unknown or not value:
+            raise ValueError(f"unknown or no services {unknown}; choose from {', '.join(known)}")
+        return tuple(dict.fromkeys(value))
 
     @field_validator("retry_delays", mode="before")
     @classmethod

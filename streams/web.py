@@ -8,7 +8,7 @@ from streams.metrics import Metrics
 from tables.order_state import public_view
 
 
-def register_web(app: Any, metrics: Metrics, order_table: Any, stock_table: Any) -> None:
+def register_web(app: Any, metrics: Metrics, order_table: Any | None, stock_table: Any | None) -> None:
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
@@ -25,6 +25,13 @@ def register_web(app: Any, metrics: Metrics, order_table: Any, stock_table: Any)
         }
         return web.json(body, status=200 if ready else 503)
 
+    if order_table is not None:
+        _order_route(app, order_table)
+    if stock_table is not None:
+        _stock_route(app, stock_table)
+
+
+def _order_route(app: Any, order_table: Any) -> None:
     @app.page("/orders/{order_id}")
     @app.table_route(table=order_table, match_info="order_id")
     async def get_order(web: Any, request: Any, order_id: str) -> Any:
@@ -33,6 +40,8 @@ def register_web(app: Any, metrics: Metrics, order_table: Any, stock_table: Any)
             return web.json({"error": "unknown order", "order_id": order_id}, status=404)
         return web.json(public_view(state))
 
+
+def _stock_route(app: Any, stock_table: Any) -> None:
     @app.page("/inventory/{sku}")
     @app.table_route(table=stock_table, match_info="sku")
     async def get_stock(web: Any, request: Any, sku: str) -> Any:
