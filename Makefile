@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-unit
+.PHONY: setup run test test-unit bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,11 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+# Side-by-side benchmarks on the embedded broker: bench/results/<date>.json, docs/benchmarks.md
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench

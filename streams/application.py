@@ -16,6 +16,7 @@ import faust
 
 from streams.commands import register_commands
 from streams.metrics import Metrics
+from streams.fetch_wait import install_fetch_max_wait
 from streams.offsets import install_fetch_end_offsets
 from streams.pipeline import Outgoing
 from streams.settings import WorkerSettings
@@ -73,6 +74,7 @@ def broker_urls(value: str) -> list[str]:
 def create_app(settings: WorkerSettings) -> faust.App:
     if settings.end_offsets_from_fetch:
         install_fetch_end_offsets()
+    install_fetch_max_wait(settings.fetch_max_wait)
     partitions = settings.topic_partitions
     app = faust.App(
         APP_ID,

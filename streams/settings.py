@@ -61,6 +61,9 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     batch_within: float = Field(0.05, gt=0)
     #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
     handler_concurrency: int = Field(64, ge=1)
+    #: Seconds a fetch waits on an idle broker (Faust's own default is 1.5 s, which
+    #: delays retries and the first event after a quiet spell by up to that much).
+    fetch_max_wait: float = Field(0.1, gt=0, le=10)
     #: Largest record the worker produces or fetches (producer max request size and
     #: fetch size). A record it cannot produce could not be dead-lettered.
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
