@@ -16,9 +16,10 @@ import faust
 
 from streams.commands import register_commands
 from streams.metrics import Metrics
+from streams.fastpath import make_fast_consumer, shared_topics
 from streams.fetch_wait import install_fetch_max_wait
 from streams.offsets import install_fetch_end_offsets
-from streams.pipeline import Outgoing
+from streams.publisher import FaustPublisher
 from streams.settings import WorkerSettings
 from streams.services import SERVICE_WIRING, Context
 from streams.topics import all_event_topics, raw_topic
@@ -27,19 +28,6 @@ from streams.web import register_web
 log = logging.getLogger(__name__)
 
 APP_ID = "order-streams"
-
-
-class FaustPublisher:
-    """:class:`streams.pipeline.Publisher` on the worker's own Faust producer."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    async def send(self, message: Outgoing) -> Any:
-        return await self.app.producer.send(
-            message.topic, message.key, message.value, message.partition, None,
-            list(message.headers) or None,
-        )
 
 
 def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
@@ -91,6 +79,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         value_serializer="raw",
         producer_acks=-1,
         producer_linger=0.005,
+        producer_max_batch_size=512 * 1024,
         producer_max_request_size=settings.max_message_bytes,
         consumer_max_fetch_size=settings.max_message_bytes,
         broker_commit_every=1000,
@@ -111,6 +100,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
     )
     for name in settings.services:
         SERVICE_WIRING[name](ctx)
+    if ctx.fast_routes:
+        app.transport.Consumer = make_fast_consumer(ctx.fast_routes, shared_topics(app, ctx.fast_routes))
 
     @app.task
     async def declare_topics() -> None:

@@ -80,7 +80,11 @@ class Outgoing:
 
 class Publisher(Protocol):
     async def send(self, message: Outgoing) -> Awaitable[Any]:
-        """Enqueue ``message``; return an awaitable that resolves on the broker ack."""
+        """Enqueue ``message``; return an awaitable that resolves on the broker ack.
+
+        A publisher may also offer ``send_many(messages)`` returning one awaitable
+        per message (shared by the messages of one record batch); it is used when
+        present."""
 
 
 class DedupStore(Protocol):
@@ -168,17 +172,23 @@ async def send_until_acked(
     Never gives up: while the broker is unreachable nothing can be acknowledged
     anyway, and giving up here would mean acknowledging offsets of unsent records.
     """
+    from streams.publisher import gather_acks
+
+    send_many = getattr(publisher, "send_many", None)
     pending = list(outgoing)
     while pending:
         futures: list[Any] = []
-        for m in pending:
-            try:  # send() itself raises when the broker is unreachable (metadata timeout)
-                futures.append(await publisher.send(m))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                futures.append(_failed(exc))
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        try:  # sending itself raises when the broker is unreachable (metadata timeout)
+            if send_many is not None:
+                futures = await send_many(pending)
+            else:
+                for m in pending:
+                    futures.append(await publisher.send(m))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            futures += [_failed(exc)] * (len(pending) - len(futures))
+        results = await gather_acks(futures)
         failed = [m for m, r in zip(pending, results) if isinstance(r, BaseException)]
         if failed:
             on_failure(len(failed))
@@ -236,7 +246,7 @@ class Pipeline(Generic[E]):
         self.ttl_ms = ttl_ms
         self.clock = clock
         self.send_retry_backoff = send_retry_backoff
-        self._sem = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
         self._type_name = service.event_type.type_name()
 
     async def process(self, records: Sequence[Record]) -> BatchResult:
@@ -245,7 +255,7 @@ class Pipeline(Generic[E]):
         tally: Counter[str] = Counter()
         items = [self._decode(r) for r in records]  # 1
         fresh = self._dedup(items, tally)  # 2
-        await asyncio.gather(*(self._run(item) for item in fresh))  # 3
+        await self._run_all(fresh)  # 3
         outgoing: list[Outgoing] = []
         marks: dict[int, list[tuple[bytes, int]]] = {}
         now_ms = int(self.clock() * 1000)
@@ -297,12 +307,26 @@ class Pipeline(Generic[E]):
                 fresh.append(item)
         return fresh
 
+    async def _run_all(self, items: list[_Item]) -> None:
+        """Every handler, at most ``concurrency`` at once: a few runner coroutines take
+        items in turn (one task per runner, not one per event)."""
+        todo = iter(items)
+
+        async def runner() -> None:
+            for item in todo:
+                await self._run(item)
+
+        runners = min(self.concurrency, len(items))
+        if runners == 1:
+            await runner()
+        elif runners:
+            await asyncio.gather(*(runner() for _ in range(runners)))
+
     async def _run(self, item: _Item) -> None:
-        async with self._sem:
-            try:
-                item.derived = await self.service.handle(item.event)  # type: ignore[arg-type]
-            except Exception as exc:  # every failure is routed, none escapes
-                item.error = classify(exc)
+        try:
+            item.derived = await self.service.handle(item.event)  # type: ignore[arg-type]
+        except Exception as exc:  # every failure is routed, none escapes
+            item.error = classify(exc)
 
     def _route_failure(self, item: _Item, now_ms: int, tally: Counter[str]) -> Outgoing:
         record, error = item.record, item.error

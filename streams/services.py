@@ -48,6 +48,8 @@ class Context:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tables: dict[str, Any] = field(default_factory=dict)
     pipelines: dict[str, Pipeline[Any]] = field(default_factory=dict)
+    #: topic → batch processor, for the fast path (streams/fastpath.py)
+    fast_routes: dict[str, Callable[[Any], Awaitable[Any]]] = field(default_factory=dict)
 
     @property
     def partitions(self) -> int:
@@ -78,7 +80,17 @@ def wire_notifications(ctx: Context) -> None:
 
     @app.agent(ctx.topics[OrderPaid], name="notifications")
     async def notifications_agent(stream: Any) -> None:
-        await run_batches(stream, pipeline.process, size=s.batch_size, within=s.batch_within)
+        if s.fast_path:
+            # The fast path has processed every record before Faust delivers it here
+            # (only when the topic is shared with another agent): acknowledge it.
+            manual = stream.noack()
+            async for event in manual.events():
+                await manual.ack(event)
+        else:
+            await run_batches(stream, pipeline.process, size=s.batch_size, within=s.batch_within)
+
+    if s.fast_path:
+        ctx.fast_routes[ctx.topics[OrderPaid].get_topic_name()] = pipeline.process
 
     tiers = [RetryTier(app, pipeline, n, batch_size=s.batch_size, clock=time.time)
              for n in range(1, len(retry_topics) + 1)]

@@ -55,6 +55,9 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     topic_partitions: int = Field(4, ge=1, description="partitions of topics the app creates")
     topic_replication_factor: int = Field(1, ge=1)
     table_standby_replicas: int = Field(0, ge=0)
+    #: Hand a service's source records from Faust's fetch straight to its pipeline,
+    #: a fetch at a time (streams/fastpath.py); false = Faust's per-message stream.
+    fast_path: bool = True
     #: Events handed to a service's handler at once (the commit protocol runs per batch).
     batch_size: int = Field(500, ge=1)
     #: Seconds to wait for a batch to fill before processing what has arrived.

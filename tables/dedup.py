@@ -28,6 +28,7 @@ from faust.types import TP
 
 from streams.metrics import Metrics
 from streams.pipeline import Outgoing, Publisher
+from streams.publisher import gather_acks
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,17 @@ class FaustDedupTable:
     async def _write(self, writes: Mapping[int, Sequence[tuple[bytes, bytes | None]]]) -> None:
         """Changelog first (acks awaited), then the local RocksDB, then the offset."""
         topic = self.changelog
-        futures, where = [], []
-        for partition, kv in writes.items():
-            for key, value in kv:
-                futures.append(await self.publisher.send(Outgoing(topic, key, value, (), partition)))
-                where.append(partition)
-        metas = await asyncio.gather(*futures)
+        records = [Outgoing(topic, key, value, (), partition) for partition, kv in writes.items() for key, value in kv]
+        where = [r.partition for r in records]
+        send_many = getattr(self.publisher, "send_many", None)
+        if send_many is not None:
+            futures = await send_many(records)
+        else:
+            futures = [await self.publisher.send(r) for r in records]
+        metas = await gather_acks(futures)
+        failed = next((m for m in metas if isinstance(m, BaseException)), None)
+        if failed is not None:
+            raise failed
         store = self.table.data
         for partition, kv in writes.items():
             batch = rocksdict.WriteBatch(raw_mode=True)

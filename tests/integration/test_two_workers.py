@@ -56,16 +56,16 @@ async def test_two_workers_split_partitions_and_route_order_lookups(broker, work
     deadline = time.monotonic() + 60
     while True:
         s1, s2 = await asyncio.to_thread(states_from, w1), await asyncio.to_thread(states_from, w2)
-        done = all(s.get("status") == "NOTIFIED" for s in (*s1.values(), *s2.values()))
+        done = all(s.get("status") == "NOTIFIED" and s["reservation"] != "PENDING" for s in (*s1.values(), *s2.values()))
         if done or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
     wrong = {i: (s1[i], s2[i]) for i in ids if s1[i].get("status") != "NOTIFIED" or s2[i].get("status") != "NOTIFIED"}
     assert not wrong, f"{len(wrong)} wrong lookups, e.g. {list(wrong.items())[:2]}"
-    assert all(s1[i]["version"] == 3 and s1[i] == s2[i] for i in ids)
-    # Arrival order across topics is not fixed (paid may be applied before created):
-    # parking out-of-order events is the state machine's job (issue 6).
-    assert sorted(h["type"] for h in s1[ids[0]]["history"]) == ["NotificationSent", "OrderCreated", "OrderPaid"]
+    # created, paid, notified, and the inventory's answer (no stock seeded: rejected)
+    assert all(s1[i]["version"] == 4 and s1[i]["reservation"] == "REJECTED" and s1[i] == s2[i] for i in ids)
+    lifecycle = [h["type"] for h in s1[ids[0]]["history"] if not h["type"].startswith("Inventory")]
+    assert lifecycle == ["OrderCreated", "OrderPaid", "NotificationSent"]
 
     status, _ = await asyncio.to_thread(http_get, f"{w1.url}/orders/o-unknown")
     assert status == 404

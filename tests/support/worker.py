@@ -35,6 +35,8 @@ class WorkerProcess:
         self.env = {k.upper(): str(v) for k, v in env.items()}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: epoch seconds when /health first answered 200 after the last start
+        self.ready_at: float | None = None
 
     @property
     def url(self) -> str:
@@ -69,10 +71,11 @@ class WorkerProcess:
             try:
                 status, _ = http_get(f"{self.url}/health", timeout=2)
                 if status == 200:
+                    self.ready_at = time.time()
                     return self
             except OSError:
                 pass
-            time.sleep(0.3)
+            time.sleep(0.05)
         raise TimeoutError(f"worker not ready in {timeout}s; log: {self.log_path}\n{self.tail()}")
 
     def kill(self) -> None:
