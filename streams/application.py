@@ -101,7 +101,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     for name in settings.services:
         SERVICE_WIRING[name](ctx)
     if ctx.fast_routes:
-        app.transport.Consumer = make_fast_consumer(ctx.fast_routes, shared_topics(app, ctx.fast_routes))
+        app.transport.Consumer = make_fast_consumer(
+            ctx.fast_routes, shared_topics(app, ctx.fast_routes), ctx.metrics
+        )
 
     @app.task
     async def declare_topics() -> None:

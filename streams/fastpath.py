@@ -68,7 +68,9 @@ def shared_topics(app: Any, routes: Mapping[str, Process]) -> set[str]:
     return {t for t in routes if counts.get(t, 0) > 1}
 
 
-def make_fast_consumer(routes: Mapping[str, Process], shared: set[str] = frozenset()) -> type:  # type: ignore[assignment]
+def make_fast_consumer(
+    routes: Mapping[str, Process], shared: set[str] = frozenset(), metrics: Any = None  # type: ignore[assignment]
+) -> type:
     """A Faust aiokafka ``Consumer`` that processes ``routes``' topics in batches."""
     from faust.transport.drivers.aiokafka import Consumer
     from faust.types.tuples import ack_lock
@@ -102,6 +104,8 @@ def make_fast_consumer(routes: Mapping[str, Process], shared: set[str] = frozens
                 by_topic.setdefault(tp.topic, []).extend(recs)
             for topic, recs in by_topic.items():
                 await routes[topic](to_records(recs))
+                if metrics is not None:
+                    metrics.fast_path_records.labels(topic).inc(len(recs))
             if self.app.consumer_generation_id != generation or self.app.rebalancing:
                 log.info("fast path: rebalance during a batch; %d records will be delivered again",
                          sum(map(len, todo.values())))

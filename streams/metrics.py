@@ -75,6 +75,9 @@ class Metrics:
             "rpc_calls", "Best-effort calls by outcome (ok, error, timeout, refused)",
             ["target", "outcome"], registry=r,
         )
+        self.fast_path_records = Counter(
+            "fast_path_records", "Records processed on the batch fast path", ["topic"], registry=r,
+        )
         self.consumer_lag = ConsumerLag()
         r.register(self.consumer_lag)
         self.publish_failures = Counter(
