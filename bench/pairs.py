@@ -211,7 +211,7 @@ async def p4_latency(rate: int, seconds: float, workdir: Path) -> dict[str, Any]
     with fresh_broker() as broker:
         await create_topics(broker.bootstrap, [PAID, SENT])
         worker = WorkerProcess(broker.url, workdir / "p4-data", workdir / "p4-worker.log",
-                               services="notifications", batch_within="0.002")
+                               services="notifications", fetch_max_wait="0.01")
         db = SqliteDatabase(str(workdir / "p4-orders.db"))
         await db.setup()
         settings = OrdersSettings(kafka_broker=broker.url, database_url="sqlite:///unused")
@@ -233,15 +233,24 @@ async def p4_latency(rate: int, seconds: float, workdir: Path) -> dict[str, Any]
                 relay.notify()
             offered = total / (loop.time() - start)
             sent = await read_topic(broker.bootstrap, SENT, expect=total, idle=1.0, timeout=120)
+            published = {r.key: r.timestamp_ms / 1000 for r in await read_topic(broker.bootstrap, PAID, expect=total, idle=0.5)}
         finally:
             relay_task.cancel()
             await asyncio.gather(relay_task, return_exceptions=True)
             await db.close()
             worker.kill()
     latencies = sorted(r.timestamp_ms / 1000 - committed[r.key] for r in sent if r.key in committed)
+    relay = sorted(published[k] - committed[k] for k in committed if k in published)
+    worker_part = sorted(r.timestamp_ms / 1000 - published[r.key] for r in sent if r.key in published)
     q = statistics.quantiles(latencies, n=100)
+
+    def p(values: list[float], pct: int) -> float:
+        return statistics.quantiles(values, n=100)[pct - 1] * 1000
+
     return {"orders": total, "offered_per_s": offered, "received": len(latencies),
-            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "max_ms": latencies[-1] * 1000}
+            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "max_ms": latencies[-1] * 1000,
+            "relay_p50_ms": p(relay, 50), "relay_p99_ms": p(relay, 99),
+            "worker_p50_ms": p(worker_part, 50), "worker_p99_ms": p(worker_part, 99)}
 
 
 async def p5_retry_delays(delays: tuple[float, ...], keys: int, workdir: Path) -> dict[str, Any]:
