@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.batching import to_record
 from streams.errors import DecodeError, StreamsError, ValidationFailed
-from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderItem
+from streams.events import InventoryRejected, InventoryReserved, OrderCreated
 from streams.metrics import DEAD_LETTER, DUPLICATE, SUCCESS, Metrics
 from streams.pipeline import Outgoing, Publisher, Record, dead_letter, decode, send_until_acked
 from streams.rpc import BestEffortCaller
@@ -72,18 +72,21 @@ class InventoryService:
     def _count(self, type_name: str, status: str) -> None:
         self.metrics.event_processed.labels(SERVICE, type_name, status).inc()
 
-    async def _dead_letter(self, record: Record, error: StreamsError, type_name: str) -> None:
-        msg = dead_letter(SERVICE, record, error, int(self.clock() * 1000), self.metrics)
-        await send_until_acked(self.publisher, [msg])
-        self._count(type_name, DEAD_LETTER)
+    async def _read(self, event: Any, decode_fn: Callable[[Record], Any], type_name: str) -> Any:
+        """The decoded value of ``event``, or None after dead-lettering it."""
+        record = to_record(event)
+        try:
+            return decode_fn(record)
+        except StreamsError as exc:
+            msg = dead_letter(SERVICE, record, exc, int(self.clock() * 1000), self.metrics)
+            await send_until_acked(self.publisher, [msg])
+            self._count(type_name, DEAD_LETTER)
+            return None
 
     # 1. OrderCreated → reserve commands, keyed by SKU ---------------------------------
     async def on_order_created(self, event: Any) -> None:
-        record = to_record(event)
-        try:
-            created = decode(OrderCreated, record)
-        except StreamsError as exc:
-            await self._dead_letter(record, exc, "OrderCreated")
+        created = await self._read(event, lambda r: decode(OrderCreated, r), "OrderCreated")
+        if created is None:
             return
         commands = [
             StockCommand(kind="reserve", sku=sku, qty=qty, order_id=created.order_id,
@@ -97,11 +100,8 @@ class InventoryService:
 
     # 2. stock per SKU -----------------------------------------------------------------
     async def on_stock_command(self, event: Any) -> None:
-        record = to_record(event)
-        try:
-            cmd = decode_message(StockCommand, record)
-        except StreamsError as exc:
-            await self._dead_letter(record, exc, "StockCommand")
+        cmd = await self._read(event, lambda r: decode_message(StockCommand, r), "StockCommand")
+        if cmd is None:
             return
         old = self.stock.get(cmd.sku)
         new, decision = apply_command(old, cmd)
@@ -117,11 +117,8 @@ class InventoryService:
 
     # 3. answers per order → one inventory event ----------------------------------------
     async def on_answer(self, event: Any) -> None:
-        record = to_record(event)
-        try:
-            answer = decode_message(SkuAnswer, record)
-        except StreamsError as exc:
-            await self._dead_letter(record, exc, "SkuAnswer")
+        answer = await self._read(event, lambda r: decode_message(SkuAnswer, r), "SkuAnswer")
+        if answer is None:
             return
         old = self.orders.get(answer.order_id)
         new, outcome = record_answer(old, answer)
@@ -162,6 +159,3 @@ class InventoryService:
         if self._session is not None:
             await self._session.close()
 
-
-def item_tuple(items: list[dict[str, Any]]) -> tuple[OrderItem, ...]:
-    return tuple(OrderItem(**i) for i in items)
