@@ -10,9 +10,13 @@ injects one kind of fault and checks what came out:
 * ``relay-kill`` — orders created and paid over HTTP (order service with
   ``RELAY_ENABLED=false``, SQLite) while a separate relay (fixed ``RELAY_ID``) is
   SIGKILLed K times.
-* ``broker-restart`` — order service with its relay; the broker is stopped mid-burst
-  and a new, *empty* one started on the same port; the worker is restarted with a
-  wiped ``DATA_DIR``. Then ``faust -A streams reconcile --sla 0 --repair``.
+* ``broker-restart`` — order service with its relay; the broker is SIGKILLed
+  mid-burst and a new, *empty* one started on the same port (memory store: topics,
+  offsets, changelogs and acknowledged records are gone), its event topics created
+  while the order service is paused (see :func:`restart_with_topics`); the worker is
+  restarted with a wiped ``DATA_DIR``. Effects are counted at the gateway stub, so
+  those from before the restart count. Then ``faust -A streams reconcile --sla 0
+  --repair`` re-publishes what the broker swallowed.
 * ``poison-flood`` — good ``OrderPaid`` interleaved with as many poison records
   (not JSON, wrong types, unknown version, empty value, no key).
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -48,9 +53,9 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
@@ -94,6 +99,9 @@ class Sizes:
     poison_rate: float  # records/s
     # orders per second over HTTP (relay-kill, broker-restart)
     order_rate: float
+    # seconds the gateway stub takes to answer (a real SMS gateway is not instant; the
+    # wider the window between the call and the commit, the more a kill can replay)
+    gateway_delay: float
     # bounds
     drain_timeout: float
 
@@ -104,7 +112,7 @@ SHORT = Sizes(
     relay_orders=3000, relay_kills=3, relay_kill_after=(0.5, 2.0),
     restart_orders=3000, restarts=1, restart_after=(2.0, 6.0), restart_downtime=2.0,
     poison_good=2000, poison_bad=2000, poison_rate=2000,
-    order_rate=300, drain_timeout=120,
+    order_rate=300, gateway_delay=0.05, drain_timeout=120,
 )
 
 LONG = Sizes(
@@ -113,7 +121,7 @@ LONG = Sizes(
     relay_orders=20_000, relay_kills=10, relay_kill_after=(0.5, 4.0),
     restart_orders=10_000, restarts=2, restart_after=(3.0, 8.0), restart_downtime=3.0,
     poison_good=20_000, poison_bad=20_000, poison_rate=4000,
-    order_rate=400, drain_timeout=600,
+    order_rate=400, gateway_delay=0.05, drain_timeout=600,
 )
 
 MODES = {"short": SHORT, "long": LONG}
@@ -179,7 +187,7 @@ class Stack:
         self._gateways: list[GatewayStub] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
-    async def __aenter__(self) -> "Stack":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -205,8 +213,8 @@ class Stack:
         await asyncio.to_thread(b.start)
         return b
 
-    async def gateway(self) -> GatewayStub:
-        g = GatewayStub()
+    async def gateway(self, delay: float = 0.0) -> GatewayStub:
+        g = GatewayStub(delay=delay)
         self._gateways.append(g)
         return await g.start()
 
@@ -354,15 +362,30 @@ def count_outcome(result: Result, gateway: GatewayStub, wanted: set[str], sent: 
 
 # -- scenarios ---------------------------------------------------------------------------
 
+
+def timed(scenario: Callable[[Sizes, Path, random.Random], Awaitable[Result]]):
+    """Sets the result's ``seconds`` (the scenario's wall time, start-up included)."""
+
+    @functools.wraps(scenario)
+    async def run(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
+        started = time.monotonic()
+        result = await scenario(sizes, workdir, rng)
+        result.seconds = time.monotonic() - started
+        return result
+
+    return run
+
+
 WORKER_ENV = {"park_timeout": "3600"}
 
 
+@timed
 async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("worker-kill-storm", faults=f"{sizes.storm_kills}× SIGKILL worker")
     ids = [f"ks-{i}" for i in range(sizes.storm_events)]
     async with Stack(workdir) as st:
         broker = await st.broker()
-        gateway = await st.gateway()
+        gateway = await st.gateway(sizes.gateway_delay)
         worker = st.worker(broker, "worker", notifier_url=gateway.url, **WORKER_ENV)
         await start_ready(worker)
         feeder = st.background(produce_steady(broker.bootstrap, PAID, [paid(i) for i in ids],
@@ -385,15 +408,16 @@ async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> 
         dlq = await read_dlq(broker.bootstrap)
         count_outcome(result, gateway, wanted, sent, dlq)
         result.details["worker_starts"] = worker.starts
-        result.notes.append(f"worker starts={worker.starts}; {sizes.storm_rate:.0f} events/s")
+        result.notes.append(f"{sizes.storm_rate:.0f} events/s; worker started {worker.starts} times")
     return result
 
 
+@timed
 async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("relay-kill", faults=f"{sizes.relay_kills}× SIGKILL relay")
     async with Stack(workdir) as st:
         broker = await st.broker()
-        gateway = await st.gateway()
+        gateway = await st.gateway(sizes.gateway_delay)
         common = {"kafka_broker": broker.url, "database_url": f"sqlite:///{workdir / 'orders.db'}"}
         api = st.orders("serve", "api", relay_enabled="false", **common)
         relay = st.orders("relay", "relay", relay_id="chaos-relay", relay_batch_size="200", **common)
@@ -415,7 +439,7 @@ async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
             await start_ready(relay)
         ids, produced_at = await burst
         result.notes.append(f"{len(ids)} orders in {produced_at - started:.1f}s over HTTP; "
-                            f"relay starts={relay.starts}")
+                            f"relay started {relay.starts} times")
         since = max(produced_at, last_fault)
         wanted = set(ids)
         result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
@@ -424,7 +448,8 @@ async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
         if stats.get("pending"):
             result.failed_checks.append(f"outbox still pending after the drain: {stats}")
         paid_records = await read_topic(broker.bootstrap, PAID, expect=len(ids), idle=1, timeout=30)
-        result.notes.append(f"{len(paid_records) - len(ids)} OrderPaid records published again by a restarted relay")
+        result.notes.append(f"{len(paid_records) - len(ids)} OrderPaid records published twice (relay killed "
+                            f"between ack and mark)")
         sent = await read_sent(broker.bootstrap, wanted & gateway.accepted.keys(), 60)
         dlq = await read_dlq(broker.bootstrap)
         count_outcome(result, gateway, wanted, sent, dlq)
@@ -444,15 +469,15 @@ async def diagnose(broker: EmbeddedBroker, worker: WorkerProcess, missing: set[s
     statuses = {s: metric_value(text, "event_processed_total", service="notifications", status=s)
                 for s in ("success", "duplicate", "retry", "dead_letter")}
     lag = [line for line in text.splitlines() if line.startswith("consumer_lag") and PAID in line]
-    return [f"diagnosis: {PAID} holds {len(records)} records {dict(sorted(per_partition.items()))}, "
-            f"{len(mine)} of them for the {len(missing)} orders without effect (partition, offset: "
-            f"{missing_at}); worker notifications {statuses}; {'; '.join(lag)}"]
+    return [(f"diagnosis: {PAID} holds {len(records)} records {dict(sorted(per_partition.items()))}, "
+             f"{len(mine)} of them for the {len(missing)} orders without effect (partition, offset: "
+             f"{missing_at}); worker notifications {statuses}; {'; '.join(lag)}")]
 
 
 def reconcile_cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "faust", "-A", "streams", "reconcile", *args],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"reconcile exited {done.returncode}:\n{done.stderr[-2000:]}")
@@ -509,13 +534,14 @@ async def restart_with_topics(st: Stack, port: int, orders: OrdersProcess) -> Em
     return broker
 
 
+@timed
 async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
-    result = Result("broker-restart", faults=f"{sizes.restarts}× broker stop + empty broker on the same port")
+    result = Result("broker-restart", faults=f"{sizes.restarts}× broker SIGKILL + empty broker on the same port")
     port = free_port()
     db_url = f"sqlite:///{workdir / 'orders.db'}"
     async with Stack(workdir) as st:
         broker = await st.broker(port)
-        gateway = await st.gateway()
+        gateway = await st.gateway(sizes.gateway_delay)
         common = {"kafka_broker": broker.url, "database_url": db_url}
         api = st.orders("serve", "api", **common)  # API + relay in one process
         worker = st.worker(broker, "worker", notifier_url=gateway.url, database_url=db_url, **WORKER_ENV)
@@ -539,8 +565,8 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
             shutil.rmtree(worker.data_dir, ignore_errors=True)
             await asyncio.sleep(sizes.restart_downtime)
             broker = await restart_with_topics(st, port, api)
-            result.notes.append(f"broker SIGKILLed {last_fault - started:.1f}s into the burst, after "
-                                f"{len(client.statuses) // 2} orders' HTTP answers and {effects_before} effects")
+            result.notes.append(f"broker SIGKILLed {last_fault - started:.1f}s into the burst "
+                                f"({len(client.statuses) // 2} orders answered, {effects_before} effects)")
             await start_ready(worker)
         ids, produced_at = await burst
         bad = Counter(s for s in client.statuses if s not in (201, 202))
@@ -555,18 +581,20 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
         on_new = await read_topic(broker.bootstrap, PAID, idle=1, timeout=20)
         processed = metric_value(await asyncio.to_thread(worker.metrics), "event_processed_total",
                                  service="notifications")
-        result.notes.append(f"before reconcile the new broker held {len(on_new)} OrderPaid records "
-                            f"({len({r.key for r in on_new} & {i.encode() for i in swallowed})} of them for "
-                            f"orders without effect); the restarted worker processed {processed:.0f}")
-        result.notes.append(
-            f"{len(swallowed)} paid orders without effect before reconcile (acknowledged by the old "
-            f"broker, gone with its memory before the worker read them)")
+        stranded = {r.key for r in on_new} & {i.encode() for i in swallowed}
+        if stranded:  # on the broker, yet no effect: not the broker's memory loss
+            result.failed_checks.append(f"{len(stranded)} orders' OrderPaid reached the new broker but had "
+                                        f"no effect before reconcile")
+        result.notes.append(f"{len(swallowed)} paid orders without effect before reconcile (acknowledged "
+                            f"by the old broker, not yet read by the worker)")
+        result.notes.append(f"new broker: {len(on_new)} OrderPaid before reconcile, worker processed "
+                            f"{processed:.0f}")
         # 2. What an operator does after losing a broker: reconcile from the source of truth.
         env = {"DATABASE_URL": db_url, "KAFKA_BROKER": broker.url,
                "DATA_DIR": str(workdir / "reconcile"), "PYTHONUNBUFFERED": "1"}
         out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--worker-url", worker.url)
         summary = [line for line in out.splitlines() if "orders checked" in line or line.startswith("repair:")]
-        result.notes.append("reconcile --sla 0 --repair: " + "; ".join(summary))
+        result.notes.append("reconcile: " + ", ".join(summary))
         result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
         await settle(gateway)
         if wanted - gateway.accepted.keys():
@@ -577,8 +605,6 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
         dlq = await read_dlq(broker.bootstrap)
         count_outcome(result, gateway, wanted, None, dlq)
         result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
-        result.notes.append("effects counted at the gateway stub (those before the restart included); "
-                            "NotificationSent duplicates only from the last broker")
     return result
 
 
@@ -605,6 +631,7 @@ def poison_records(n: int) -> list[tuple[bytes | None, bytes | None, str, str]]:
     return out
 
 
+@timed
 async def poison_flood(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("poison-flood", faults=f"{sizes.poison_bad} poison records")
     good = [f"pf-{i}" for i in range(sizes.poison_good)]
@@ -613,7 +640,7 @@ async def poison_flood(sizes: Sizes, workdir: Path, rng: random.Random) -> Resul
     rng.shuffle(mixed)
     async with Stack(workdir) as st:
         broker = await st.broker()
-        gateway = await st.gateway()
+        gateway = await st.gateway(sizes.gateway_delay)
         worker = st.worker(broker, "worker", notifier_url=gateway.url, **WORKER_ENV)
         await start_ready(worker)
         produced_at = await produce_steady(broker.bootstrap, PAID, mixed, rate=sizes.poison_rate, chunk=100)
@@ -674,12 +701,11 @@ async def run_scenario(name: str, sizes: Sizes, workdir: Path, seed: int) -> Res
     """Run one scenario; a crash becomes a failed row (with the traceback's last line)."""
     started = time.monotonic()
     try:
-        result = await SCENARIOS[name](sizes, workdir / name, random.Random(f"{seed}:{name}"))
-    except Exception as exc:
+        return await SCENARIOS[name](sizes, workdir / name, random.Random(f"{seed}:{name}"))
+    except Exception as exc:  # noqa: BLE001 - a crashed scenario is a failed row, the others still run
         traceback.print_exc()
-        result = Result(name, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    result.seconds = time.monotonic() - started
-    return result
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return Result(name, error=f"{type(exc).__name__}: {first}", seconds=time.monotonic() - started)
 
 
 # -- docs/reliability.md -----------------------------------------------------------------
@@ -697,7 +723,7 @@ and counts the effects:
 |---|---|
 | `worker-kill-storm` | `OrderPaid` events produced at a steady rate; the worker is SIGKILLed at random points K times and restarted on its own data dir after each |
 | `relay-kill` | order service API (`RELAY_ENABLED=false`, SQLite) + a separate relay (fixed `RELAY_ID`) + worker; orders created and paid over HTTP while the relay is SIGKILLed K times |
-| `broker-restart` | order service with its relay + worker; the broker is stopped mid-burst and a new one started on the same port; the worker is restarted with a wiped `DATA_DIR`; when the system is quiet, `faust -A streams reconcile --sla 0 --repair` |
+| `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; when the system is quiet, `faust -A streams reconcile --sla 0 --repair` (see the caveat below) |
 | `poison-flood` | good `OrderPaid` interleaved with as many poison records (not JSON, wrong types, unknown version, empty value, no key); every poison record must be in `notifications.dlq` exactly once with the right reason, every good event must have exactly one gateway request |
 
 Columns: **produced** — distinct orders/events that should have an effect;
@@ -706,25 +732,44 @@ gateway requests beyond the first per key + `NotificationSent` records beyond th
 first per key; **dead-lettered** — records in `notifications.dlq`; **drain** — seconds
 from the later of the last fault and the end of production until every expected
 effect was seen at the gateway (it includes the restarted process's start-up and
-group rejoin, ~10–17 s for a worker here). Duplicates are the price of at-least-once
-delivery: each carries the same `Idempotency-Key`, which a real gateway turns into a
-no-op. The run exits non-zero when a scenario lost anything, failed one of its own
-checks, or crashed.
+group rejoin, ~10–17 s for a worker here; for `broker-restart` also the reconcile).
+The gateway stub answers 200 after 50 ms (a real gateway is not instant either; the
+window between a call and its commit is what a kill replays). Duplicates are the
+price of at-least-once delivery: each carries the same `Idempotency-Key`, which a
+real gateway turns into a no-op. The run exits non-zero when a scenario lost
+anything, failed one of its own checks, or crashed.
 
 **The broker caveat.** The embedded broker (Tansu, memory store) keeps everything in
 memory: when it stops, every topic, committed offset and table changelog is gone,
-and records it had acknowledged are lost with it. So `broker-restart` does not show
-that the broker is durable — it is not — and the worker must be restarted with a
-wiped `DATA_DIR` (its tables' changelogs are gone and Faust would refuse its old
+and the records it had acknowledged are lost with it. So `broker-restart` does not
+show that the broker is durable — it is not — and the worker must be restarted with
+a wiped `DATA_DIR` (its tables' changelogs are gone and Faust would refuse its old
 local state). Effects are counted at the gateway stub, so those from before the
-restart still count. Paid orders whose `OrderPaid` the old broker had acknowledged
-but the worker had not yet read are swallowed by the restart ("without effect before
-reconcile" in the notes); the order service's database is the source of truth, and
-`reconcile --repair` re-publishes them through the outbox. Because the wiped worker
-no longer knows any order, reconcile re-publishes every order from before the restart,
-so most of this scenario's duplicates come from the repair. `NotificationSent`
-duplicates are counted on the last broker only. On a real Kafka cluster
-(replication 3, `acks=all`) a broker restart loses no acknowledged record.
+restart still count. What the scenario does, step by step:
+
+1. orders are created and paid over HTTP at a steady rate; the broker is SIGKILLed
+   mid-burst (a SIGTERM'd Tansu keeps serving connected clients for ~5 s, which
+   would move the fault), and the worker is SIGKILLed and its `DATA_DIR` wiped;
+2. after a short outage (the order service keeps answering 201/202), a new broker
+   starts on the same port. The order service is paused (SIGSTOP) for the fraction
+   of a second it takes to start it and create the event topics, then resumed.
+   Without that, the relay's producer (metadata from the old broker) sends to topics
+   that do not exist yet, Tansu *acknowledges* those records, and they never reach
+   the worker — measured here: 1,325 acknowledged `OrderPaid` records gone, and after
+   the topics were created the worker's consumer skipped records written later. A
+   real broker keeps its topics;
+3. the worker starts on the wiped data dir; when the outbox is empty and the gateway
+   quiet, paid orders still without effect are those whose `OrderPaid` the old broker
+   had acknowledged but the worker had not read (the notes give the number);
+4. `faust -A streams reconcile --sla 0 --repair` (the order service's database is
+   the source of truth) re-publishes what the workers' view lacks. The wiped worker no
+   longer knows the orders from before the restart, so reconcile re-publishes those
+   too: most of this scenario's duplicate effects come from the repair, each with the
+   order's `Idempotency-Key`. `NotificationSent` duplicates are counted on the last
+   broker only.
+
+On a real Kafka cluster (replication 3, `acks=all`) a broker restart loses no
+acknowledged record and needs none of this.
 
 Run it (from the repository root, in the virtualenv):
 
@@ -769,12 +814,12 @@ def parse_doc(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     out: dict[str, tuple[str, dict[str, str]]] = {}
     for mode in MODES:
         begin, end = _markers(mode)
-        m = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, re.S)
+        m = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, re.DOTALL)
         if not m:
             continue
         last, rows = "", {}
         for line in m.group(1).splitlines():
-            if line.startswith("Last run:"):
+            if line.startswith(("Last run:", "Latest run:")):
                 last = line
             cell = re.match(r"\| `([a-z-]+)` \|", line)
             if cell and cell.group(1) in SCENARIOS:
@@ -816,6 +861,18 @@ def update_doc(path: Path, results: Sequence[Result], sizes: Sizes, date: str, l
 # -- command line ------------------------------------------------------------------------
 
 
+def revision() -> str:
+    """The checked-out commit, ``+changes`` when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def machine() -> str:
     return f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
@@ -852,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="order-streams-chaos-"))
     started = time.monotonic()
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"bench.chaos --{sizes.mode}: {', '.join(names)}; seed {seed}; logs in {workdir}", flush=True)
 
     results = asyncio.run(run_all(names, sizes, workdir, seed))
@@ -867,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
               "and repairs from the order service's database with reconcile.")
     if not args.no_doc:
         cmd = "python -m bench.chaos --" + sizes.mode + "".join(f" --scenario {n}" for n in args.scenario or ())
-        last_run = (f"Last run: {date}, `{cmd}`, {total:.0f} s in all, seed {seed}, {machine()}.")
+        last_run = (f"Latest run: {date}, `{cmd}`, {total:.0f} s in all, seed {seed}, "
+                    f"commit {revision()}, {machine()}.")
         update_doc(args.out, results, sizes, date, last_run)
         print(f"results written to {args.out}")
     failed = [r.scenario for r in results if not r.ok]

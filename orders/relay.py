@@ -189,6 +189,9 @@ class Relay:
             await admin.close()
 
     async def _reset_producer(self) -> None:
+        # After a broker loss the topics may be gone too (the embedded broker keeps
+        # them in memory, and acknowledged sends to a missing topic): create them again.
+        self._topics_ready = False
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):

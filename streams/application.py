@@ -102,7 +102,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         SERVICE_WIRING[name](ctx)
     if ctx.fast_routes:
         app.transport.Consumer = make_fast_consumer(
-            ctx.fast_routes, shared_topics(app, ctx.fast_routes), ctx.metrics
+            ctx.fast_routes, shared_topics(app, ctx.fast_routes), ctx.metrics, settings.batch_size
         )
 
     @app.task

@@ -54,6 +54,7 @@ class FaustPublisher:
                 m = messages[i]
                 if batch.append(key=m.key, value=m.value, timestamp=None, headers=list(m.headers)) is None:
                     if members:  # full: send it, start the next one
+                        batch.close()  # a closed batch goes out at once, without lingering
                         future = await producer.send_batch(batch, topic, partition=partition)
                         for j in members:
                             out[j] = future
@@ -63,6 +64,7 @@ class FaustPublisher:
                         continue
                 members.append(i)
             if members:
+                batch.close()
                 future = await producer.send_batch(batch, topic, partition=partition)
                 for j in members:
                     out[j] = future
