@@ -62,6 +62,8 @@ class Relay:
         self._last_cleanup = 0.0
         self._last_stats = 0.0
         self.published_total = 0
+        #: until when this relay's SQLite lease is known to be held (clock seconds)
+        self._lease_until = 0.0
 
     def notify(self) -> None:
         """Called after a commit that added outbox rows: relay now, not at the next poll."""
@@ -96,8 +98,14 @@ class Relay:
         s, now = self.settings, self.clock()
         if not self.locking:
             async with self.db.transaction() as tx:
-                if not await outbox.try_lease(tx, LEASE, s.relay_id, now=now, ttl=s.relay_lease_ttl):
-                    return 0
+                # Renew the lease only when half of it is used up: a renewal is a write,
+                # and every write commit costs an fsync (synchronous=FULL); the claim
+                # alone is read-only.
+                if now >= self._lease_until - s.relay_lease_ttl / 2:
+                    if not await outbox.try_lease(tx, LEASE, s.relay_id, now=now, ttl=s.relay_lease_ttl):
+                        self._lease_until = 0.0
+                        return 0
+                    self._lease_until = now + s.relay_lease_ttl
                 rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=False)
             if not rows:
                 return 0
@@ -133,22 +141,33 @@ class Relay:
         except Exception as exc:
             return [exc] * len(rows)
 
-        async def one(row: outbox.OutboxRow) -> Any:
-            headers = [("event_id", row.id.encode()), *row.headers]
-            ack = await producer.send(row.topic, key=row.key, value=row.payload, headers=headers)
-            return await ack
-
-        tasks = [asyncio.ensure_future(one(r)) for r in rows]
-        done, pending = await asyncio.wait(tasks, timeout=self.settings.relay_send_timeout)
-        for t in pending:
-            t.cancel()
+        # Enqueue every row, then wait for the acks together: no task per row.
+        timeout = self.settings.relay_send_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        futures: list[Any] = []
+        failure: BaseException | None = None
+        try:
+            async with asyncio.timeout(timeout):  # send() blocks while the broker is unreachable
+                for row in rows:
+                    headers = [("event_id", row.id.encode()), *row.headers]
+                    futures.append(await producer.send(row.topic, key=row.key, value=row.payload, headers=headers))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            failure = exc if not isinstance(exc, TimeoutError) else TimeoutError(f"no broker ack in {timeout}s")
+        pending: set[Any] = set()
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.001))
         results: list[BaseException | None] = []
-        for t in tasks:
-            if t in pending:
-                results.append(TimeoutError(f"no broker ack in {self.settings.relay_send_timeout}s"))
+        for f in futures:
+            if f in pending:
+                f.cancel()
+                results.append(TimeoutError(f"no broker ack in {timeout}s"))
             else:
-                results.append(t.exception())
-        if pending:
+                results.append(f.exception())
+        results += [failure or TimeoutError("not sent")] * (len(rows) - len(futures))
+        if pending or failure is not None:
             await self._reset_producer()
         return results
 
