@@ -248,6 +248,24 @@ async def start_ready(proc: WorkerProcess | OrdersProcess) -> None:
     await asyncio.to_thread(lambda: proc.start().wait_ready())
 
 
+async def kill_repeatedly(
+    proc: WorkerProcess | OrdersProcess, times: int, after: tuple[float, float],
+    load: asyncio.Task[Any], result: Result, rng: random.Random,
+) -> float:
+    """SIGKILL ``proc`` ``times`` times at random moments while ``load`` runs,
+    restarting it after each; returns the monotonic time of the last kill."""
+    last_fault = time.monotonic()
+    for _ in range(times):
+        await asyncio.sleep(rng.uniform(*after))
+        if load.done() and load.exception():
+            break
+        proc.kill()
+        last_fault = time.monotonic()
+        result.faults_done += 1
+        await start_ready(proc)
+    return last_fault
+
+
 async def finished_at(coro: Awaitable[Any]) -> tuple[Any, float]:
     """``coro``'s result and the monotonic time it finished."""
     value = await coro
@@ -390,15 +408,7 @@ async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> 
         await start_ready(worker)
         feeder = st.background(produce_steady(broker.bootstrap, PAID, [paid(i) for i in ids],
                                               rate=sizes.storm_rate))
-        last_fault = time.monotonic()
-        for _ in range(sizes.storm_kills):
-            await asyncio.sleep(rng.uniform(*sizes.storm_kill_after))
-            if feeder.done() and feeder.exception():
-                break
-            worker.kill()
-            last_fault = time.monotonic()
-            result.faults_done += 1
-            await start_ready(worker)
+        last_fault = await kill_repeatedly(worker, sizes.storm_kills, sizes.storm_kill_after, feeder, result, rng)
         produced_at = await feeder
         since = max(produced_at, last_fault)
         wanted = set(ids)
@@ -428,15 +438,7 @@ async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
         client = OrdersClient(api.url, concurrency=16)
         started = time.monotonic()
         burst = st.background(finished_at(paced_orders(client, sizes.relay_orders, sizes.order_rate)))
-        last_fault = time.monotonic()
-        for _ in range(sizes.relay_kills):
-            await asyncio.sleep(rng.uniform(*sizes.relay_kill_after))
-            if burst.done() and burst.exception():
-                break
-            relay.kill()
-            last_fault = time.monotonic()
-            result.faults_done += 1
-            await start_ready(relay)
+        last_fault = await kill_repeatedly(relay, sizes.relay_kills, sizes.relay_kill_after, burst, result, rng)
         ids, produced_at = await burst
         result.notes.append(f"{len(ids)} orders in {produced_at - started:.1f}s over HTTP; "
                             f"relay started {relay.starts} times")
