@@ -127,7 +127,7 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | N
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
                     out.append((r.partition, r.offset, r.key, r.value, dict(r.headers or ()), r.timestamp))
             for tp in list(remaining):

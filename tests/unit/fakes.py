@@ -174,3 +174,13 @@ async def wait_until(predicate: Any, timeout: float = 2.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0)
+
+
+class Clock:
+    """A settable clock: ``clock()`` returns ``clock.now``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -19,6 +19,7 @@ from orders.api import OrdersApi
 from orders.db import SqliteDatabase
 from orders.metrics import OrdersMetrics
 from streams.events import OrderCancelled, OrderCreated, OrderPaid
+from tests.unit.fakes import Clock
 
 T0 = 1_700_000_000.0
 CREATED = "events.order.created.v1"
@@ -26,14 +27,6 @@ PAID = "events.order.paid.v1"
 CANCELLED = "events.order.cancelled.v1"
 
 VALID = {"user_id": "u-1", "items": [{"sku": "sku-1", "qty": 2}, {"sku": "sku-2", "qty": 1}], "amount": "12.50"}
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -72,7 +65,7 @@ async def ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
     db = SqliteDatabase(str(tmp_path / "orders.db"))
     await db.setup()
     commits: list[int] = []
-    clock = Clock()
+    clock = Clock(T0)
     api = OrdersApi(db, OrdersMetrics(), on_commit=lambda: commits.append(1), clock=clock)
     async with TestClient(TestServer(api.app())) as client:
         yield Ctx(client, db, api, clock, commits)

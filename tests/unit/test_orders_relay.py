@@ -19,6 +19,7 @@ from orders.metrics import OrdersMetrics
 from orders.relay import LEASE, Relay
 from orders.settings import OrdersSettings
 from streams.events import Event, OrderCreated, OrderItem, OrderPaid
+from tests.unit.fakes import Clock
 
 T0 = 1_700_000_000.0
 BASE = 2.0
@@ -30,14 +31,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(os.environ):
         if var.upper() in names:
             monkeypatch.delenv(var)
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -107,7 +100,7 @@ def make_relay(db: SqliteDatabase, producers: dict[int, Any]) -> Callable[..., t
             relay_send_timeout=settings.pop("relay_send_timeout", 5.0),
             database_url="sqlite:///unused.db", **settings,
         )
-        relay = Relay(db, s, OrdersMetrics(), clock=clock or Clock())
+        relay = Relay(db, s, OrdersMetrics(), clock=clock or Clock(T0))
         p = FakeProducer() if producer is None else producer
         producers[id(relay)] = p
         return relay, p
@@ -173,7 +166,7 @@ async def test_round_publishes_claimed_rows_with_an_event_id_header(db: SqliteDa
 async def test_rows_are_marked_sent_only_after_the_ack_resolves(db: SqliteDatabase, make_relay: Any) -> None:
     a = await add(db, created("o-a"))
     b = await add(db, created("o-b"))
-    clock = Clock()
+    clock = Clock(T0)
     relay, producer = make_relay(clock=clock, producer=FakeProducer(outcome=lambda s: "hold"))
 
     task = asyncio.create_task(relay.round())
@@ -202,7 +195,7 @@ async def test_rows_are_marked_sent_only_after_the_ack_resolves(db: SqliteDataba
 
 async def test_a_failed_ack_leaves_the_row_pending_with_a_retry_time(db: SqliteDatabase, make_relay: Any) -> None:
     a = await add(db, created("o-a"))
-    clock = Clock()
+    clock = Clock(T0)
     relay, producer = make_relay(clock=clock, producer=FakeProducer(outcome=lambda s: BrokerDown("leader not available")))
 
     assert await relay.round() == 0
@@ -313,7 +306,7 @@ async def test_an_orders_events_are_published_one_round_at_a_time_in_order(db: S
 async def test_a_failed_first_event_holds_back_the_orders_next_event(db: SqliteDatabase, make_relay: Any) -> None:
     c = await add(db, created("o-a"))
     await add(db, paid("o-a"))
-    clock = Clock()
+    clock = Clock(T0)
     relay, producer = make_relay(clock=clock, producer=FakeProducer(outcome=lambda s: BrokerDown("x")))
 
     assert await relay.round() == 0
@@ -336,7 +329,7 @@ async def test_a_relay_without_the_lease_publishes_nothing(db: SqliteDatabase, m
     a = await add(db, created("o-a"))
     async with db.transaction() as tx:
         assert await outbox.try_lease(tx, LEASE, "someone-else", now=T0, ttl=10.0)
-    clock = Clock()
+    clock = Clock(T0)
     relay, producer = make_relay(clock=clock)
 
     assert await relay.round() == 0
@@ -351,7 +344,7 @@ async def test_a_relay_without_the_lease_publishes_nothing(db: SqliteDatabase, m
 
 async def test_two_relays_one_lease(db: SqliteDatabase, make_relay: Any) -> None:
     await add(db, created("o-a"))
-    clock = Clock()
+    clock = Clock(T0)
     first, p1 = make_relay("relay-a", clock=clock)
     second, p2 = make_relay("relay-b", clock=clock)
 
