@@ -13,9 +13,26 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+
+#: Identifiers (order, user, SKU ids) are data from other people's code that ends up
+#: in record keys, HTTP headers (the gateway's ``Idempotency-Key``), URLs and logs:
+#: 1–128 characters from a safe set — letters, digits and ``._:-`` — starting with
+#: a letter or digit. A control character in an order id once made the HTTP client
+#: refuse the header on every retry; a 10,000-character id came back 400.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ID_MAX_LENGTH = 128
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
+
+#: Bounds of an order: items per order, units per item, amount (money, at most 4 decimals).
+MAX_ITEMS = 100
+MAX_QTY = 10_000
+MAX_AMOUNT = Decimal("1000000000")
+MAX_REASON_LENGTH = 500
+Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, decimal_places=4)]
 
 
 def utcnow() -> datetime:
@@ -55,35 +72,35 @@ class Event(BaseModel):
 class OrderItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sku: str = Field(min_length=1)
-    qty: int = Field(gt=0)
+    sku: Id
+    qty: int = Field(gt=0, le=MAX_QTY)
 
 
 class OrderCreated(Event):
     domain = "order"
     name = "created"
 
-    order_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    items: tuple[OrderItem, ...] = Field(min_length=1)
-    amount: Decimal = Field(ge=0)
+    order_id: Id
+    user_id: Id
+    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=MAX_ITEMS)
+    amount: Amount
 
 
 class OrderPaid(Event):
     domain = "order"
     name = "paid"
 
-    order_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    amount: Decimal = Field(ge=0)
+    order_id: Id
+    user_id: Id
+    amount: Amount
 
 
 class OrderCancelled(Event):
     domain = "order"
     name = "cancelled"
 
-    order_id: str = Field(min_length=1)
-    reason: str = ""
+    order_id: Id
+    reason: str = Field("", max_length=MAX_REASON_LENGTH)
 
 
 class NotificationSent(Event):
@@ -92,8 +109,8 @@ class NotificationSent(Event):
     domain = "notification"
     name = "sent"
 
-    order_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
+    order_id: Id
+    user_id: Id
     channel: Literal["sms", "log"] = "sms"
     #: ``event_id`` of the ``OrderPaid`` that caused this notification.
     causation_id: uuid.UUID
@@ -105,8 +122,8 @@ class InventoryReserved(Event):
     domain = "inventory"
     name = "reserved"
 
-    order_id: str = Field(min_length=1)
-    items: tuple[OrderItem, ...] = Field(min_length=1)
+    order_id: Id
+    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=MAX_ITEMS)
     causation_id: uuid.UUID
 
 
@@ -116,10 +133,10 @@ class InventoryRejected(Event):
     domain = "inventory"
     name = "rejected"
 
-    order_id: str = Field(min_length=1)
-    items: tuple[OrderItem, ...] = Field(min_length=1)
+    order_id: Id
+    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=MAX_ITEMS)
     #: SKUs that were short.
-    short: tuple[str, ...] = ()
+    short: tuple[Id, ...] = Field((), max_length=MAX_ITEMS)
     causation_id: uuid.UUID
 
 

@@ -8,6 +8,7 @@ that names the variable and stops the process.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -132,15 +133,29 @@ class SettingsError(SystemExit):
     """Start-up stops: a setting has a bad value. The message names the variable."""
 
 
+#: Variables whose value is never printed, whatever is wrong with it.
+SECRET_NAMES = ("PASSWORD", "TOKEN", "SECRET", "KEY")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """``postgresql://user:pw@host/db`` → ``postgresql://user:***@host/db`` (every URL in ``text``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def describe_error(exc: ValidationError) -> str:
-    """One line naming the first bad variable, its value and what is wrong."""
+    """One line naming the first bad variable, its value and what is wrong — with
+    passwords in URLs and values of secret variables masked."""
     err = exc.errors()[0]
     name = str(err["loc"][0]).upper() if err["loc"] else "settings"
     if not err["loc"]:  # a check across several variables names them in its message
-        return f"order-streams: invalid settings: {err['msg']}"
-    msg = err["msg"]
+        return mask_secrets(f"order-streams: invalid settings: {err['msg']}")
+    msg = mask_secrets(str(err["msg"]))
     value = err.get("input")
-    shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+    if any(part in name for part in SECRET_NAMES):
+        shown = "=***"
+    else:
+        shown = mask_secrets(f"={value!r}") if isinstance(value, (str, int, float)) else ""
     more = len(exc.errors()) - 1
     tail = f" (and {more} more)" if more else ""
     return f"order-streams: invalid setting {name}{shown}: {msg}{tail}"

@@ -150,3 +150,25 @@ def test_bad_setting_stops_the_app_import_with_one_line() -> None:
     assert len(lines) == 1, proc.stderr
     assert "DEDUP_TTL" in lines[0]
     assert proc.stdout == ""
+
+
+def test_settings_error_masks_the_database_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed DATABASE_URL was once printed whole, password included."""
+    from streams.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError):
+        load_settings(database_url="mysql://orders:hunter2@db:5432/orders")
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "DATABASE_URL" in err and "orders:***@db" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_settings_error_never_prints_a_secret_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError):
+        load_settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u",
+                      kafka_sasl_password=12345678)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "12345678" not in err
