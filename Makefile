@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# exec: dev-run replaces the recipe's shell, so the SIGTERM make forwards to its recipe
+# reaches dev-run, which stops the broker, the order service and the worker.
 run: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/dev-run
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec ./scripts/dev-run
 
 test: setup
 	./scripts/ensure-system-packages
