@@ -1,0 +1,106 @@
+"""Log lines of the project's processes: ``LOG_FORMAT`` (``text`` | ``json``) and ``LOG_LEVEL``.
+
+``configure(fmt, level, service)`` sets up the root logger once per process;
+``build_config`` returns the same as a :func:`logging.config.dictConfig` dict, for a
+caller that wants to add to it. Standard library only.
+
+* ``text``: ``[time] [pid] [LEVEL] logger: message key=value …``
+* ``json``: one object per line — ``time`` (RFC 3339, UTC), ``level``, ``service``,
+  ``logger``, ``message``, every field passed with ``extra=`` (``order_id``, ``topic``,
+  ``partition``, ``offset``, ``event_type`` …) and ``exception`` when there is one.
+
+    log.warning("row failed", extra={"order_id": "o-1", "topic": "events.order.paid.v1"})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+FORMATS = ("text", "json")
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "service"}
+
+#: Loggers of libraries that are chatty at INFO and say nothing an operator needs there.
+QUIET_LOGGERS: Mapping[str, str] = {"aiokafka": "ERROR", "aiohttp.access": "WARNING"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a call passed with ``extra=``."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; values JSON cannot hold are written with ``str()``."""
+
+    def __init__(self, service: str = "") -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            out.setdefault(key, value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``[time] [pid] [LEVEL] logger: message`` followed by the ``extra=`` fields as ``key=value``."""
+
+    def __init__(self, service: str = "") -> None:
+        super().__init__("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = extra_fields(record)
+        if not extras:
+            return line
+        head, sep, tail = line.partition("\n")  # keep a traceback below the fields
+        fields = " ".join(f"{k}={v}" for k, v in extras.items())
+        return f"{head} {fields}{sep}{tail}"
+
+
+def build_config(
+    fmt: str = "text", level: str = "INFO", service: str = "", *,
+    loggers: Mapping[str, str] = QUIET_LOGGERS,
+) -> dict[str, Any]:
+    """A ``dictConfig`` dict: one stderr handler on the root logger, in ``fmt``, at ``level``;
+    ``loggers`` maps library logger names to their own (quieter) levels."""
+    if fmt not in FORMATS:
+        raise ValueError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"()": f"{__name__}.{formatter.__name__}", "service": service}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {name: {"level": lvl} for name, lvl in loggers.items()},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+def configure(fmt: str = "text", level: str = "INFO", service: str = "") -> None:
+    """Configure the root logger of this process (replaces its handlers)."""
+    logging.config.dictConfig(build_config(fmt, level, service))
