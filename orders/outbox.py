@@ -2,12 +2,19 @@
 
 A row is one event to publish: ``id`` (the event's ``event_id``, also sent as the
 ``event_id`` header), ``aggregate_id`` (the order), topic, key, payload, headers,
-``status`` (``pending`` → ``sent``), ``attempts``, ``next_retry_at``, created/sent
-times and ``last_error``. ``position`` orders rows globally.
+``status`` (``pending`` → ``sent``, or ``failed`` when the relay gave up on it),
+``attempts``, ``next_retry_at``, created/sent times and ``last_error``. ``position`` orders rows globally.
 
 Per-order order: the relay only claims the *first* pending row of each order (no
 earlier pending row of the same ``aggregate_id``), so an order's second event is
 never published before its first is acknowledged — also with several relays.
+
+A row that can never be published — larger than the relay may send, an invalid
+topic, bytes that cannot be encoded — gets ``status = 'failed'`` and its
+``last_error``: it stops blocking its order's later rows and is counted in
+:func:`stats` (``failed_terminal``) and the ``outbox_failed_rows`` gauge. Nothing
+deletes it; re-queue it by hand once the cause is fixed
+(``UPDATE outbox SET status = 'pending', next_retry_at = 0 WHERE id = …``).
 """
 
 from __future__ import annotations
@@ -16,9 +23,44 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from orders.db import Tx
 from streams.events import Event
+
+#: Bytes kept free beside the record's own estimate (key, headers, record overhead,
+#: as aiokafka computes it): room for headers added later and the batch header.
+ENVELOPE_MARGIN = 512
+
+
+class EventTooLarge(ValueError):
+    """The event's record would exceed what the relay may publish."""
+
+    def __init__(self, event: Event, size: int, limit: int) -> None:
+        super().__init__(
+            f"the {event.type_name()} event would be a {size}-byte record; the relay publishes "
+            f"at most {limit} bytes (RELAY_MAX_REQUEST_BYTES)"
+        )
+        self.size = size
+        self.limit = limit
+
+
+def record_size(event: Event, headers: Sequence[tuple[str, str]] = ()) -> int:
+    """Upper bound of the event's record size as the relay's producer computes it
+    (``max_request_size`` check), with its ``event_id`` header, plus ENVELOPE_MARGIN."""
+    all_headers = [("event_id", str(event.event_id).encode()), *((k, v.encode()) for k, v in headers)]
+    estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        event.idempotency_key().encode(), event.to_bytes(), all_headers)
+    return int(estimate) + ENVELOPE_MARGIN
+
+
+def check_size(event: Event, limit: int, headers: Sequence[tuple[str, str]] = ()) -> None:
+    """Raise :class:`EventTooLarge` when ``event`` could not be published under ``limit``."""
+    size = record_size(event, headers)
+    if size > limit:
+        raise EventTooLarge(event, size, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +73,9 @@ class OutboxRow:
     headers: tuple[tuple[str, bytes], ...]
     attempts: int
     created_at: float
+    #: Set when the stored row cannot be turned into a record (say a NULL payload or
+    #: headers that are not JSON): the relay gives up on it without sending.
+    error: str | None = None
 
 
 async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple[str, str]] = ()) -> str:
@@ -63,14 +108,20 @@ async def claim(tx: Tx, *, now: float, limit: int, skip_locked: bool) -> list[Ou
     transaction ends and other relays skip them (``FOR UPDATE SKIP LOCKED``)."""
     sql = CLAIM + (" FOR UPDATE OF o SKIP LOCKED" if skip_locked else "")
     rows = await tx.fetchall(sql, (now, limit))
-    return [
-        OutboxRow(
+    return [_row(r) for r in rows]
+
+
+def _row(r: tuple[Any, ...]) -> OutboxRow:
+    try:
+        return OutboxRow(
             id=r[0], aggregate_id=r[1], topic=r[2], key=bytes(r[3]), payload=bytes(r[4]),
             headers=tuple((k, v.encode()) for k, v in json.loads(r[5])),
             attempts=int(r[6]), created_at=float(r[7]),
         )
-        for r in rows
-    ]
+    except Exception as exc:  # one bad row must not stop the others
+        return OutboxRow(id=r[0], aggregate_id=r[1], topic=r[2], key=b"", payload=b"", headers=(),
+                         attempts=int(r[6] or 0), created_at=float(r[7] or 0),
+                         error=f"unreadable row: {type(exc).__name__}: {exc}")
 
 
 async def mark_sent(tx: Tx, ids: Sequence[str], *, now: float) -> None:
@@ -96,6 +147,15 @@ async def mark_failed(tx: Tx, row: OutboxRow, error: str, *, now: float, delay: 
     )
 
 
+async def mark_given_up(tx: Tx, row: OutboxRow, error: str, *, now: float) -> None:
+    """Terminal: the row can never be published; it no longer holds back its order."""
+    await tx.execute(
+        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, next_retry_at = ?, last_error = ?"
+        " WHERE id = ?",
+        (now, error[:1000], row.id),
+    )
+
+
 async def delete_sent_before(tx: Tx, cutoff: float) -> int:
     return await tx.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (cutoff,))
 
@@ -104,11 +164,15 @@ async def delete_sent_before(tx: Tx, cutoff: float) -> int:
 class OutboxStats:
     pending: int
     sent: int
+    #: pending rows whose last attempt failed (they are retried with backoff)
     failed: int
     oldest_pending_age_seconds: float
+    #: rows the relay gave up on (``status = 'failed'``)
+    failed_terminal: int = 0
 
     def as_dict(self) -> dict[str, float | int]:
         return {"pending": self.pending, "sent": self.sent, "failed": self.failed,
+                "failed_terminal": self.failed_terminal,
                 "oldest_pending_age_seconds": round(self.oldest_pending_age_seconds, 3)}
 
 
@@ -118,12 +182,14 @@ async def stats(tx: Tx, *, now: float) -> OutboxStats:
         " COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),"
         " COALESCE(SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),"
         " COALESCE(SUM(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0),"
-        " MIN(CASE WHEN status = 'pending' THEN created_at END)"
+        " MIN(CASE WHEN status = 'pending' THEN created_at END),"
+        " COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0)"
         " FROM outbox"
     )
     assert row is not None
     oldest = float(row[3]) if row[3] is not None else None
-    return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest is not None else 0.0)
+    return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest is not None else 0.0,
+                       int(row[4]))
 
 
 async def try_lease(tx: Tx, name: str, holder: str, *, now: float, ttl: float) -> bool:

@@ -10,12 +10,19 @@ One round:
 2. Send every claimed row (``acks="all"``) with an ``event_id`` header = the row id.
 3. Await every ack (at most ``RELAY_SEND_TIMEOUT``).
 4. Mark the acknowledged rows ``sent``; give the others ``attempts + 1``, the error
-   and ``next_retry_at`` = now + exponential backoff with jitter.
+   and ``next_retry_at`` = now + exponential backoff with jitter — or, when waiting
+   cannot help (the record is too large, the topic is invalid, the row cannot be
+   encoded), ``status = 'failed'``: the row stops holding back its order.
+
+A row that fails is one row: its error never fails the other rows of its round.
+Each failed row is logged once (its first failure, or when it is given up), not on
+every retry.
 
 Risk next to step 4: a relay killed between 3 and 4 publishes those rows again
 after restart — at-least-once; consumers deduplicate by the event's key.
 The relay wakes as soon as the API commits (in-process event, or PostgreSQL
-``LISTEN``) and polls every ``RELAY_POLL_INTERVAL`` as a fallback.
+``LISTEN``) and polls every ``RELAY_POLL_INTERVAL`` as a fallback. Beside its rounds
+it refreshes the outbox gauges every ``OUTBOX_STATS_INTERVAL`` (:meth:`Relay.run_gauges`).
 """
 
 from __future__ import annotations
@@ -27,19 +34,40 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 
 from orders import outbox
 from orders.db import Database
 from orders.metrics import OrdersMetrics
 from orders.settings import OrdersSettings
-from streams.events import EVENT_TYPES
+from streams.events import EVENT_BY_TOPIC, EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "order_streams_outbox"
 LEASE = "outbox-relay"
+
+#: Errors of one row that no wait can fix: the record is larger than the producer or
+#: the broker accepts, the topic name is invalid, the key/value/headers are not bytes
+#: (TypeError) or cannot be encoded (ValueError, UnicodeError). The row is given up.
+TERMINAL_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, TypeError, ValueError,
+)
+
+
+class RowUnreadable(ValueError):
+    """The stored row cannot be turned into a record (see ``OutboxRow.error``)."""
+
+
+def is_terminal(error: BaseException) -> bool:
+    return isinstance(error, TERMINAL_ERRORS)
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class Relay:
@@ -60,8 +88,12 @@ class Relay:
         self._producer: AIOKafkaProducer | None = None
         self._topics_ready = False
         self._last_cleanup = 0.0
-        self._last_stats = 0.0
         self.published_total = 0
+        self.given_up_total = 0
+        #: the last round ran to its end (its rows may still have failed)
+        self.round_ok = True
+        #: the error that kept the producer from starting, while it lasts (logged once)
+        self._producer_down: str | None = None
         #: until when this relay's SQLite lease is known to be held (clock seconds)
         self._lease_until = 0.0
 
@@ -71,23 +103,28 @@ class Relay:
 
     async def run(self) -> None:
         listener = asyncio.ensure_future(self._listen()) if self.locking else None
+        gauges = asyncio.ensure_future(self.run_gauges())
         try:
             while True:
                 try:
                     published = await self.round()
+                    await self._housekeeping()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # broker or database trouble: wait, then try again
-                    log.warning("relay round failed: %r", exc)
+                    if self.round_ok:  # once per outage, not once per round
+                        log.warning("relay round failed, retrying every %ss: %s",
+                                    self.settings.relay_backoff_base, describe(exc))
+                    self.round_ok = False
                     await self._reset_producer()
                     published = 0
                     await asyncio.sleep(self.settings.relay_backoff_base)
-                await self._housekeeping()
                 if published < self.settings.relay_batch_size:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval)
                     self._wake.clear()
         finally:
+            gauges.cancel()
             if listener:
                 listener.cancel()
             await self._reset_producer()
@@ -95,6 +132,13 @@ class Relay:
 
     async def round(self) -> int:
         """One claim → publish → mark cycle; returns rows published."""
+        published = await self._round()
+        if not self.round_ok:
+            log.info("relay: rounds succeed again")
+            self.round_ok = True
+        return published
+
+    async def _round(self) -> int:
         s, now = self.settings, self.clock()
         if not self.locking:
             async with self.db.transaction() as tx:
@@ -119,55 +163,109 @@ class Relay:
             results = await self._publish(rows)
             return await self._mark(tx, rows, results)
 
-    async def _mark(self, tx: Any, rows: list[outbox.OutboxRow], results: list[BaseException | None]) -> int:
+    async def _mark(self, tx: Any, rows: list[outbox.OutboxRow], results: list[Failure | None]) -> int:
         now = self.clock()
-        ok = [r.id for r, err in zip(rows, results) if err is None]
+        ok = [r.id for r, f in zip(rows, results) if f is None]
         await outbox.mark_sent(tx, ok, now=now)
-        for row, err in zip(rows, results):
-            if err is not None:
-                delay = outbox.backoff(row.attempts + 1, base=self.settings.relay_backoff_base,
-                                       cap=self.settings.relay_backoff_max)
-                await outbox.mark_failed(tx, row, f"{type(err).__name__}: {err}", now=now, delay=delay)
+        given_up = 0
+        for row, failure in zip(rows, results):
+            if failure is None:
+                if row.attempts:
+                    log.info("relay: row published after %d failed attempts", row.attempts,
+                             extra=self._fields(row))
+                continue
+            reason = describe(failure.error)
+            if failure.terminal:
+                given_up += 1
+                await outbox.mark_given_up(tx, row, reason, now=now)
+                log.error("relay: gave up on a row that can never be published (status failed): %s", reason,
+                          extra=self._fields(row, attempts=row.attempts + 1))
+                continue
+            delay = outbox.backoff(row.attempts + 1, base=self.settings.relay_backoff_base,
+                                   cap=self.settings.relay_backoff_max)
+            await outbox.mark_failed(tx, row, reason, now=now, delay=delay)
+            if row.attempts == 0 and not failure.producer_down:  # once per row, not per retry
+                log.warning("relay: row failed to publish, retrying with backoff: %s", reason,
+                            extra=self._fields(row))
         self.metrics.published.inc(len(ok))
         self.published_total += len(ok)
+        self.given_up_total += given_up
         if len(ok) < len(rows):
             self.metrics.failed.inc(len(rows) - len(ok))
-            log.warning("relay: %d of %d rows failed to publish", len(rows) - len(ok), len(rows))
+            log.debug("relay: %d of %d rows failed to publish (%d given up)", len(rows) - len(ok), len(rows),
+                      given_up)
         return len(ok)
 
-    async def _publish(self, rows: list[outbox.OutboxRow]) -> list[BaseException | None]:
+    @staticmethod
+    def _fields(row: outbox.OutboxRow, **more: Any) -> dict[str, Any]:
+        event_type = EVENT_BY_TOPIC.get(row.topic)
+        return {"order_id": row.aggregate_id, "event_id": row.id, "topic": row.topic,
+                "event_type": event_type.type_name() if event_type else None, **more}
+
+    async def _publish(self, rows: list[outbox.OutboxRow]) -> list[Failure | None]:
+        """Send every row, await the acks together; one result per row (None: acked)."""
+        results: list[Failure | None] = [None] * len(rows)
+        sendable: list[int] = []
+        for i, row in enumerate(rows):
+            if row.error is not None:
+                results[i] = Failure(RowUnreadable(row.error), terminal=True)
+            else:
+                sendable.append(i)
+        if not sendable:
+            return results
         try:
             producer = await self._ensure_producer()
-        except Exception as exc:
-            return [exc] * len(rows)
+        except Exception as exc:  # no broker: every row waits, however it looks
+            if self._producer_down is None:
+                log.warning("relay: cannot reach the broker (%s); %d rows wait, retried with backoff",
+                            describe(exc), len(sendable))
+            self._producer_down = describe(exc)
+            for i in sendable:
+                results[i] = Failure(exc, terminal=False, producer_down=True)
+            return results
+        if self._producer_down is not None:
+            log.info("relay: broker reachable again")
+            self._producer_down = None
 
-        # Enqueue every row, then wait for the acks together: no task per row.
+        # Enqueue every row, then wait for the acks together: no task per row. An
+        # error raised by send() belongs to its row only; the others go on.
         timeout = self.settings.relay_send_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        futures: list[Any] = []
-        failure: BaseException | None = None
+        futures: dict[int, Any] = {}
+        reset = False
+        not_sent = TimeoutError(f"no broker ack in {timeout}s")
         try:
             async with asyncio.timeout(timeout):  # send() blocks while the broker is unreachable
-                for row in rows:
+                for i in sendable:
+                    row = rows[i]
                     headers = [("event_id", row.id.encode()), *row.headers]
-                    futures.append(await producer.send(row.topic, key=row.key, value=row.payload, headers=headers))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            failure = exc if not isinstance(exc, TimeoutError) else TimeoutError(f"no broker ack in {timeout}s")
-        pending: set[Any] = set()
+                    try:
+                        futures[i] = await producer.send(row.topic, key=row.key, value=row.payload,
+                                                         headers=headers)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        results[i] = Failure(exc, terminal=is_terminal(exc))
+                        reset = reset or not is_terminal(exc)
+        except TimeoutError:
+            reset = True
         if futures:
-            _, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.001))
-        results: list[BaseException | None] = []
-        for f in futures:
-            if f in pending:
+            _, pending = await asyncio.wait(futures.values(), timeout=max(deadline - loop.time(), 0.001))
+        else:
+            pending = set()
+        for i in sendable:
+            if results[i] is not None:
+                continue
+            f = futures.get(i)
+            if f is None:  # the round's time ran out before this row was enqueued
+                results[i] = Failure(not_sent, terminal=False)
+            elif f in pending:
                 f.cancel()
-                results.append(TimeoutError(f"no broker ack in {timeout}s"))
-            else:
-                results.append(f.exception())
-        results += [failure or TimeoutError("not sent")] * (len(rows) - len(futures))
-        if pending or failure is not None:
+                results[i] = Failure(not_sent, terminal=False)
+            elif (exc := f.exception()) is not None:
+                results[i] = Failure(exc, terminal=is_terminal(exc))
+        if pending or reset:
             await self._reset_producer()
         return results
 
@@ -177,6 +275,7 @@ class Relay:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.bootstrap, acks="all", linger_ms=2,
                 request_timeout_ms=timeout_ms, max_batch_size=256 * 1024,
+                max_request_size=self.settings.relay_max_request_bytes,
                 **self.settings.aiokafka_kwargs(),
             )
             try:
@@ -218,18 +317,35 @@ class Relay:
 
     async def _housekeeping(self) -> None:
         now = self.clock()
-        if now - self._last_stats >= 1.0:
-            self._last_stats = now
-            async with self.db.transaction() as tx:
-                st = await outbox.stats(tx, now=now)
-            self.metrics.pending.set(st.pending)
-            self.metrics.oldest_age.set(st.oldest_pending_age_seconds)
         if now - self._last_cleanup >= 60.0:
             self._last_cleanup = now
             async with self.db.transaction() as tx:
                 removed = await outbox.delete_sent_before(tx, now - self.settings.outbox_retention)
             if removed:
                 log.info("relay: deleted %d sent rows older than %ss", removed, self.settings.outbox_retention)
+
+    async def refresh_gauges(self) -> outbox.OutboxStats:
+        """Read the outbox counts and set the gauges (pending, oldest age, given up)."""
+        async with self.db.transaction() as tx:
+            st = await outbox.stats(tx, now=self.clock())
+        self.metrics.set_outbox(st.pending, st.oldest_pending_age_seconds, st.failed_terminal)
+        return st
+
+    async def run_gauges(self) -> None:
+        """Refresh the gauges every ``OUTBOX_STATS_INTERVAL``, whether or not anyone asks
+        and however long a round takes."""
+        failing = False
+        while True:
+            try:
+                await self.refresh_gauges()
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning("relay: cannot read the outbox stats (%s)", describe(exc))
+                failing = True
+            await asyncio.sleep(self.settings.outbox_stats_interval)
 
     async def _listen(self) -> None:
         """PostgreSQL: wake on ``NOTIFY order_streams_outbox`` from any process."""
@@ -247,3 +363,31 @@ class Relay:
             except Exception as exc:
                 log.warning("relay: LISTEN connection lost (%r); polling meanwhile", exc)
                 await asyncio.sleep(1.0)
+
+
+class Failure:
+    """Why one row was not published, and whether waiting could ever help."""
+
+    __slots__ = ("error", "terminal", "producer_down")
+
+    def __init__(self, error: BaseException, *, terminal: bool, producer_down: bool = False) -> None:
+        self.error = error
+        self.terminal = terminal
+        self.producer_down = producer_down
+
+
+def relay_app(relay: Relay) -> web.Application:
+    """``python -m orders relay``'s HTTP face: ``/metrics`` and ``/health``."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=relay.metrics.exposition(), content_type="text/plain")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "relay_id": relay.settings.relay_id,
+                                  "broker": "down" if relay._producer_down else "ok",
+                                  "last_round_ok": relay.round_ok})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
+from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.kafka_security import KafkaSecurity
@@ -27,6 +29,8 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     )
     orders_host: str = "127.0.0.1"
     orders_port: int = Field(8000, ge=1, le=65535)
+    #: Largest request body the API reads (bytes); a larger one is answered 413.
+    orders_max_body_bytes: int = Field(64 * 1024, ge=1024)
     kafka_broker: str = Field("kafka://127.0.0.1:9092", pattern=r"^(kafka|aiokafka)://[^\s]+$")
     topic_partitions: int = Field(4, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
@@ -42,8 +46,28 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     relay_lease_ttl: float = Field(30.0, gt=0)
     #: Seconds a broker send may take before the row counts as failed.
     relay_send_timeout: float = Field(10.0, gt=0)
+    #: The relay producer's ``max_request_size`` (aiokafka's default, 1 MiB). The API
+    #: refuses (422) an order whose event would not fit, instead of accepting a row
+    #: the relay can never publish.
+    relay_max_request_bytes: int = Field(1024 * 1024, ge=4096)
+    #: ``python -m orders relay`` serves ``/metrics`` and ``/health`` on this port
+    #: (host ``ORDERS_HOST``); ``serve`` exports the relay's metrics on ``ORDERS_PORT``.
+    relay_port: int = Field(8001, ge=1, le=65535)
+    #: Seconds between refreshes of the outbox gauges by the process running the relay.
+    outbox_stats_interval: float = Field(5.0, gt=0)
     #: Sent rows are deleted this many seconds after they were sent.
     outbox_retention: float = Field(3600.0, ge=0)
+    #: ``text`` (human) or ``json`` (one object per line) log lines; ``LOG_LEVEL`` as in logging.
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
 
     @model_validator(mode="after")
     def _lease_outlives_a_round(self) -> "OrdersSettings":

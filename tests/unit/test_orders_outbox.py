@@ -259,7 +259,8 @@ async def test_stats_counts_pending_sent_failed_and_the_oldest_pending_age(db: S
     assert st.sent == 1
     assert st.failed == 1
     assert st.oldest_pending_age_seconds == pytest.approx(30.1234)
-    assert st.as_dict() == {"pending": 3, "sent": 1, "failed": 1, "oldest_pending_age_seconds": 30.123}
+    assert st.as_dict() == {"pending": 3, "sent": 1, "failed": 1, "failed_terminal": 0,
+                            "oldest_pending_age_seconds": 30.123}
 
 
 async def test_stats_age_is_never_negative(db: SqliteDatabase) -> None:
@@ -370,3 +371,48 @@ async def test_leases_are_per_name(db: SqliteDatabase) -> None:
     async with db.transaction() as tx:
         assert await outbox.try_lease(tx, "other-lease", "b", now=T0, ttl=10)
 
+
+
+# -- given up (status failed) and the size check ----------------------------------------------
+
+
+async def test_a_given_up_row_leaves_pending_frees_its_order_and_is_counted(db: SqliteDatabase) -> None:
+    c = await add(db, created("o-a"), now=T0 - 50)
+    p = await add(db, paid("o-a"), now=T0 - 40)
+    [row] = await claim(db)
+    assert row.id == c
+    async with db.transaction() as tx:
+        await outbox.mark_given_up(tx, row, "MessageSizeTooLargeError: 2000000 bytes", now=T0)
+    t = await table(db)
+    assert t[c]["status"] == "failed" and t[c]["attempts"] == 1
+    assert t[c]["last_error"] == "MessageSizeTooLargeError: 2000000 bytes"
+    assert await claimed_ids(db) == [p]  # the order's next row is no longer held back
+    async with db.transaction() as tx:
+        st = await outbox.stats(tx, now=T0)
+    assert (st.pending, st.failed, st.failed_terminal) == (1, 0, 1)
+    assert st.oldest_pending_age_seconds == pytest.approx(40)
+    # Retention deletes sent rows only: a given-up row stays until someone looks at it.
+    async with db.transaction() as tx:
+        assert await outbox.delete_sent_before(tx, T0 + 10**6) == 0
+
+
+async def test_an_unreadable_row_is_claimed_with_its_error_and_does_not_break_the_claim(db: SqliteDatabase) -> None:
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE outbox SET payload = NULL WHERE id = ?", (a,))
+    rows = {r.id: r for r in await claim(db)}
+    assert rows[a].error is not None and "TypeError" in rows[a].error
+    assert rows[b].error is None and rows[b].payload
+
+
+def test_record_size_is_the_producers_estimate_plus_the_margin() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    event = created("o-a")
+    estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        b"o-a", event.to_bytes(), [("event_id", str(event.event_id).encode())])
+    assert outbox.record_size(event) == estimate + outbox.ENVELOPE_MARGIN
+    outbox.check_size(event, outbox.record_size(event))
+    with pytest.raises(outbox.EventTooLarge, match="RELAY_MAX_REQUEST_BYTES"):
+        outbox.check_size(event, outbox.record_size(event) - 1)

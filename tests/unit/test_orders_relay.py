@@ -4,6 +4,7 @@ failure → retry with backoff, per-order order, the lease."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import InvalidTopicError, KafkaConnectionError, MessageSizeTooLargeError, RecordTooLargeError
 
 from orders import outbox
+from orders import relay as relay_module
 from orders.db import SqliteDatabase
 from orders.metrics import OrdersMetrics
-from orders.relay import LEASE, Relay
+from orders.relay import LEASE, Relay, relay_app
 from orders.settings import OrdersSettings
 from streams.events import Event, OrderCreated, OrderItem, OrderPaid
 from tests.unit.fakes import Clock
@@ -46,7 +49,9 @@ class Send:
 class FakeProducer:
     """``send`` returns a future: acked at once, failed at once, or held for the test.
 
-    ``outcome(send)`` returns ``"ack"``, ``"hold"`` or an exception to fail with."""
+    ``outcome(send)`` returns ``"ack"``, ``"hold"``, an exception to fail the ack with,
+    or :class:`Raise` (an exception ``send`` itself raises, as aiokafka does for a
+    record over ``max_request_size``)."""
 
     outcome: Callable[[Send], Any] = lambda s: "ack"
     sends: list[Send] = field(default_factory=list)
@@ -56,6 +61,8 @@ class FakeProducer:
         s = Send(topic, key, value, list(headers), fut)
         self.sends.append(s)
         result = self.outcome(s)
+        if isinstance(result, Raise):
+            raise result.error
         if result == "ack":
             fut.set_result(("metadata", topic))
         elif isinstance(result, BaseException):
@@ -65,6 +72,11 @@ class FakeProducer:
 
 class BrokerDown(Exception):
     pass
+
+
+@dataclass
+class Raise:
+    error: BaseException
 
 
 @pytest.fixture
@@ -93,14 +105,14 @@ def producers(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
 @pytest.fixture
 def make_relay(db: SqliteDatabase, producers: dict[int, Any]) -> Callable[..., tuple[Relay, FakeProducer]]:
     def make(relay_id: str = "relay-a", clock: Clock | None = None, producer: Any = None,
-             **settings: Any) -> tuple[Relay, FakeProducer]:
+             metrics: OrdersMetrics | None = None, **settings: Any) -> tuple[Relay, FakeProducer]:
         s = OrdersSettings(
             relay_id=relay_id, relay_batch_size=settings.pop("relay_batch_size", 100),
-            relay_backoff_base=BASE, relay_backoff_max=60.0, relay_lease_ttl=30.0,
+            relay_backoff_base=settings.pop("relay_backoff_base", BASE), relay_backoff_max=60.0, relay_lease_ttl=30.0,
             relay_send_timeout=settings.pop("relay_send_timeout", 5.0),
             database_url="sqlite:///unused.db", **settings,
         )
-        relay = Relay(db, s, OrdersMetrics(), clock=clock or Clock(T0))
+        relay = Relay(db, s, metrics or OrdersMetrics(), clock=clock or Clock(T0))
         p = FakeProducer() if producer is None else producer
         producers[id(relay)] = p
         return relay, p
@@ -363,7 +375,7 @@ async def test_two_relays_one_lease(db: SqliteDatabase, make_relay: Any) -> None
 # -- housekeeping and the run loop -----------------------------------------------------------
 
 
-async def test_housekeeping_sets_gauges_and_deletes_old_sent_rows(db: SqliteDatabase, make_relay: Any) -> None:
+async def test_housekeeping_deletes_old_sent_rows_and_refresh_sets_the_gauges(db: SqliteDatabase, make_relay: Any) -> None:
     a = await add(db, created("o-a"), now=T0 - 7200)
     b = await add(db, created("o-b"), now=T0 - 30)
     async with db.transaction() as tx:
@@ -372,6 +384,7 @@ async def test_housekeeping_sets_gauges_and_deletes_old_sent_rows(db: SqliteData
 
     await relay._housekeeping()
     assert set(await table(db)) == {b}
+    await relay.refresh_gauges()
     assert sample(relay, "outbox_pending_rows") == 1
     assert sample(relay, "outbox_oldest_pending_age_seconds") == pytest.approx(30)
 
@@ -393,3 +406,262 @@ async def test_notify_wakes_the_running_relay(db: SqliteDatabase, make_relay: An
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# -- one bad row is one row: terminal failures ---------------------------------------------
+
+
+TOO_LARGE = MessageSizeTooLargeError("The message is 1048733 bytes when serialized which is larger than the maximum")
+
+
+async def test_one_row_that_send_refuses_does_not_fail_the_other_ten(db: SqliteDatabase, make_relay: Any) -> None:
+    """The issue: one bad row among eleven claimed gave "11 of 11 rows failed to publish"."""
+    ids = [await add(db, created(f"o-{i}")) for i in range(11)]
+    bad = ids[4]
+    relay, producer = make_relay(producer=FakeProducer(
+        outcome=lambda s: Raise(TOO_LARGE) if s.key == b"o-4" else "ack"))
+
+    assert await relay.round() == 10
+    t = await table(db)
+    assert [i for i in ids if t[i]["status"] == "sent"] == [i for i in ids if i != bad]
+    assert t[bad]["status"] == "failed"
+    assert t[bad]["attempts"] == 1
+    assert t[bad]["last_error"].startswith("MessageSizeTooLargeError: ")
+    assert len(producer.sends) == 11  # every row was tried, after the bad one too
+    assert sample(relay, "outbox_published_total") == 10
+    assert sample(relay, "outbox_publish_failures_total") == 1
+    # Given up: never claimed again.
+    assert await relay.round() == 0
+    assert len(producer.sends) == 11
+
+
+async def test_a_given_up_row_no_longer_holds_back_its_orders_next_row(db: SqliteDatabase, make_relay: Any) -> None:
+    c = await add(db, created("o-a"))
+    p = await add(db, paid("o-a"))
+    relay, producer = make_relay(producer=FakeProducer(
+        outcome=lambda s: Raise(TOO_LARGE) if s.topic == "events.order.created.v1" else "ack"))
+
+    assert await relay.round() == 0
+    assert await relay.round() == 1
+    t = await table(db)
+    assert (t[c]["status"], t[p]["status"]) == ("failed", "sent")
+    assert [s.topic for s in producer.sends] == ["events.order.created.v1", "events.order.paid.v1"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(MessageSizeTooLargeError("broker: MESSAGE_SIZE_TOO_LARGE"), id="broker-too-large"),
+        pytest.param(RecordTooLargeError("record too large"), id="record-too-large"),
+        pytest.param(InvalidTopicError("INVALID_TOPIC"), id="invalid-topic"),
+    ],
+)
+async def test_an_ack_error_that_waiting_cannot_fix_gives_the_row_up(db: SqliteDatabase, make_relay: Any,
+                                                                      error: BaseException) -> None:
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    relay, _ = make_relay(producer=FakeProducer(outcome=lambda s: error if s.key == b"o-a" else "ack"))
+    assert await relay.round() == 1
+    t = await table(db)
+    assert t[a]["status"] == "failed" and t[a]["last_error"].startswith(type(error).__name__)
+    assert t[b]["status"] == "sent"
+
+
+async def test_a_type_error_from_send_is_terminal_for_its_row_only(db: SqliteDatabase, make_relay: Any) -> None:
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    relay, _ = make_relay(producer=FakeProducer(
+        outcome=lambda s: Raise(TypeError("value must be bytes")) if s.key == b"o-a" else "ack"))
+    assert await relay.round() == 1
+    t = await table(db)
+    assert t[a]["status"] == "failed" and t[a]["last_error"] == "TypeError: value must be bytes"
+    assert t[b]["status"] == "sent"
+
+
+async def test_an_unreadable_row_is_given_up_without_a_send(db: SqliteDatabase, make_relay: Any) -> None:
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE outbox SET headers = 'not json' WHERE id = ?", (a,))
+    relay, producer = make_relay()
+    assert await relay.round() == 1
+    t = await table(db)
+    assert t[a]["status"] == "failed" and t[a]["last_error"].startswith("RowUnreadable: unreadable row")
+    assert t[b]["status"] == "sent"
+    assert [s.key for s in producer.sends] == [b"o-b"]
+
+
+async def test_a_transient_send_error_keeps_the_backoff_for_that_row_only(db: SqliteDatabase, make_relay: Any) -> None:
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    relay, _ = make_relay(producer=FakeProducer(
+        outcome=lambda s: Raise(KafkaConnectionError("connection reset")) if s.key == b"o-a" else "ack"))
+    assert await relay.round() == 1
+    t = await table(db)
+    assert t[a]["status"] == "pending" and t[a]["attempts"] == 1 and t[a]["next_retry_at"] > T0
+    assert t[a]["last_error"].startswith("KafkaConnectionError")
+    assert t[b]["status"] == "sent"
+
+
+async def test_given_up_rows_are_counted_in_stats_and_the_gauge(db: SqliteDatabase, make_relay: Any) -> None:
+    await add(db, created("o-a"))
+    await add(db, created("o-b"))
+    relay, _ = make_relay(producer=FakeProducer(outcome=lambda s: Raise(TOO_LARGE) if s.key == b"o-a" else "ack"))
+    await relay.round()
+    st = await relay.refresh_gauges()
+    assert (st.pending, st.sent, st.failed, st.failed_terminal) == (0, 1, 0, 1)
+    assert sample(relay, "outbox_failed_rows") == 1
+    assert sample(relay, "outbox_pending_rows") == 0
+
+
+# -- each failed row is logged once ----------------------------------------------------------------
+
+
+def relay_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "orders.relay" and r.levelno >= logging.WARNING]
+
+
+async def test_a_retried_row_is_logged_once_with_its_reason_and_ids(db: SqliteDatabase, make_relay: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    a = await add(db, created("o-a"))
+    clock = Clock(T0)
+    relay, _ = make_relay(clock=clock, producer=FakeProducer(outcome=lambda s: BrokerDown("leader not available")))
+    caplog.set_level(logging.INFO)
+    for _ in range(4):  # four failed attempts
+        await relay.round()
+        clock.now = (await table(db))[a]["next_retry_at"]
+    assert (await table(db))[a]["attempts"] == 4
+    [record] = relay_records(caplog)
+    assert "BrokerDown: leader not available" in record.getMessage()
+    assert (record.order_id, record.event_id, record.topic, record.event_type) == (  # type: ignore[attr-defined]
+        "o-a", a, "events.order.created.v1", "OrderCreated")
+
+
+async def test_a_given_up_row_is_logged_once_as_an_error(db: SqliteDatabase, make_relay: Any,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    await add(db, created("o-a"))
+    relay, _ = make_relay(producer=FakeProducer(outcome=lambda s: Raise(TOO_LARGE)))
+    caplog.set_level(logging.INFO)
+    await relay.round()
+    await relay.round()
+    [record] = relay_records(caplog)
+    assert record.levelno == logging.ERROR and "MessageSizeTooLargeError" in record.getMessage()
+    assert record.order_id == "o-a"  # type: ignore[attr-defined]
+
+
+async def test_no_broker_is_logged_once_per_outage_not_per_row(db: SqliteDatabase, make_relay: Any,
+                                                               producers: dict[int, Any],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(5):
+        await add(db, created(f"o-{i}"))
+    clock = Clock(T0)
+    relay, _ = make_relay(clock=clock, producer=BrokerDown("no brokers"))
+    caplog.set_level(logging.INFO)
+    for step in range(3):
+        clock.now = T0 + 1000 * step
+        await relay.round()
+    [record] = relay_records(caplog)
+    assert "cannot reach the broker" in record.getMessage() and "no brokers" in record.getMessage()
+    producers[id(relay)] = FakeProducer()
+    clock.now = T0 + 5000
+    assert await relay.round() == 5
+    assert any(r.getMessage() == "relay: broker reachable again" for r in caplog.records)
+
+
+# -- the producer's size limit ---------------------------------------------------------------
+
+
+async def test_the_producer_max_request_size_comes_from_the_setting(db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Producer:
+        def __init__(self, **kwargs: Any) -> None:
+            made.append(kwargs)
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+    async def no_topics(self: Relay) -> None:
+        self._topics_ready = True
+
+    monkeypatch.setattr(relay_module, "AIOKafkaProducer", Producer)
+    monkeypatch.setattr(Relay, "_create_topics", no_topics)
+    default = Relay(db, OrdersSettings(database_url="sqlite:///unused.db"), OrdersMetrics())
+    await default._ensure_producer()
+    small = Relay(db, OrdersSettings(database_url="sqlite:///unused.db", relay_max_request_bytes=65536), OrdersMetrics())
+    await small._ensure_producer()
+    assert [m["max_request_size"] for m in made] == [1024 * 1024, 65536]
+
+
+# -- gauges on a timer; the relay's own HTTP face ---------------------------------------------------
+
+
+async def test_the_gauges_are_refreshed_on_a_timer_while_a_round_hangs(db: SqliteDatabase, make_relay: Any) -> None:
+    """Nobody calls /outbox/stats and the relay is stuck waiting for acks: the gauges
+    still follow the table."""
+    clock = Clock(T0)
+    relay, producer = make_relay(clock=clock, producer=FakeProducer(outcome=lambda s: "hold"),
+                                 outbox_stats_interval=0.01, relay_send_timeout=10.0)
+    await add(db, created("o-a"))
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: len(producer.sends) == 1)
+        await until(lambda: relay.metrics.registry.get_sample_value("outbox_pending_rows") == 1)
+        await add(db, created("o-b"))
+        clock.now = T0 + 12
+        await until(lambda: relay.metrics.registry.get_sample_value("outbox_pending_rows") == 2)
+        assert sample(relay, "outbox_oldest_pending_age_seconds") == 12
+        assert not producer.sends[0].ack.done()  # the round is still waiting
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_relay_process_serves_metrics_and_health(db: SqliteDatabase, make_relay: Any) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    await add(db, created("o-a"))
+    relay, _ = make_relay(metrics=OrdersMetrics(api=False, relay=True))  # as `python -m orders relay`
+    await relay.round()
+    await relay.refresh_gauges()
+    async with TestClient(TestServer(relay_app(relay))) as client:
+        health = await client.get("/health")
+        assert health.status == 200
+        assert (await health.json())["status"] == "ok"
+        text = await (await client.get("/metrics")).text()
+    assert "outbox_published_total 1.0" in text
+    assert "outbox_pending_rows 0.0" in text
+    assert "outbox_failed_rows 0.0" in text
+    assert "orders_http_requests" not in text  # no API in this process
+
+
+async def test_a_failing_round_is_logged_once_per_outage(db: SqliteDatabase, make_relay: Any,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    relay, _ = make_relay(relay_poll_interval=0.001, relay_backoff_base=0.001)
+    calls = 0
+    real_round = Relay._round
+
+    async def flaky(self: Relay) -> int:
+        nonlocal calls
+        calls += 1
+        if calls <= 20:
+            raise OSError("database is locked")
+        return await real_round(self)
+
+    monkeypatch.setattr(Relay, "_round", flaky)
+    caplog.set_level(logging.INFO)
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: calls > 25)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    [failure] = relay_records(caplog)
+    assert "database is locked" in failure.getMessage()
+    assert any(r.getMessage() == "relay: rounds succeed again" for r in caplog.records)

@@ -29,6 +29,11 @@ def test_defaults() -> None:
     assert s.orders_port == 8000
     assert s.relay_enabled is True
     assert s.bootstrap == "127.0.0.1:9092"
+    assert s.relay_max_request_bytes == 1024 * 1024  # aiokafka's own default
+    assert s.orders_max_body_bytes == 64 * 1024
+    assert s.relay_port == 8001
+    assert s.outbox_stats_interval == 5.0
+    assert (s.log_format, s.log_level) == ("text", "INFO")
 
 
 @pytest.mark.parametrize(
@@ -44,7 +49,12 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BROKER", "kafka://k1:9092,kafka://k2:9092")
     monkeypatch.setenv("RELAY_ENABLED", "false")
     monkeypatch.setenv("RELAY_ID", "relay-7")
+    monkeypatch.setenv("RELAY_MAX_REQUEST_BYTES", "65536")
+    monkeypatch.setenv("RELAY_PORT", "9101")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
     s = load_orders_settings()
+    assert (s.relay_max_request_bytes, s.relay_port, s.log_format, s.log_level) == (65536, 9101, "json", "DEBUG")
     assert s.orders_port == 8123
     assert s.bootstrap == "k1:9092,k2:9092"
     assert s.relay_enabled is False
@@ -64,6 +74,12 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RELAY_SEND_TIMEOUT", "0"),
         ("RELAY_LEASE_TTL", "-1"),
         ("RELAY_POLL_INTERVAL", "inf"),
+        ("RELAY_MAX_REQUEST_BYTES", "100"),
+        ("ORDERS_MAX_BODY_BYTES", "10"),
+        ("RELAY_PORT", "0"),
+        ("OUTBOX_STATS_INTERVAL", "0"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "loud"),
     ],
 )
 def test_bad_value_exits_2_with_one_line_naming_the_variable(
