@@ -2,16 +2,28 @@
 
 Each write is one database transaction holding the order row and its outbox row;
 the request never waits for Kafka. After the commit the relay is woken.
+
+Input bounds: bodies are JSON only (415 otherwise) and at most
+``ORDERS_MAX_BODY_BYTES`` (413); ids, item counts, quantities and amounts have the
+bounds of the event models (:mod:`streams.events`), so what the API accepts the
+consumers accept too (422 otherwise, with a readable ``detail``); an order whose event
+would be larger than the relay may publish (``RELAY_MAX_REQUEST_BYTES``) is refused
+with 422 before anything is written; a path ``order_id`` outside ``ID_PATTERN`` is 400.
+
+Every route is declared once in :data:`ROUTES`, which both registers it and describes
+it at ``GET /openapi.json`` (browsable at ``GET /docs``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,16 +31,129 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orders import outbox
 from orders.db import Database, PostgresDatabase
 from orders.metrics import OrdersMetrics
+from orders.openapi import Response, Route, docs_html, openapi
 from orders.relay import NOTIFY_CHANNEL
-from streams.events import OrderCancelled, OrderCreated, OrderItem, OrderPaid
+from streams.events import (
+    ID_MAX_LENGTH, ID_PATTERN, MAX_ITEMS, Amount, Event, Id, OrderCancelled, OrderCreated, OrderItem, OrderPaid,
+)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+_ID = re.compile(ID_PATTERN)
+
+
+# -- request and response bodies ---------------------------------------------------------
 
 
 class CreateOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A new order; the bounds are the ``OrderCreated`` event's."""
 
-    user_id: str = Field(min_length=1)
-    items: tuple[OrderItem, ...] = Field(min_length=1)
-    amount: Decimal = Field(ge=0)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "u-7", "items": [{"sku": "s-1", "qty": 2}], "amount": "25.00"}]},
+    )
+
+    user_id: Id
+    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=MAX_ITEMS)
+    amount: Amount
+
+
+OrderStatus = Literal["CREATED", "PAID", "CANCELLED"]
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+
+
+class StatusChange(BaseModel):
+    """The order's status after the request (also when it was already there)."""
+
+    order_id: str
+    status: OrderStatus
+
+
+class ItemView(BaseModel):
+    sku: str
+    qty: int
+
+
+class OrderView(BaseModel):
+    order_id: str
+    user_id: str
+    items: list[ItemView]
+    amount: str = Field(description="decimal, as written at creation")
+    status: OrderStatus
+    created_at: float = Field(description="epoch seconds")
+    updated_at: float = Field(description="epoch seconds")
+
+
+class OutboxStatsView(BaseModel):
+    pending: int = Field(description="rows not yet published")
+    sent: int = Field(description="published rows kept for OUTBOX_RETENTION")
+    failed: int = Field(description="pending rows whose last attempt failed (retried with backoff)")
+    failed_terminal: int = Field(description="rows the relay gave up on (status failed: too large, invalid topic…)")
+    oldest_pending_age_seconds: float
+
+
+class Health(BaseModel):
+    status: str
+
+
+class ErrorDetail(BaseModel):
+    loc: str = Field(description="where in the request, e.g. items.3.qty (empty: the whole body)")
+    msg: str
+
+
+class ApiError(BaseModel):
+    error: str
+    detail: list[ErrorDetail] | None = None
+    order_id: str | None = None
+    status: str | None = None
+
+
+def _error(http_status: int, error: str, *details: tuple[str, str], **fields: Any) -> web.Response:
+    body = ApiError(error=error, detail=[ErrorDetail(loc=loc, msg=msg) for loc, msg in details] or None, **fields)
+    return web.json_response(body.model_dump(exclude_none=True), status=http_status)
+
+
+def _ok(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+ORDER_ID_PARAM = {"order_id": {"type": "string", "pattern": ID_PATTERN, "maxLength": ID_MAX_LENGTH}}
+BAD_ID = Response("order_id does not match ID_PATTERN", ApiError)
+UNKNOWN = Response("unknown order", ApiError)
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/orders", "create", "Create an order", request=CreateOrder, tags=("orders",),
+          description="Writes the order and its OrderCreated outbox row in one transaction.",
+          responses={201: Response("created", OrderAccepted),
+                     413: Response("body larger than ORDERS_MAX_BODY_BYTES", ApiError),
+                     415: Response("body not sent as application/json", ApiError),
+                     422: Response("invalid order, or its event larger than the relay may publish", ApiError)}),
+    Route("POST", "/orders/{order_id}/pay", "pay", "Pay an order", tags=("orders",), path_params=ORDER_ID_PARAM,
+          description="Writes OrderPaid through the outbox. Paying twice is idempotent.",
+          responses={202: Response("paid (now or before)", StatusChange), 400: BAD_ID, 404: UNKNOWN,
+                     409: Response("the order is cancelled", ApiError)}),
+    Route("POST", "/orders/{order_id}/cancel", "cancel", "Cancel an unpaid order", tags=("orders",),
+          path_params=ORDER_ID_PARAM, description="Writes OrderCancelled through the outbox; idempotent.",
+          responses={202: Response("cancelled (now or before)", StatusChange), 400: BAD_ID, 404: UNKNOWN,
+                     409: Response("the order is paid", ApiError)}),
+    Route("GET", "/orders/{order_id}", "get", "The order row", tags=("orders",), path_params=ORDER_ID_PARAM,
+          responses={200: Response("the order", OrderView), 400: BAD_ID, 404: UNKNOWN}),
+    Route("GET", "/outbox/stats", "outbox_stats", "Outbox counts", tags=("operations",),
+          responses={200: Response("counts by state and the oldest pending row's age", OutboxStatsView)}),
+    Route("GET", "/metrics", "prometheus", "Prometheus metrics", tags=("operations",),
+          responses={200: Response("Prometheus text format", media_type="text/plain")}),
+    Route("GET", "/health", "health", "Liveness", tags=("operations",),
+          responses={200: Response("the service answers", Health)}),
+    Route("GET", "/openapi.json", "openapi_json", "This description (OpenAPI 3.1)", tags=("operations",),
+          responses={200: Response("OpenAPI document", media_type="application/vnd.oai.openapi+json")}),
+    Route("GET", "/docs", "docs", "This description as a web page", tags=("operations",),
+          responses={200: Response("HTML", media_type="text/html")}),
+)
 
 
 ORDER_COLUMNS = "order_id, user_id, items, amount, status, created_at, updated_at"
@@ -41,6 +166,20 @@ def order_json(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("order-streams")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 class OrdersApi:
     def __init__(
         self,
@@ -48,23 +187,28 @@ class OrdersApi:
         metrics: OrdersMetrics,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.db = db
         self.metrics = metrics
         self.on_commit = on_commit
         self.clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.max_event_bytes = max_event_bytes
         self.notify_sql = f"NOTIFY {NOTIFY_CHANNEL}" if isinstance(db, PostgresDatabase) else None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._count])
-        app.router.add_post("/orders", self.create)
-        app.router.add_post("/orders/{order_id}/pay", self.pay)
-        app.router.add_post("/orders/{order_id}/cancel", self.cancel)
-        app.router.add_get("/orders/{order_id}", self.get)
-        app.router.add_get("/outbox/stats", self.outbox_stats)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/health", self.health)
+        app = web.Application(middlewares=[self._count], client_max_size=self.max_body_bytes)
+        for route in ROUTES:
+            app.router.add_route(route.method, route.path, getattr(self, route.handler))
         return app
+
+    @cached_property
+    def spec(self) -> dict[str, Any]:
+        return openapi(ROUTES, title="order-streams order service", version=_version(),
+                       description="Orders, and their events through the transactional outbox.")
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -82,14 +226,23 @@ class OrdersApi:
             await tx.execute(self.notify_sql)
 
     async def create(self, request: web.Request) -> web.Response:
+        if not _is_json(request.content_type):
+            return _error(415, "unsupported media type",
+                          ("content-type", f"send the body as application/json, not {request.content_type}"))
         try:
-            body = CreateOrder.model_validate_json(await request.read())
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "body too large", ("", f"at most {self.max_body_bytes} bytes (ORDERS_MAX_BODY_BYTES)"))
+        try:
+            body = CreateOrder.model_validate_json(raw)
         except ValidationError as exc:
-            return web.json_response({"error": "invalid order", "detail": json.loads(exc.json())}, status=422)
+            return _error(422, "invalid order", *_details(exc))
         order_id = f"o-{uuid.uuid4().hex}"
         now = self.clock()
         event = OrderCreated(order_id=order_id, user_id=body.user_id, items=body.items,
                              amount=body.amount, occurred_at=_dt(now))
+        if (refused := self._too_large(event)) is not None:
+            return refused
         items = json.dumps([i.model_dump() for i in body.items])
         async with self.db.transaction() as tx:
             await tx.execute(
@@ -99,7 +252,15 @@ class OrdersApi:
             await outbox.add_event(tx, event, now=now)
             await self._event_committed(tx)
         self.on_commit()
-        return web.json_response({"order_id": order_id}, status=201)
+        return _ok(OrderAccepted(order_id=order_id), status=201)
+
+    def _too_large(self, event: Event) -> web.Response | None:
+        """422 when the relay could never publish ``event`` (checked before anything is written)."""
+        try:
+            outbox.check_size(event, self.max_event_bytes)
+        except outbox.EventTooLarge as exc:
+            return _error(422, "order too large", ("", str(exc)))
+        return None
 
     async def pay(self, request: web.Request) -> web.Response:
         return await self._transition(request, "PAID", allowed_from={"CREATED"}, done={"PAID"})
@@ -109,51 +270,71 @@ class OrdersApi:
 
     async def _transition(self, request: web.Request, target: str, *, allowed_from: set[str], done: set[str]) -> web.Response:
         order_id = request.match_info["order_id"]
+        if not _ID.fullmatch(order_id):
+            return _bad_id()
         now = self.clock()
         lock = " FOR UPDATE" if isinstance(self.db, PostgresDatabase) else ""
         async with self.db.transaction() as tx:
             row = await tx.fetchone(f"SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?{lock}", (order_id,))
             if row is None:
-                return web.json_response({"error": "unknown order", "order_id": order_id}, status=404)
+                return _error(404, "unknown order", order_id=order_id)
             status = row[4]
             if status in done:  # paying (or cancelling) twice is idempotent
-                return web.json_response({"order_id": order_id, "status": status}, status=202)
+                return _ok(StatusChange(order_id=order_id, status=status), status=202)
             if status not in allowed_from:
-                return web.json_response(
-                    {"error": f"order is {status}", "order_id": order_id, "status": status}, status=409
-                )
+                return _error(409, f"order is {status}", order_id=order_id, status=status)
             event: OrderPaid | OrderCancelled
             if target == "PAID":
                 event = OrderPaid(order_id=order_id, user_id=row[1], amount=Decimal(row[3]), occurred_at=_dt(now))
             else:
                 event = OrderCancelled(order_id=order_id, reason="customer", occurred_at=_dt(now))
+            if (refused := self._too_large(event)) is not None:
+                return refused
             await tx.execute("UPDATE orders SET status = ?, updated_at = ? WHERE order_id = ?",
                              (target, now, order_id))
             await outbox.add_event(tx, event, now=now)
             await self._event_committed(tx)
         self.on_commit()
-        return web.json_response({"order_id": order_id, "status": target}, status=202)
+        return _ok(StatusChange(order_id=order_id, status=target), status=202)
 
     async def get(self, request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
+        if not _ID.fullmatch(order_id):
+            return _bad_id()
         async with self.db.transaction() as tx:
             row = await tx.fetchone(f"SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?", (order_id,))
         if row is None:
-            return web.json_response({"error": "unknown order", "order_id": order_id}, status=404)
-        return web.json_response(order_json(row))
+            return _error(404, "unknown order", order_id=order_id)
+        return _ok(OrderView.model_validate(order_json(row)))
 
     async def outbox_stats(self, request: web.Request) -> web.Response:
         async with self.db.transaction() as tx:
             st = await outbox.stats(tx, now=self.clock())
-        self.metrics.pending.set(st.pending)
-        self.metrics.oldest_age.set(st.oldest_pending_age_seconds)
-        return web.json_response(st.as_dict())
+        # Fresh numbers: set the gauges too (only where this process runs the relay).
+        self.metrics.set_outbox(st.pending, st.oldest_pending_age_seconds, st.failed_terminal)
+        return _ok(OutboxStatsView.model_validate(st.as_dict()))
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _ok(Health(status="ok"))
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.json_response(self.spec)
+
+    async def docs(self, request: web.Request) -> web.Response:
+        return web.Response(text=docs_html(self.spec), content_type="text/html")
+
+
+def _bad_id() -> web.Response:
+    return _error(400, "invalid order id",
+                  ("order_id", f"1-{ID_MAX_LENGTH} characters from A-Z a-z 0-9 . _ : - (starting with a letter or digit)"))
+
+
+def _details(exc: ValidationError) -> list[tuple[str, str]]:
+    """Pydantic's errors as (where, what) — without the input, which may be large."""
+    return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors(include_url=False, include_input=False)]
 
 
 def _dt(epoch: float) -> Any:
