@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from collections import Counter
 
@@ -18,6 +19,7 @@ from streams.broker import EmbeddedBroker
 from streams.events import OrderCreated, OrderPaid
 from tests.support.kafka import read_topic
 from tests.support.orders import OrdersClient
+from tests.support.worker import http_get
 
 pytestmark = pytest.mark.kafka
 
@@ -117,3 +119,61 @@ async def test_rolled_back_transaction_publishes_nothing(broker, tmp_path):
         await db.close()
     published = await read_topic(broker.bootstrap, CREATED, expect=1, idle=1)
     assert Counter(r.key for r in published) == {b"o-ok": 1}
+
+
+async def test_a_row_too_large_for_the_producer_is_given_up_and_the_other_ten_are_published(broker, tmp_path):
+    """The issue: one row over ``max_request_size`` among eleven claimed gave "11 of 11
+    rows failed to publish", every round, forever. Real producer, real broker."""
+    db = SqliteDatabase(str(tmp_path / "orders.db"))
+    await db.setup()
+    settings = OrdersSettings(kafka_broker=broker.url, database_url=f"sqlite:///{tmp_path / 'orders.db'}",
+                              relay_max_request_bytes=8192)
+    big_items = [{"sku": f"{i:03d}" + "s" * 100, "qty": 1} for i in range(100)]
+    async with db.transaction() as tx:
+        for i in range(11):
+            items = big_items if i == 4 else [{"sku": "s", "qty": 1}]
+            await outbox.add_event(tx, OrderCreated(order_id=f"o-{i}", user_id="u", items=items, amount=1), now=0)
+        # the big order's next event waits behind it
+        await outbox.add_event(tx, OrderPaid(order_id="o-4", user_id="u", amount=1), now=0)
+    relay = Relay(db, settings, OrdersMetrics())
+    try:
+        assert await relay.round() == 10
+        assert await relay.round() == 1  # o-4's OrderPaid: no longer held back
+        assert await relay.round() == 0
+        async with db.transaction() as tx:
+            st = await outbox.stats(tx, now=1)
+            [(status, error)] = await tx.fetchall(
+                "SELECT status, last_error FROM outbox WHERE aggregate_id = 'o-4' AND topic = ?", (CREATED,))
+    finally:
+        await relay._reset_producer()
+        await db.close()
+    assert status == "failed" and error.startswith("MessageSizeTooLargeError")
+    assert (st.pending, st.sent, st.failed_terminal) == (0, 11, 1)
+    created = await read_topic(broker.bootstrap, CREATED, expect=10, idle=1)
+    assert sorted(r.key for r in created) == sorted(f"o-{i}".encode() for i in range(11) if i != 4)
+    assert [r.key for r in await read_topic(broker.bootstrap, PAID, expect=1, idle=1)] == [b"o-4"]
+
+
+async def test_api_and_relay_in_separate_processes_each_export_their_own_metrics(broker, orders_factory, tmp_path):
+    """The compose layout: the relay alone serves the outbox series (RELAY_PORT), kept
+    current by its timer; the API-only process exports none."""
+    common = {"kafka_broker": broker.url, "database_url": f"sqlite:///{tmp_path / 'orders.db'}"}
+    api = orders_factory("serve", relay_enabled="false", **common)
+    relay = orders_factory("relay", outbox_stats_interval="0.2", **common)
+    await asyncio.to_thread(api.start().wait_ready)
+    await asyncio.to_thread(relay.start().wait_ready)
+    client = OrdersClient(api.url)
+    await client.many(50)
+    await read_topic(broker.bootstrap, PAID, expect=50, idle=0.5)
+
+    def relay_metrics() -> dict[str, float]:
+        text = http_get(f"{relay.http_url}/metrics")[1].decode()
+        return {m[0]: float(m[1]) for m in re.findall(r"^(outbox_\w+) (\S+)$", text, re.M)}
+
+    for _ in range(100):
+        m = relay_metrics()
+        if m.get("outbox_published_total") == 100 and m.get("outbox_pending_rows") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert m["outbox_published_total"] == 100 and m["outbox_pending_rows"] == 0 and m["outbox_failed_rows"] == 0
+    assert "outbox_" not in http_get(f"{api.url}/metrics")[1].decode()

@@ -22,6 +22,8 @@ class OrdersProcess:
         self.command = command
         self.log_path = log_path
         self.port = free_port()
+        #: ``relay``'s own HTTP port (/metrics, /health)
+        self.relay_port = free_port()
         self.env = {k.upper(): str(v) for k, v in env.items()}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -30,8 +32,14 @@ class OrdersProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """Where this process answers /health and /metrics (the relay's own port for ``relay``)."""
+        return f"http://127.0.0.1:{self.relay_port if self.command == 'relay' else self.port}"
+
     def start(self) -> "OrdersProcess":
-        env = {**os.environ, "ORDERS_PORT": str(self.port), "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "ORDERS_PORT": str(self.port), "RELAY_PORT": str(self.relay_port),
+               "PYTHONUNBUFFERED": "1", **self.env}
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {self.starts} =====\n".encode())
@@ -47,15 +55,11 @@ class OrdersProcess:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"{self.command} exited early:\n{self.tail()}")
-            if self.command == "relay":
-                if "outbox relay" in self.log_path.read_text(errors="replace").split("=====")[-1]:
+            try:
+                if http_get(f"{self.http_url}/health", timeout=1)[0] == 200:
                     return self
-            else:
-                try:
-                    if http_get(f"{self.url}/health", timeout=1)[0] == 200:
-                        return self
-                except OSError:
-                    pass
+            except OSError:
+                pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.command} not ready:\n{self.tail()}")
 
