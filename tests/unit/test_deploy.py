@@ -134,3 +134,50 @@ def test_grafana_provisioning_points_at_the_dashboards_and_prometheus():
     prov = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/order-streams.yml").read_text())
     mounted = [v for v in SERVICES["grafana"]["volumes"] if "dashboards:" in v and "provisioning" not in v][0]
     assert prov["providers"][0]["options"]["path"] == mounted.split(":")[1]
+
+
+PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+
+
+def scrape_targets() -> dict[str, set[str]]:
+    """job → the host:port (or dns-name:port) it scrapes."""
+    jobs: dict[str, set[str]] = {}
+    for job in PROMETHEUS["scrape_configs"]:
+        targets = {t for c in job.get("static_configs", []) for t in c["targets"]}
+        targets |= {f"{n}:{c['port']}" for c in job.get("dns_sd_configs", []) for n in c["names"]}
+        jobs[job["job_name"]] = targets
+    return jobs
+
+
+def test_the_relay_serves_its_metrics_port_and_prometheus_scrapes_it():
+    """In compose the relay is its own process: without its port, outbox_published_total
+    and the outbox gauges were never scraped."""
+    relay = SERVICES["relay"]
+    env = relay["environment"]
+    port = int(env["RELAY_PORT"])
+    assert env["ORDERS_HOST"] == "0.0.0.0"
+    assert [str(p) for p in relay["expose"]] == [str(port)]
+    assert "ports" not in relay  # scrapes go over the compose network; the relay may scale on PostgreSQL
+    assert f"127.0.0.1:{port}/health" in " ".join(relay["healthcheck"]["test"])
+    targets = {t for ts in scrape_targets().values() for t in ts}
+    assert f"relay:{port}" in targets
+    orders_port = SERVICES["orders"]["environment"]["ORDERS_PORT"]
+    assert f"orders:{orders_port}" in targets
+
+
+def test_the_outbox_series_on_the_dashboard_come_from_the_relay_process():
+    """The API-only process exports no outbox series; every outbox_* series the dashboard
+    queries is exported by the process that runs the relay."""
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/order-streams.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {w for e in exprs for w in re.findall(r"\boutbox_[a-z_]+", e)}
+    assert {"outbox_pending_rows", "outbox_failed_rows", "outbox_published_total"} <= used
+    relay_text = OrdersMetrics(api=False, relay=True).exposition().decode()
+    api_only_text = OrdersMetrics(api=True, relay=False).exposition().decode()
+    for name in used:
+        assert name in relay_text
+        assert name not in api_only_text
+    # Table-wide gauges: every relay on one database reports the same rows — max, not sum.
+    for expr in exprs:
+        if re.search(r"outbox_(pending_rows|failed_rows|oldest_pending_age_seconds)", expr):
+            assert expr.startswith("max("), expr
