@@ -1,10 +1,25 @@
-"""Dead-letter inspection and redrive (the library behind ``faust -A streams dlq``).
+"""Dead letters: read them a partition at a time, show them safely, redrive them.
 
-A dead letter is named by where it sits: ``<service>.dlq:<partition>:<offset>``.
+The library behind ``faust -A streams dlq ls|show|redrive``, and the API an
+operator console pages through (100,000 dead letters never sit in memory at once):
+
+- :func:`iter_dead_letters` — an async generator over ``<service>.dlq`` topics,
+  partition by partition, a fetch (at most :data:`FETCH_RECORDS` records) at a
+  time; filters ``reason`` / ``since_ms``; resumes after a cursor (a dead letter's id);
+- :func:`page` — ``(letters, next_cursor)``, at most ``limit`` letters;
+- :func:`get_dead_letters` — given ids, seeks to each partition/offset and reads
+  that one record (no scan);
+- :func:`redrive` / :func:`redrive_letters` — republish, trusting the registry,
+  never the letter, for where to.
+
+A dead letter is named by where it sits: ``<service>.dlq:<partition>:<offset>``. Every
+service name and topic comes from :mod:`streams.registry`.
 
 Redrive republishes a dead letter's key and bytes, unchanged, to its
-``x-source-topic`` with an ``x-redriven-from`` header (the retry and DLQ headers are
-dropped, so the event starts a fresh retry ladder). Protocol, per dead letter:
+``x-source-topic`` — only if that is one of **its own service's** source topics
+(:func:`streams.registry.redrive_target`; a letter naming any other topic is reported
+and skipped, never sent) — with an ``x-redriven-from`` header (the retry and DLQ
+headers are dropped, so the event starts a fresh retry ladder). Protocol, per letter:
 
 1. send to the source topic, await the broker ack;
 2. append its name to ``<service>.dlq.redriven`` (the ledger), await the ack.
@@ -13,31 +28,120 @@ A later redrive reads the ledger first and skips every name in it, so the same d
 letter is never redriven twice. Risk next to step 2: a crash between 1 and 2 leaves
 the letter unrecorded and a second run sends it again; the consumer's dedup table
 then counts it as a duplicate (its key was processed by the first copy).
+
+Showing a letter: its key, value and headers are someone else's bytes. Text is shown
+through :func:`printable` (control and other non-printable characters escaped, so a
+letter's escape sequences never reach a terminal raw) and as hex when not UTF-8;
+:meth:`DeadLetter.to_dict` gives JSON-ready text the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams import headers as H
+from streams import registry
 from streams.offsets import fetch_high_watermarks
-from streams.pipeline import dlq_topic
+from streams.registry import dlq_topic, ledger_topic
 
-#: Services that dead-letter (``<service>.dlq``).
-SERVICES = ("notifications", "order-state")
+__all__ = [
+    "DeadLetter", "DlqError", "RedriveResult", "Outcome", "iter_dead_letters", "page",
+    "get_dead_letters", "redrive", "redrive_letters", "redriven_ids", "record_count",
+    "parse_id", "parse_since", "printable", "show_bytes", "decide", "dlq_topic", "ledger_topic",
+]
+
+#: Records handed over per fetch (``getmany(max_records=…)``): what a scan holds at once,
+#: next to the consumer's own prefetch of one partition fetch.
+FETCH_RECORDS = 200
+#: Largest record fetched (the DLQ topics' ``max.message.bytes`` is ``MAX_MESSAGE_BYTES``, 16 MiB).
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+#: Seconds a broker may stay silent (start, metadata, offsets, no progress on a partition)
+#: before a scan gives up with a :class:`DlqError`.
+STALL_TIMEOUT = 30.0
+
+#: Extra aiokafka client arguments (TLS / SASL). The CLI passes them explicitly; this
+#: module-level default is kept for callers that set it once.
+CLIENT_KWARGS: dict[str, Any] = {}
 
 
-def ledger_topic(service: str) -> str:
-    return f"{dlq_topic(service)}.redriven"
+class DlqError(Exception):
+    """A failure an operator reads in one line: broker unreachable or stalled, …"""
+
+    #: its message is written for an operator (the CLI prints it as it is)
+    operator_message = True
+
+
+# ---------------------------------------------------------------------------------------
+# Showing someone else's bytes
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control and other non-printable character escaped
+    (``\\x1b``, ``\\n``, ``\\u202e``, …; a backslash is doubled so the escapes are
+    unambiguous). What is left is safe to print on a terminal."""
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            cp = ord(ch)
+            out.append(f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
+    return "".join(out)
+
+
+def utf8_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def show_bytes(raw: bytes | None, limit: int | None = None) -> str:
+    """Bytes for a terminal: escaped UTF-8 text, else ``hex:…``; ``<null>`` for None;
+    longer than ``limit`` characters → cut, with ``… (N bytes)``."""
+    if raw is None:
+        return "<null>"
+    text = utf8_or_none(raw)
+    if text is None:
+        shown = "hex:" + (raw.hex() if limit is None else raw[: max(limit // 2, 1)].hex())
+        cut = limit is not None and len(raw) > max(limit // 2, 1)
+    else:
+        cut = limit is not None and len(text) > limit
+        shown = printable(text[:limit] if cut else text)
+    return shown + (f"… ({len(raw)} bytes)" if cut else "")
+
+
+def bytes_field(name: str, raw: bytes | None) -> dict[str, Any]:
+    """JSON of bytes: ``{name: text}`` when UTF-8, ``{name: None, name_hex: "…"}`` when
+    not, ``{name: None}`` for no bytes at all. (JSON escapes control characters.)"""
+    if raw is None:
+        return {name: None}
+    text = utf8_or_none(raw)
+    return {name: text} if text is not None else {name: None, f"{name}_hex": raw.hex()}
+
+
+def format_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# ---------------------------------------------------------------------------------------
+# Dead letters
 
 
 @dataclass(frozen=True)
@@ -47,8 +151,11 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: header name → value (the last one when a name repeats); the retry/DLQ headers
     headers: dict[str, bytes] = field(default_factory=dict)
     timestamp_ms: int = 0
+    #: every header in order, repeats kept (what redrive passes on)
+    header_items: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def id(self) -> str:
@@ -63,12 +170,65 @@ class DeadLetter:
         return H.text(self.headers, H.SOURCE_TOPIC)
 
     @property
+    def attempt(self) -> str:
+        return H.text(self.headers, H.ATTEMPT)
+
+    @property
     def failed_at_ms(self) -> int:
         return H.integer(self.headers, H.FAILED_AT, self.timestamp_ms)
 
     def source(self) -> str:
         h = self.headers
         return f"{self.source_topic}:{H.text(h, H.SOURCE_PARTITION)}:{H.text(h, H.SOURCE_OFFSET)}"
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready overview (``dlq ls --json``): text only, never raw bytes."""
+        h = self.headers
+        return {
+            "id": self.id, "service": self.service, "partition": self.partition, "offset": self.offset,
+            "reason": self.reason, "attempt": H.integer(h, H.ATTEMPT, 0),
+            "failed_at": format_ms(self.failed_at_ms), "failed_at_ms": self.failed_at_ms,
+            "source": {"topic": self.source_topic, "partition": H.text(h, H.SOURCE_PARTITION),
+                       "offset": H.text(h, H.SOURCE_OFFSET)},
+            "error": {"type": H.text(h, H.ERROR_TYPE), "message": H.text(h, H.ERROR_MESSAGE)},
+            **bytes_field("key", self.key),
+            "value_bytes": None if self.value is None else len(self.value),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything (``dlq show --json``): the summary, the value and every header."""
+        items = self.header_items or tuple(self.headers.items())
+        return {
+            **self.summary(),
+            **bytes_field("value", self.value),
+            "timestamp_ms": self.timestamp_ms,
+            "headers": [{"name": k, **bytes_field("value", v)} for k, v in items],
+        }
+
+    def row(self) -> tuple[str, ...]:
+        """Escaped cells of ``dlq ls``: id, reason, attempt, failed at, source, key, error."""
+        failed = datetime.fromtimestamp(self.failed_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        error = H.text(self.headers, H.ERROR_MESSAGE)
+        return (self.id, printable(self.reason), printable(self.attempt), failed, printable(self.source()),
+                show_bytes(self.key, 24), printable(error[:60]) + ("…" if len(error) > 60 else ""))
+
+
+def _letter(service: str, r: Any) -> DeadLetter:
+    items = tuple((k, v if v is not None else b"") for k, v in (r.headers or ()))
+    return DeadLetter(service, r.partition, r.offset, r.key, r.value, dict(items), r.timestamp, items)
+
+
+def parse_id(letter_id: str) -> tuple[registry.ServiceSpec, int, int]:
+    """``<service>.dlq:<partition>:<offset>`` → (service, partition, offset); ValueError
+    when it is not one (wrong shape, or no service of the registry has that DLQ)."""
+    parts = letter_id.rsplit(":", 2)
+    spec = registry.service_of_dlq(parts[0]) if len(parts) == 3 else None
+    if spec is None or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(
+            f"{letter_id!r} is not a dead letter id: expected <service>.dlq:<partition>:<offset>, "
+            f"service one of {', '.join(registry.SERVICE_NAMES)}"
+        )
+    return spec, int(parts[1]), int(parts[2])
 
 
 def parse_since(value: str, now: float | None = None) -> int:
@@ -87,139 +247,400 @@ def parse_since(value: str, now: float | None = None) -> int:
     return int(when.timestamp() * 1000)
 
 
+def matches(d: DeadLetter, *, reason: str | None = None, since_ms: int | None = None) -> bool:
+    if reason and d.reason != reason:
+        return False
+    return since_ms is None or d.failed_at_ms >= since_ms
+
+
 def select(
     letters: Iterable[DeadLetter], *, reason: str | None = None, since_ms: int | None = None
 ) -> list[DeadLetter]:
-    out = []
-    for d in letters:
-        if reason and d.reason != reason:
-            continue
-        if since_ms is not None and d.failed_at_ms < since_ms:
-            continue
-        out.append(d)
-    return out
+    return [d for d in letters if matches(d, reason=reason, since_ms=since_ms)]
 
 
-#: Extra aiokafka client arguments (TLS / SASL), set once by the CLI from the settings.
-CLIENT_KWARGS: dict[str, Any] = {}
+def services_of(service: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The service names a call covers: one, several, or (None) every registered one."""
+    if service is None:
+        return registry.SERVICE_NAMES
+    names = (service,) if isinstance(service, str) else tuple(service)
+    for name in names:
+        registry.service(name)  # KeyError naming the known ones
+    return names
 
 
-async def read_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes | None, dict[str, bytes], int]]:
-    """Every record of ``topic`` (partition, offset, key, value, headers, timestamp)."""
+# ---------------------------------------------------------------------------------------
+# Reading, a partition at a time
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in a few words, on one line (``KafkaConnectionError``, or the
+    broker's own message for anything else, e.g. a failed SASL handshake)."""
+    if isinstance(exc, (KafkaConnectionError, asyncio.TimeoutError)) or not str(exc):
+        return type(exc).__name__
+    text = " ".join(str(exc).split())
+    return printable(text if len(text) <= 200 else text[:200] + "…")
+
+
+def _kwargs(client_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(CLIENT_KWARGS if client_kwargs is None else client_kwargs)
+
+
+async def _within(aw: Any, what: str, bootstrap: str) -> Any:
+    try:
+        return await asyncio.wait_for(aw, STALL_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise DlqError(f"Kafka broker {bootstrap}: no answer to {what} in {STALL_TIMEOUT:.0f} s") from None
+
+
+@asynccontextmanager
+async def _consumer(bootstrap: str, client_kwargs: Mapping[str, Any] | None) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=50, max_partition_fetch_bytes=16 * 1024 * 1024, **CLIENT_KWARGS,
+        fetch_max_wait_ms=50, max_partition_fetch_bytes=MAX_FETCH_BYTES, **_kwargs(client_kwargs),
     )
-    await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        listed = await consumer.end_offsets(tps)
-        ends = await fetch_high_watermarks(consumer._client, tps, listed)
-        out = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for records in batch.values():
-                for r in records:
-                    out.append((r.partition, r.offset, r.key, r.value, dict(r.headers or ()), r.timestamp))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return sorted(out, key=lambda r: (r[0], r[1]))
+        await asyncio.wait_for(consumer.start(), STALL_TIMEOUT)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        await consumer.stop()
+        raise DlqError(f"Kafka broker {bootstrap} unreachable ({describe(exc)})") from None
+    try:
+        yield consumer
     finally:
         await consumer.stop()
 
 
-async def dead_letters(bootstrap: str, service: str) -> list[DeadLetter]:
-    rows = await read_all(bootstrap, dlq_topic(service))
-    return [DeadLetter(service, p, o, k, v, h, ts) for p, o, k, v, h, ts in rows]
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, bootstrap: str) -> list[int]:
+    """The topic's partitions, [] when it does not exist (never auto-creates it: the
+    metadata request names no topic). The consumer is then assigned them all and its
+    metadata covers the topic (leaders, for :func:`_ends`)."""
+    cluster = await _within(consumer._client.fetch_all_metadata(), "a metadata request", bootstrap)
+    parts = sorted(cluster.partitions_for_topic(topic) or ())
+    if parts:
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        consumer.pause(*tps)  # no prefetch of every partition at once; _scan assigns one at a time
+        await _within(consumer._client.force_metadata_update(), "a metadata request", bootstrap)
+    return parts
 
 
-async def redriven_ids(bootstrap: str, service: str) -> set[str]:
-    return {k.decode() for _, _, k, _, _, _ in await read_all(bootstrap, ledger_topic(service)) if k}
+async def _ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition], bootstrap: str) -> dict[TopicPartition, int]:
+    # The embedded broker's ListOffsets is wrong; fetch_high_watermarks reads the true end.
+    listed = await _within(consumer.end_offsets(tps), "ListOffsets", bootstrap)
+    return await _within(fetch_high_watermarks(consumer._client, tps, listed), "a fetch", bootstrap)
+
+
+async def _scan(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int | None, end: int, bootstrap: str,
+    on_scanned: Callable[[int], None] | None = None,
+) -> AsyncIterator[Any]:
+    """Records of one partition from ``start`` (None: the beginning) up to ``end``
+    (exclusive: a snapshot; letters added meanwhile wait for the next scan)."""
+    consumer.assign([tp])
+    if start is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, start)
+    last_position, last_progress = -1, time.monotonic()
+    while True:
+        position = await _within(consumer.position(tp), "an offset request", bootstrap)
+        if position >= end:
+            return
+        if position != last_position:
+            last_position, last_progress = position, time.monotonic()
+        elif time.monotonic() - last_progress > STALL_TIMEOUT:
+            raise DlqError(f"Kafka broker {bootstrap} stopped answering: {tp.topic}:{tp.partition} "
+                           f"stuck at offset {position} of {end} for {STALL_TIMEOUT:.0f} s")
+        batch = await consumer.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
+        records = batch.get(tp, [])
+        if on_scanned and records:
+            on_scanned(sum(1 for r in records if r.offset < end))
+        for r in records:
+            if r.offset >= end:
+                return
+            yield r
+
+
+async def iter_dead_letters(
+    bootstrap: str,
+    service: str | Sequence[str] | None = None,
+    *,
+    reason: str | None = None,
+    since_ms: int | None = None,
+    start_after: str | None = None,
+    on_scanned: Callable[[int], None] | None = None,
+    client_kwargs: Mapping[str, Any] | None = None,
+) -> AsyncIterator[DeadLetter]:
+    """Dead letters of ``service`` (a name, names, or None: every registered service),
+    in order of service, partition, offset — streamed, never a whole topic in memory.
+
+    ``start_after``: a dead letter id (a cursor); the scan resumes right after it
+    (seeking, not re-reading). ``on_scanned(n)``: n more records read (a progress bar).
+    Stop early with ``async with contextlib.aclosing(iter_dead_letters(…)) as it``
+    so the consumer closes at once. Raises :class:`DlqError` when the broker is
+    unreachable or stalls; ValueError for a bad cursor; KeyError for an unknown service.
+    """
+    names = services_of(service)
+    cursor: tuple[str, int, int] | None = None
+    if start_after is not None:
+        spec, partition, offset = parse_id(start_after)
+        if spec.name not in names:
+            raise ValueError(f"cursor {start_after!r} is not a dead letter of {', '.join(names)}")
+        cursor = (spec.name, partition, offset)
+        names = names[names.index(spec.name):]
+    async with _consumer(bootstrap, client_kwargs) as consumer:
+        for name in names:
+            topic = dlq_topic(name)
+            parts = await _partitions(consumer, topic, bootstrap)
+            if cursor and cursor[0] == name:
+                parts = [p for p in parts if p >= cursor[1]]
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await _ends(consumer, tps, bootstrap) if tps else {}
+            for tp in tps:
+                start = cursor[2] + 1 if cursor and cursor[0] == name and tp.partition == cursor[1] else None
+                if ends[tp] <= (start or 0):
+                    continue
+                async with aclosing(_scan(consumer, tp, start, ends[tp], bootstrap, on_scanned)) as records:
+                    async for r in records:
+                        letter = _letter(name, r)
+                        if matches(letter, reason=reason, since_ms=since_ms):
+                            yield letter
+
+
+async def page(
+    bootstrap: str,
+    service: str | Sequence[str] | None = None,
+    *,
+    limit: int = 100,
+    reason: str | None = None,
+    since_ms: int | None = None,
+    after: str | None = None,
+    client_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[DeadLetter], str | None]:
+    """At most ``limit`` dead letters after the cursor ``after``, and the cursor of the
+    next page (None: no more match). Reads one letter beyond the page to know."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    out: list[DeadLetter] = []
+    more = False
+    async with aclosing(iter_dead_letters(bootstrap, service, reason=reason, since_ms=since_ms,
+                                          start_after=after, client_kwargs=client_kwargs)) as letters:
+        async for letter in letters:
+            if len(out) == limit:
+                more = True
+                break
+            out.append(letter)
+    return out, (out[-1].id if more else None)
+
+
+async def get_dead_letters(
+    bootstrap: str, ids: Sequence[str], *, client_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, DeadLetter | None]:
+    """The dead letter of each id (None: there is none) — a seek to its partition and
+    offset and one fetch each, not a scan. ValueError for an id of the wrong shape."""
+    wanted = [(i, *parse_id(i)) for i in ids]
+    out: dict[str, DeadLetter | None] = {}
+    async with _consumer(bootstrap, client_kwargs) as consumer:
+        for letter_id, spec, partition, offset in wanted:
+            out[letter_id] = None
+            if partition not in await _partitions(consumer, spec.dlq, bootstrap):
+                continue
+            tp = TopicPartition(spec.dlq, partition)
+            end = (await _ends(consumer, [tp], bootstrap))[tp]
+            if offset >= end:
+                continue
+            async with aclosing(_scan(consumer, tp, offset, end, bootstrap)) as records:
+                async for r in records:
+                    if r.offset == offset:  # else: gone (retention, compaction)
+                        out[letter_id] = _letter(spec.name, r)
+                    break
+    return out
+
+
+async def record_count(
+    bootstrap: str, service: str | Sequence[str] | None = None, *, client_kwargs: Mapping[str, Any] | None = None
+) -> int:
+    """Records in the services' DLQ topics, from offsets alone (a progress bar's length,
+    a console's badge): matching or not, redriven or not."""
+    total = 0
+    async with _consumer(bootstrap, client_kwargs) as consumer:
+        for name in services_of(service):
+            topic = dlq_topic(name)
+            tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic, bootstrap)]
+            if not tps:
+                continue
+            starts = await _within(consumer.beginning_offsets(tps), "ListOffsets", bootstrap)
+            ends = await _ends(consumer, tps, bootstrap)
+            total += sum(max(0, ends[tp] - int(starts.get(tp) or 0)) for tp in tps)
+    return total
+
+
+async def redriven_ids(
+    bootstrap: str, service: str, *, client_kwargs: Mapping[str, Any] | None = None
+) -> set[str]:
+    """Every id in ``<service>.dlq.redriven``. Read whole, on purpose: the ledger is
+    small (one short record per redriven letter, ids of ~30 bytes), and redrive needs
+    all of it before the first send to keep "never the same letter twice"."""
+    out: set[str] = set()
+    topic = ledger_topic(service)
+    async with _consumer(bootstrap, client_kwargs) as consumer:
+        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic, bootstrap)]
+        ends = await _ends(consumer, tps, bootstrap) if tps else {}
+        for tp in tps:
+            if ends[tp] > 0:
+                async with aclosing(_scan(consumer, tp, None, ends[tp], bootstrap)) as records:
+                    async for r in records:
+                        if r.key:
+                            out.add(r.key.decode("utf-8", "replace"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Redrive
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What redrive did (or, dry, would do) with one letter."""
+
+    letter: DeadLetter
+    #: ``redriven``, ``would_redrive`` or ``refused``
+    action: str
+    #: the topic it went / would go to
+    target: str | None = None
+    #: why it was refused
+    why: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"id": self.letter.id, "service": self.letter.service, "reason": self.letter.reason,
+             "action": self.action, "target": self.target}
+        if self.action == "refused":
+            d.update(source_topic=self.letter.source_topic, why=self.why)
+        return d
+
+
+@dataclass
 class RedriveResult:
-    redriven: int
-    skipped: int
-    planned: int
+    service: str = ""
+    redriven: int = 0
+    #: dry run: letters that would be redriven
+    planned: int = 0
+    #: already in the ledger (redriven before)
+    skipped: int = 0
+    #: their x-source-topic is not a source of their service: reported, never sent
+    refused: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"redriven": self.redriven, "would_redrive": self.planned,
+                "already_redriven": self.skipped, "refused": self.refused}
+
+
+def decide(spec: registry.ServiceSpec, letter: DeadLetter, done_before: set[str] | frozenset[str]) -> tuple[str, str | None, str]:
+    """(``skip`` | ``refuse`` | ``send``, target topic, why) for one letter of ``spec``.
+
+    The letter's headers are data: ``x-source-topic`` may only pick one of the
+    service's own sources (:func:`streams.registry.redrive_target`)."""
+    if letter.service != spec.name:
+        return "refuse", None, f"a dead letter of {letter.service}, not of {spec.name}"
+    if letter.id in done_before:
+        return "skip", None, "already redriven"
+    if not letter.source_topic:
+        return "refuse", None, "no x-source-topic header"
+    target = registry.redrive_target(spec, letter.source_topic)
+    if target is None:
+        return "refuse", None, (f"x-source-topic {printable(letter.source_topic)!r} is not a source topic "
+                                f"of {spec.name} ({', '.join(spec.sources)})")
+    return "send", target, ""
+
+
+async def redrive_letters(
+    bootstrap: str,
+    service: str,
+    letters: AsyncIterable[DeadLetter] | Iterable[DeadLetter],
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    done_before: set[str] | None = None,
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+    client_kwargs: Mapping[str, Any] | None = None,
+) -> RedriveResult:
+    """Redrive ``letters`` of ``service`` (streamed; any iterable), at most ``limit``
+    sent; ``dry_run`` sends nothing. Already redriven letters (the ledger, read here
+    unless ``done_before`` is given) are counted, refused ones reported through
+    ``on_outcome`` and never sent."""
+    spec = registry.service(service)
+    if done_before is None:
+        done_before = await redriven_ids(bootstrap, service, client_kwargs=client_kwargs)
+    result = RedriveResult(service)
+    producer: AIOKafkaProducer | None = None
+
+    async def each() -> AsyncIterator[DeadLetter]:
+        if isinstance(letters, AsyncIterable):
+            async for d in letters:
+                yield d
+        else:
+            for d in letters:
+                yield d
+
+    try:
+        async with aclosing(each()) as stream:
+            async for d in stream:
+                if limit is not None and result.redriven + result.planned >= limit:
+                    break
+                verdict, target, why = decide(spec, d, done_before)
+                if verdict == "skip":
+                    result.skipped += 1
+                    continue
+                if verdict == "refuse":
+                    result.refused += 1
+                    on_outcome(Outcome(d, "refused", None, why))
+                    continue
+                assert target is not None
+                if dry_run:
+                    result.planned += 1
+                    on_outcome(Outcome(d, "would_redrive", target))
+                    continue
+                if producer is None:
+                    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                                max_request_size=MAX_FETCH_BYTES, **_kwargs(client_kwargs))
+                    try:
+                        await asyncio.wait_for(producer.start(), STALL_TIMEOUT)
+                    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                        await producer.stop()
+                        producer = None
+                        raise DlqError(f"Kafka broker {bootstrap} unreachable ({describe(exc)})") from None
+                hdrs = [(k, v) for k, v in (d.header_items or tuple(d.headers.items()))
+                        if k not in H.OURS and k != H.REDRIVEN_FROM]
+                hdrs.append((H.REDRIVEN_FROM, d.id.encode()))
+                await (await producer.send(target, key=d.key, value=d.value, headers=hdrs))  # 1
+                ledger = json.dumps({"to": target, "at": int(time.time() * 1000)}).encode()
+                await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger))  # 2
+                done_before.add(d.id)
+                result.redriven += 1
+                on_outcome(Outcome(d, "redriven", target))
+    finally:
+        if producer is not None:
+            await producer.stop()
+    return result
 
 
 async def redrive(
     bootstrap: str,
     service: str,
-    letters: Sequence[DeadLetter],
     *,
+    reason: str | None = None,
+    since_ms: int | None = None,
     limit: int | None = None,
     dry_run: bool = False,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+    on_scanned: Callable[[int], None] | None = None,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> RedriveResult:
-    done_before = await redriven_ids(bootstrap, service)
-    todo = [d for d in letters if d.id not in done_before and d.source_topic]
-    skipped = len(letters) - len(todo)
-    if limit is not None:
-        todo = todo[:limit]
-    if dry_run or not todo:
-        return RedriveResult(0, skipped, len(todo))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=16 * 1024 * 1024,
-                                **CLIENT_KWARGS)
-    await producer.start()
-    try:
-        progress(0, len(todo))
-        for n, d in enumerate(todo, 1):
-            hdrs = [(k, v) for k, v in d.headers.items() if k not in H.OURS and k != H.REDRIVEN_FROM]
-            hdrs.append((H.REDRIVEN_FROM, d.id.encode()))
-            await (await producer.send(d.source_topic, key=d.key, value=d.value, headers=hdrs))  # 1
-            ledger = json.dumps({"to": d.source_topic, "at": int(time.time() * 1000)}).encode()
-            await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger))  # 2
-            progress(n, len(todo))
-    finally:
-        await producer.stop()
-    return RedriveResult(len(todo), skipped, len(todo))
-
-
-def progress_bar(out: TextIO = sys.stderr, width: int = 30) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        filled = int(width * done / total) if total else width
-        out.write(f"\rredrive [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        if done == total:
-            out.write("\n")
-        out.flush()
-
-    return show
-
-
-def preview(value: bytes | None, limit: int = 60) -> str:
-    if value is None:
-        return "<null>"
-    text = value[:limit].decode("utf-8", "replace")
-    more = f"… ({len(value)} bytes)" if len(value) > limit else ""
-    return text.replace("\n", " ") + more
-
-
-def format_table(letters: Sequence[DeadLetter]) -> str:
-    rows = [("ID", "REASON", "ATTEMPT", "FAILED AT (UTC)", "SOURCE", "KEY", "ERROR")]
-    for d in letters:
-        failed = datetime.fromtimestamp(d.failed_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((
-            d.id, d.reason, H.text(d.headers, H.ATTEMPT), failed, d.source(),
-            preview(d.key, 24), preview(H.text(d.headers, H.ERROR_MESSAGE).encode(), 50),
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def format_one(d: DeadLetter) -> str:
-    lines = [f"id:        {d.id}", f"reason:    {d.reason}", f"key:       {preview(d.key, 200)}",
-             f"value:     {preview(d.value, 2000)}", "headers:"]
-    lines += [f"  {k}: {v.decode('utf-8', 'replace')}" for k, v in sorted(d.headers.items())]
-    return "\n".join(lines)
+    """Redrive the dead letters of ``service`` that match ``reason`` / ``since_ms``,
+    streaming its DLQ topic (see :func:`redrive_letters`)."""
+    done_before = await redriven_ids(bootstrap, service, client_kwargs=client_kwargs)
+    letters = iter_dead_letters(bootstrap, service, reason=reason, since_ms=since_ms,
+                                on_scanned=on_scanned, client_kwargs=client_kwargs)
+    async with aclosing(letters):
+        return await redrive_letters(bootstrap, service, letters, limit=limit, dry_run=dry_run,
+                                     done_before=done_before, on_outcome=on_outcome, client_kwargs=client_kwargs)
