@@ -7,8 +7,9 @@
 
 - prints errors as ONE line on stderr (``faust dlq ls: error: …``), never a
   traceback (``--debug`` adds one, and the libraries' logs);
-- exits 0 on success, 1 on a failure (broker unreachable, no such dead letter), 2
-  on a usage error (bad option value, unknown service, missing id);
+- exits 0 on success, 1 on a failure (broker or worker unreachable, no such dead
+  letter), 2 on a usage error (bad option value, unknown service, missing id);
+  ``reconcile`` exits 3 when mismatches need a person (see :data:`EXIT_MISMATCHES`);
 - takes ``--json`` (as does Faust's global ``faust --json``) on listings: one JSON
   document on stdout, text only (escaped by the JSON encoder, never raw bytes).
 """
@@ -36,6 +37,9 @@ from streams import registry
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: ``reconcile`` found mismatches a person has to look at: any, or with ``--repair``
+#: the diverged ones (missing and stuck orders were re-published).
+EXIT_MISMATCHES = 3
 
 #: ``dlq ls`` shows this many dead letters unless ``--limit`` says otherwise.
 LS_DEFAULT_LIMIT = 100
@@ -172,7 +176,7 @@ class OpsCommand(AppCommand):
 
 
 def _describe(exc: BaseException) -> str:
-    if getattr(exc, "operator_message", False):  # dlq.DlqError
+    if getattr(exc, "operator_message", False):  # dlq.DlqError, reconcile.ReconcileError
         return str(exc)
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
@@ -408,40 +412,55 @@ def register_commands(app: Any, settings: Any) -> None:
         self.say(f"stock set for {len(commands)} SKUs")
 
     @app.command(
-        option("--since", default=None, help="only orders created after 15m / 2h / 1d / an ISO time"),
-        option("--sla", type=float, default=60.0, show_default=True,
+        option("--since", type=SINCE, default=None, show_default=False, metavar="15m|2h|1d|ISO-TIME",
+               help="only orders created after 15m / 2h / 1d ago, or an ISO time"),
+        option("--sla", type=click.FloatRange(min=0), default=60.0, show_default=True,
                help="seconds an order may lag before it counts as missing or stuck"),
-        option("--repair", is_flag=True, default=False,
+        option("--repair", is_flag=True, default=False, show_default=False,
                help="re-publish what missing and stuck orders need, through the outbox"),
-        option("--worker-url", default=None, help="a worker's web URL (default: this worker's)"),
-        option("--metrics-file", default=None,
+        option("--worker-url", default=None, show_default=False,
+               help="a worker's web URL (default: this worker's, from WEB_HOST/WEB_PORT/CANONICAL_URL)"),
+        option("--metrics-file", default=None, show_default=False,
                help="write reconciliation_mismatches{kind} here (default: DATA_DIR/reconcile.prom)"),
+        JSON_OPTION,
+        base=OpsCommand, click_name="reconcile",
     )
-    async def reconcile(self: Any, since: str | None, sla: float, repair: bool,
-                        worker_url: str | None, metrics_file: str | None) -> None:
-        """Compare the order service's orders with the workers' order states."""
+    async def reconcile(self: OpsCommand, since: int | None, sla: float, repair: bool,
+                        worker_url: str | None, metrics_file: str | None, as_json: bool) -> None:
+        """Compare the order service's orders with the workers' order states.
+
+        Prints missing / stuck / diverged orders and writes reconciliation_mismatches
+        for node_exporter's textfile collector. Exit 0: nothing to look at; 3: mismatches
+        (with --repair: diverged ones, which it never repairs); 1: could not check
+        (database or worker unreachable); 2: usage error.
+        """
         from pathlib import Path
 
         from orders.db import open_database
         from streams import reconcile as rc
 
-        try:
-            since_s = dlq.parse_since(since) / 1000 if since else None
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
         db = open_database(settings.database_url)
         await db.setup()
         try:
-            mismatches, total = await rc.reconcile(db, worker_url or settings.web_url, since=since_s, sla=sla)
-            self.say(rc.format_report(mismatches, total))
+            mismatches, total = await rc.reconcile(db, (worker_url or settings.web_url).rstrip("/"),
+                                                   since=since / 1000 if since is not None else None, sla=sla)
             target = Path(metrics_file) if metrics_file else Path(settings.data_dir) / "reconcile.prom"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(rc.prometheus_text(mismatches))
-            if repair:
-                added = await rc.repair(db, mismatches)
-                self.say(f"repair: {added} events re-published through the outbox")
+            added = await rc.repair(db, mismatches) if repair else None
         finally:
             await db.close()
+        if rc.unresolved(mismatches, repaired=repair):
+            self.exit_code = EXIT_MISMATCHES
+        if self.json or as_json:
+            self.emit_json({**rc.report_json(mismatches, total, added), "exit_code": self.exit_code})
+            return
+        if mismatches:
+            self.say(self.tabulate(rc.report_rows(mismatches), headers=list(rc.REPORT_HEADERS),
+                                   wrap_last_row=False))
+        self.say(rc.summary(mismatches, total))
+        if added is not None:
+            self.say(f"repair: {added} events re-published through the outbox")
 
 
 class _RedriveOutput:
@@ -511,5 +530,5 @@ class _RedriveOutput:
 
 
 __all__ = ["register_commands", "bootstrap_of", "OpsCommand", "CommandFailed", "EXIT_OK", "EXIT_FAILURE",
-           "EXIT_USAGE"]
+           "EXIT_USAGE", "EXIT_MISMATCHES"]
 

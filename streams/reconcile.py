@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-
+from urllib.parse import quote
 
 import aiohttp
 
@@ -35,6 +35,8 @@ from orders.db import Database
 from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid
 
 KINDS = ("missing", "stuck", "diverged")
+#: kinds ``--repair`` re-publishes events for (diverged orders need a person)
+REPAIRABLE = ("missing", "stuck")
 
 #: order-service status → worker statuses that agree with it (final) / that lag behind it.
 AGREES = {"CREATED": {"CREATED"}, "PAID": {"NOTIFIED"}, "CANCELLED": {"CANCELLED"}}
@@ -87,20 +89,39 @@ async def load_orders(db: Database, since: float | None) -> list[OrderRow]:
     ]
 
 
-async def worker_statuses(web_url: str, order_ids: list[str], concurrency: int = 32) -> dict[str, str | None]:
-    """``status`` from a worker's ``GET /orders/{id}`` (None: 404, never seen)."""
+class ReconcileError(Exception):
+    """Reconcile could not check (the worker unreachable or answering errors): one line."""
+
+    #: its message is written for an operator (the CLI prints it as it is)
+    operator_message = True
+
+
+async def worker_statuses(web_url: str, order_ids: list[str], concurrency: int = 32,
+                          timeout: float = 30.0) -> dict[str, str | None]:
+    """``status`` from a worker's ``GET /orders/{id}`` (None: 404, never seen).
+    Raises :class:`ReconcileError` when the worker cannot be asked."""
     sem = asyncio.Semaphore(concurrency)
     out: dict[str, str | None] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async def one(order_id: str) -> None:
-            async with sem, session.get(f"{web_url}/orders/{order_id}") as resp:
+            async with sem, session.get(f"{web_url}/orders/{quote(order_id, safe='')}") as resp:
                 if resp.status == 404:
                     out[order_id] = None
                     return
-                resp.raise_for_status()
-                out[order_id] = (await resp.json())["status"]
+                if resp.status != 200:
+                    raise ReconcileError(f"worker {web_url} answered HTTP {resp.status} for order {order_id!r}")
+                try:
+                    out[order_id] = str((await resp.json(content_type=None))["status"])
+                except (ValueError, KeyError, TypeError):
+                    raise ReconcileError(f"worker {web_url} answered no status for order {order_id!r}") from None
 
-        await asyncio.gather(*(one(i) for i in order_ids))
+        try:
+            await asyncio.gather(*(one(i) for i in order_ids))
+        except aiohttp.ClientError as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ReconcileError(f"worker {web_url} unreachable ({detail})") from None
+        except asyncio.TimeoutError:
+            raise ReconcileError(f"worker {web_url} did not answer within {timeout:.0f} s") from None
     return out
 
 
@@ -132,7 +153,7 @@ def repair_events(row: OrderRow, worker_status: str) -> list[Event]:
 
 async def repair(db: Database, mismatches: list[Mismatch]) -> int:
     """Re-publish through the outbox what missing and stuck orders need; returns rows added."""
-    wanted = {m.order_id: m for m in mismatches if m.kind in ("missing", "stuck")}
+    wanted = {m.order_id: m for m in mismatches if m.kind in REPAIRABLE}
     if not wanted:
         return 0
     rows = {r.order_id: r for r in await load_orders(db, None) if r.order_id in wanted}
@@ -150,14 +171,41 @@ async def repair(db: Database, mismatches: list[Mismatch]) -> int:
     return added
 
 
-def format_report(mismatches: list[Mismatch], total: int) -> str:
-    rows = [("ORDER", "KIND", "ORDER SERVICE", "WORKER", "AGE (s)")]
-    rows += [(m.order_id, m.kind, m.source_status, m.worker_status, f"{m.age_seconds:.0f}") for m in mismatches]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] if mismatches else []
-    counts = {k: sum(1 for m in mismatches if m.kind == k) for k in KINDS}
-    lines.append(f"{total} orders checked: " + ", ".join(f"{counts[k]} {k}" for k in KINDS))
-    return "\n".join(lines)
+def counts(mismatches: list[Mismatch]) -> dict[str, int]:
+    return {k: sum(1 for m in mismatches if m.kind == k) for k in KINDS}
+
+
+REPORT_HEADERS = ("ORDER", "KIND", "ORDER SERVICE", "WORKER", "AGE (s)")
+
+
+def report_rows(mismatches: list[Mismatch]) -> list[tuple[str, ...]]:
+    """Rows of the report table (the command tabulates them), order ids and statuses
+    escaped: they come from a database and a worker, not from us."""
+    from streams.dlq import printable
+
+    return [(printable(m.order_id), m.kind, printable(m.source_status), printable(m.worker_status),
+             f"{m.age_seconds:.0f}") for m in mismatches]
+
+
+def summary(mismatches: list[Mismatch], total: int) -> str:
+    c = counts(mismatches)
+    return f"{total} orders checked: " + ", ".join(f"{c[k]} {k}" for k in KINDS)
+
+
+def unresolved(mismatches: list[Mismatch], *, repaired: bool) -> list[Mismatch]:
+    """Mismatches a person still has to look at: all of them, or after ``--repair``
+    the diverged ones (missing and stuck orders were re-published)."""
+    return [m for m in mismatches if not (repaired and m.kind in REPAIRABLE)]
+
+
+def report_json(mismatches: list[Mismatch], total: int, repaired_events: int | None) -> dict[str, object]:
+    return {
+        "checked": total,
+        "counts": counts(mismatches),
+        "mismatches": [{"order_id": m.order_id, "kind": m.kind, "order_service": m.source_status,
+                        "worker": m.worker_status, "age_seconds": round(m.age_seconds, 3)} for m in mismatches],
+        "repaired_events": repaired_events,
+    }
 
 
 def prometheus_text(mismatches: list[Mismatch]) -> str:
@@ -168,5 +216,3 @@ def prometheus_text(mismatches: list[Mismatch]) -> str:
         lines.append(f'reconciliation_mismatches{{kind="{k}"}} {sum(1 for m in mismatches if m.kind == k)}')
     lines.append(f"reconciliation_last_run_timestamp_seconds {time.time():.3f}")
     return "\n".join(lines) + "\n"
-
-

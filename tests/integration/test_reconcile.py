@@ -1,5 +1,5 @@
 """``faust -A streams reconcile``: reports exactly the orders whose events were lost,
-and ``--repair`` makes the next run report nothing (issue 6)."""
+exits 3 while they are, and ``--repair`` makes the next run report nothing (issue 6)."""
 
 from __future__ import annotations
 
@@ -18,17 +18,18 @@ from tests.support.worker import ROOT, http_get
 pytestmark = pytest.mark.kafka
 
 
-def reconcile_cli(env: dict[str, str], *args: str) -> str:
+def reconcile_cli(env: dict[str, str], *args: str, code: int = 0) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "faust", "-A", "streams", "reconcile", *args],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr == ""
     return result.stdout
 
 
 def reported(out: str) -> dict[str, str]:
-    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("o-")}
+    return {m["order_id"]: m["kind"] for m in json.loads(out)["mismatches"]}
 
 
 async def test_reconcile_reports_lost_orders_and_repair_converges(broker, orders_factory, worker_factory, tmp_path):
@@ -63,19 +64,23 @@ async def test_reconcile_reports_lost_orders_and_repair_converges(broker, orders
     assert await converged(healthy)
     env = {"KAFKA_BROKER": broker.url, "DATABASE_URL": common["database_url"], "WEB_PORT": str(worker.port),
            "DATA_DIR": str(tmp_path / "reconcile")}
-    first = await asyncio.to_thread(reconcile_cli, env, "--sla", "0")
+    first = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--json", code=3)  # mismatches: exit 3
     assert reported(first) == {**{i: "missing" for i in lost_all}, **{i: "stuck" for i in lost_paid}}
-    assert "30 orders checked: 3 missing, 2 stuck, 0 diverged" in first
+    assert json.loads(first)["counts"] == {"missing": 3, "stuck": 2, "diverged": 0}
+    text = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", code=3)
+    assert "30 orders checked: 3 missing, 2 stuck, 0 diverged" in text
+    assert all(i in text for i in lost_all + lost_paid)
     prom = (tmp_path / "reconcile" / "reconcile.prom").read_text()
     assert 'reconciliation_mismatches{kind="missing"} 3' in prom
 
+    # Everything found is repairable: --repair handles it, nothing is left for a person (exit 0).
     repaired = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair")
     assert "repair: 8 events re-published through the outbox" in repaired  # 3 × (created + paid) + 2 × paid
     assert await converged(lost_all + lost_paid)
-    second = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair")
-    assert reported(second) == {}
-    assert "30 orders checked: 0 missing, 0 stuck, 0 diverged" in second
-    assert "repair: 0 events" in second
+    second = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--json")
+    assert reported(second) == {} and json.loads(second)["repaired_events"] == 0
+    clean = await asyncio.to_thread(reconcile_cli, env, "--sla", "0")
+    assert "30 orders checked: 0 missing, 0 stuck, 0 diverged" in clean
     states = [json.loads(http_get(f"{worker.url}/orders/{i}")[1]) for i in ids]
     # created, paid, notified, and the inventory's answer (no stock was seeded: rejected)
     assert all((s["status"], s["reservation"], s["version"]) == ("NOTIFIED", "REJECTED", 4) for s in states)

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from streams.events import OrderItem
-from streams.reconcile import Mismatch, classify, format_report, prometheus_text, repair_events
-from streams.reconcile import OrderRow
+from streams.reconcile import Mismatch, classify, prometheus_text, repair_events, report_json, report_rows, summary
+from streams.reconcile import OrderRow, unresolved
 
 NOW = 1000.0
 
@@ -50,8 +50,22 @@ def test_repair_events_bring_the_worker_up_to_the_source():
 
 def test_report_and_prometheus_text_count_each_kind():
     ms = [Mismatch("o-1", "missing", "PAID", "-", 90), Mismatch("o-2", "stuck", "PAID", "CREATED", 70)]
-    report = format_report(ms, 10)
-    assert "10 orders checked: 1 missing, 1 stuck, 0 diverged" in report and "o-2" in report
+    assert summary(ms, 10) == "10 orders checked: 1 missing, 1 stuck, 0 diverged"
+    assert report_rows(ms)[1] == ("o-2", "stuck", "PAID", "CREATED", "70")
+    doc = report_json(ms, 10, None)
+    assert doc["counts"] == {"missing": 1, "stuck": 1, "diverged": 0} and doc["checked"] == 10
     text = prometheus_text(ms)
     assert 'reconciliation_mismatches{kind="missing"} 1' in text
     assert 'reconciliation_mismatches{kind="diverged"} 0' in text
+
+
+def test_report_rows_escape_what_the_database_and_the_worker_say():
+    rows = report_rows([Mismatch("o-\x1b[2J", "diverged", "PAID", "\x1b]0;x\x07", 1)])
+    assert all(ch.isprintable() for cell in rows[0] for ch in cell), rows
+
+
+def test_after_a_repair_only_diverged_orders_are_left_for_a_person():
+    ms = [Mismatch("o-1", "missing", "PAID", "-", 90), Mismatch("o-2", "diverged", "CREATED", "PAID", 70)]
+    assert unresolved(ms, repaired=False) == ms
+    assert [m.order_id for m in unresolved(ms, repaired=True)] == ["o-2"]
+    assert unresolved(ms[:1], repaired=True) == []
