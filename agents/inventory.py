@@ -1,152 +1,179 @@
 """The ``inventory`` service: ``OrderCreated`` → reservation per SKU → one result per order.
 
-Three steps, each its own agent, each keyed by what it decides on:
+Three stages, one per source topic, each keyed by what it decides on:
 
 1. ``events.order.created.v1`` (key: order id) → one ``reserve`` command per SKU to
-   ``inventory.requests`` (key: SKU) — the repartition by SKU; acks awaited.
+   ``inventory.requests`` (key: SKU) — the repartition by SKU — and one ``expect``
+   message (the order's items) to ``inventory.answers`` (key: order id).
 2. ``inventory.requests`` → the SKU's stock in ``inventory-stock`` (decided once per
    order) → a ``SkuAnswer`` to ``inventory.answers`` (key: order id) — re-keyed by order.
-3. ``inventory.answers`` → ``inventory-orders`` collects the answers; when every SKU
-   answered: ``events.inventory.reserved.v1`` or ``…rejected.v1`` (acks awaited),
-   ``release`` commands for what a rejected order holds, then a best-effort search
-   warm-up (``SEARCH_URL``) after a reservation.
+3. ``inventory.answers`` → ``inventory-orders`` collects the expectation and the
+   answers; when every SKU answered: ``events.inventory.reserved.v1`` or
+   ``…rejected.v1``, ``release`` commands for what a rejected order holds, then a
+   best-effort search warm-up (``SEARCH_URL``) after a reservation.
 
 Derived events get ids derived from the order id, so a replay re-sends the same ids.
-Records that cannot be read go to ``inventory.dlq``.
+Records that cannot be read go to ``inventory.dlq``. Decisions and settled orders
+expire after ``DEDUP_TTL`` through the time index.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, ValidationError
 
-from streams.batching import to_record
-from streams.errors import DecodeError, StreamsError, ValidationFailed
-from streams.events import InventoryRejected, InventoryReserved, OrderCreated
-from streams.metrics import DEAD_LETTER, DUPLICATE, SUCCESS, Metrics
-from streams.pipeline import Outgoing, Publisher, Record, dead_letter, decode, send_until_acked
+from streams.engine.errors import DecodeError, ValidationFailed
+from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch, Item
+from streams.engine.records import Outgoing, Record
+from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderItem, decode_event, validation_summary
+from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from streams.rpc import BestEffortCaller
 from tables.inventory import (
-    ANSWERS_TOPIC, REQUESTS_TOPIC, SkuAnswer, StockCommand, apply_command, per_sku, record_answer,
+    ANSWER, ORDERS_TABLE, STOCK_TABLE, Expected, SkuAnswer, StockCommand, apply_command, decision_key,
+    outcome, per_sku, record_answer, record_expected, settled,
 )
 
 log = logging.getLogger(__name__)
 
-SERVICE = "inventory"
 ID_NAMESPACE = uuid.UUID("0b7f1f36-4f4e-4b43-9a8e-7d1c3c6f2a10")
+CREATED_TOPIC = OrderCreated.topic()
+TYPES = {CREATED_TOPIC: "OrderCreated", INVENTORY_REQUESTS: "StockCommand", INVENTORY_ANSWERS: "SkuAnswer"}
 
 
-def decode_message(model: type[BaseModel], record: Record) -> Any:
+def decode_message(parse: Callable[[bytes], Any], record: Record) -> Any:
     if not record.value:
         raise DecodeError("empty value")
     try:
-        return model.model_validate_json(record.value)
+        return parse(record.value)
     except ValidationError as exc:
-        kind = exc.errors()[0]["type"]
-        if kind == "json_invalid":
-            raise DecodeError(str(exc.errors()[0]["msg"])) from None
-        raise ValidationFailed(str(exc.errors()[0]["msg"])) from None
+        first = exc.errors()[0]
+        if first["type"] in ("json_invalid", "model_type", "model_attributes_type") or not first["loc"]:
+            raise DecodeError(f"not a JSON object: {first['msg']}") from None
+        raise ValidationFailed(validation_summary(exc)) from None
+
+
+def command_bytes(cmd: BaseModel) -> bytes:
+    return cmd.model_dump_json(exclude_none=True).encode()
 
 
 class InventoryService:
-    name = SERVICE
+    spec = INVENTORY
+    dedup_table = None  # decisions per (SKU, order) and outcomes per order are the memory
 
-    def __init__(
-        self, stock: Any, orders: Any, publisher: Publisher, metrics: Metrics,
-        caller: BestEffortCaller, *, search_url: str, clock: Callable[[], float],
-    ) -> None:
-        self.stock = stock
-        self.orders = orders
-        self.publisher = publisher
-        self.metrics = metrics
+    def __init__(self, caller: BestEffortCaller, *, search_url: str, decision_ttl: float) -> None:
         self.caller = caller
         self.search_url = search_url
-        self.clock = clock
+        self.ttl_ms = int(decision_ttl * 1000)
         self._session: aiohttp.ClientSession | None = None
 
-    def _count(self, type_name: str, status: str) -> None:
-        self.metrics.event_processed.labels(SERVICE, type_name, status).inc()
+    def type_of(self, topic: str) -> str:
+        return TYPES.get(topic, "unknown")
 
-    async def _read(self, event: Any, decode_fn: Callable[[Record], Any], type_name: str) -> Any:
-        """The decoded value of ``event``, or None after dead-lettering it."""
-        record = to_record(event)
-        try:
-            return decode_fn(record)
-        except StreamsError as exc:
-            msg = dead_letter(SERVICE, record, exc, int(self.clock() * 1000), self.metrics)
-            await send_until_acked(self.publisher, [msg])
-            self._count(type_name, DEAD_LETTER)
-            return None
+    def decode(self, topic: str, record: Record) -> Any:
+        if topic == CREATED_TOPIC:
+            return decode_event(OrderCreated, record)
+        if topic == INVENTORY_REQUESTS:
+            cmd = decode_message(StockCommand.model_validate_json, record)
+            if record.key != cmd.sku.encode():
+                raise ValidationFailed(f"record key {record.key!r:.80} is not the SKU {cmd.sku!r}")
+            return cmd
+        msg = decode_message(ANSWER.validate_json, record)
+        if record.key != msg.order_id.encode():
+            raise ValidationFailed(f"record key {record.key!r:.80} is not the order id {msg.order_id!r}")
+        return msg
 
-    # 1. OrderCreated → reserve commands, keyed by SKU ---------------------------------
-    async def on_order_created(self, event: Any) -> None:
-        created = await self._read(event, lambda r: decode(OrderCreated, r), "OrderCreated")
-        if created is None:
-            return
-        commands = [
-            StockCommand(kind="reserve", sku=sku, qty=qty, order_id=created.order_id,
-                         items=created.items, causation_id=created.event_id)
-            for sku, qty in per_sku(created.items).items()
-        ]
-        await send_until_acked(self.publisher, [
-            Outgoing(REQUESTS_TOPIC, c.sku.encode(), c.model_dump_json().encode()) for c in commands
-        ])
-        self._count("OrderCreated", SUCCESS)
+    async def handle(self, items: Sequence[Item], batch: Batch) -> None:
+        for item in items:
+            try:
+                msg = item.message
+                if isinstance(msg, OrderCreated):
+                    self._order_created(item, msg)
+                elif isinstance(msg, StockCommand):
+                    self._stock_command(item, msg, batch)
+                else:
+                    self._answer(item, msg, batch)
+            except Exception as exc:
+                item.fail(exc)
+
+    # 1. OrderCreated → reserve commands keyed by SKU, and the expectation keyed by order
+    def _order_created(self, item: Item, created: OrderCreated) -> None:
+        out = [Outgoing(INVENTORY_REQUESTS, sku.encode(),
+                        command_bytes(StockCommand(kind="reserve", sku=sku, qty=qty, order_id=created.order_id)))
+               for sku, qty in per_sku(created.items).items()]
+        expect = Expected(order_id=created.order_id, items=created.items, causation_id=created.event_id)
+        out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect)))
+        item.succeed(*out)
 
     # 2. stock per SKU -----------------------------------------------------------------
-    async def on_stock_command(self, event: Any) -> None:
-        cmd = await self._read(event, lambda r: decode_message(StockCommand, r), "StockCommand")
-        if cmd is None:
-            return
-        old = self.stock.get(cmd.sku)
-        new, decision = apply_command(old, cmd)
-        if new != old:
-            self.stock[cmd.sku] = new
-        if decision is not None and cmd.order_id is not None and cmd.causation_id is not None:
-            answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=decision,
-                               items=cmd.items, causation_id=cmd.causation_id)
-            await send_until_acked(self.publisher, [
-                Outgoing(ANSWERS_TOPIC, cmd.order_id.encode(), answer.model_dump_json().encode())
-            ])
-        self._count("StockCommand", SUCCESS if new != old else DUPLICATE)
+    def _stock_command(self, item: Item, cmd: StockCommand, batch: Batch) -> None:
+        tx = batch.tx(STOCK_TABLE, item.partition)
+        dkey = decision_key(cmd.sku, cmd.order_id) if cmd.order_id else None
+        raw_stock, raw_decision = tx.get_many([cmd.sku.encode(), dkey or b"\x00none"])
+        stock = orjson.loads(raw_stock) if raw_stock else None
+        decision = orjson.loads(raw_decision) if raw_decision else None
+        new_stock, new_decision, announce, changed = apply_command(stock, decision, cmd)
+        if changed:
+            tx.set(cmd.sku.encode(), orjson.dumps(new_stock))
+            if dkey is not None and new_decision is not None:
+                tx.set(dkey, orjson.dumps(new_decision))
+                tx.schedule(batch.now_ms + self.ttl_ms, dkey)
+        out = []
+        if announce is not None and cmd.order_id is not None:
+            answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=announce)  # type: ignore[arg-type]
+            out.append(Outgoing(INVENTORY_ANSWERS, cmd.order_id.encode(), command_bytes(answer)))
+        item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
-    # 3. answers per order → one inventory event ----------------------------------------
-    async def on_answer(self, event: Any) -> None:
-        answer = await self._read(event, lambda r: decode_message(SkuAnswer, r), "SkuAnswer")
-        if answer is None:
-            return
-        old = self.orders.get(answer.order_id)
-        new, outcome = record_answer(old, answer)
-        if outcome is not None:
-            await send_until_acked(self.publisher, self._outcome_messages(answer, new, outcome))
-        if new != old:
-            self.orders[answer.order_id] = new
-        self._count("SkuAnswer", SUCCESS if new != old else DUPLICATE)
-        if outcome == "reserved" and self.search_url:
-            self.caller.call("search", lambda: self._warm_search(answer.order_id, list(new["skus"])))
+    # 3. answers per order → one inventory event -----------------------------------------
+    def _answer(self, item: Item, msg: Expected | SkuAnswer, batch: Batch) -> None:
+        tx = batch.tx(ORDERS_TABLE, item.partition)
+        key = msg.order_id.encode()
+        raw = tx.get(key)
+        old = orjson.loads(raw) if raw else None
+        new, changed = record_expected(old, msg) if isinstance(msg, Expected) else record_answer(old, msg)
+        result = outcome(new) if changed else None
+        out: list[Outgoing] = []
+        if result is not None:
+            out = self._outcome_messages(msg.order_id, new, result)
+            new = settled(new, result)
+            tx.schedule(batch.now_ms + self.ttl_ms, key)
+            if result == "reserved" and self.search_url:
+                skus = list(new["skus"])
+                self.caller.call("search", lambda: self._warm_search(msg.order_id, skus))
+        if changed:
+            tx.set(key, orjson.dumps(new))
+        item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
-    def _outcome_messages(self, answer: SkuAnswer, order: dict[str, Any], outcome: str) -> list[Outgoing]:
-        key = answer.order_id.encode()
-        event_id = uuid.uuid5(ID_NAMESPACE, f"inventory-{outcome}:{answer.order_id}")
-        if outcome == "reserved":
+    def _outcome_messages(self, order_id: str, order: dict[str, Any], result: str) -> list[Outgoing]:
+        key = order_id.encode()
+        event_id = uuid.uuid5(ID_NAMESPACE, f"inventory-{result}:{order_id}")
+        items = tuple(OrderItem(**i) for i in order["items"])
+        causation = uuid.UUID(order["causation_id"])
+        if result == "reserved":
             ev: InventoryReserved | InventoryRejected = InventoryReserved(
-                order_id=answer.order_id, items=answer.items, causation_id=answer.causation_id, event_id=event_id)
+                order_id=order_id, items=items, causation_id=causation, event_id=event_id)
             return [Outgoing(InventoryReserved.topic(), key, ev.to_bytes())]
         short = tuple(sorted(s for s, d in order["answers"].items() if d != "reserved"))
-        ev = InventoryRejected(order_id=answer.order_id, items=answer.items, short=short,
-                               causation_id=answer.causation_id, event_id=event_id)
-        releases = [
-            StockCommand(kind="release", sku=sku, qty=order["skus"][sku], order_id=answer.order_id)
-            for sku, d in order["answers"].items() if d == "reserved"
-        ]
+        ev = InventoryRejected(order_id=order_id, items=items, short=short, causation_id=causation,
+                               event_id=event_id)
+        releases = [StockCommand(kind="release", sku=sku, qty=order["skus"][sku], order_id=order_id)
+                    for sku, d in order["answers"].items() if d == "reserved"]
         return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes())] + [
-            Outgoing(REQUESTS_TOPIC, c.sku.encode(), c.model_dump_json().encode()) for c in releases
-        ]
+            Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
+
+    async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
+        """Forget decisions and settled orders older than ``DEDUP_TTL``."""
+        for table in (STOCK_TABLE, ORDERS_TABLE):
+            for partition in partitions:
+                tx = batch.tx(table, partition)
+                for at, key in tx.due(batch.now_ms, MAINTENANCE_LIMIT):
+                    tx.unschedule(at, key)
+                    tx.delete(key)
 
     async def _warm_search(self, order_id: str, skus: list[str]) -> None:
         if self._session is None or self._session.closed:
@@ -158,4 +185,3 @@ class InventoryService:
         await self.caller.close()
         if self._session is not None:
             await self._session.close()
-

@@ -1,43 +1,80 @@
 """The ``notifications`` service: ``OrderPaid`` → SMS gateway → ``NotificationSent``.
 
-Deduplicated by ``order_id``; the commit protocol around :meth:`handle` is
-:mod:`streams.pipeline`.
+Deduplicated by ``order_id`` in ``notifications-dedup`` (the pipeline's step 2); the
+commit protocol around :meth:`NotificationsService.handle` is
+:mod:`streams.engine.pipeline`. Gateway calls of a batch run concurrently, at most
+``HANDLER_CONCURRENCY`` at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import uuid
 from collections.abc import Sequence
+from typing import Any
+
+import orjson
 
 from agents.notifier import Notification, Notifier
-from streams.events import NotificationSent, OrderPaid, utcnow
-from streams.pipeline import Outgoing
+from streams.engine.pipeline import Batch, Item
+from streams.engine.records import Outgoing, Record
+from streams.events import NotificationSent, OrderPaid, decode_event, utcnow
+from streams.registry import NOTIFICATIONS
 
-SERVICE = "notifications"
 #: NotificationSent ids are derived from the order id: a replay re-emits the same id.
 ID_NAMESPACE = uuid.UUID("6f1f4c8e-2b1a-4d6e-9c51-5e0f0d6c1a01")
 
 
+def notification_id(order_id: str) -> str:
+    """``str(uuid5(ID_NAMESPACE, "notification-sent:" + order_id))``, without building
+    UUID objects (the same bytes: RFC 4122 §4.3, SHA-1, version 5)."""
+    digest = bytearray(hashlib.sha1(ID_NAMESPACE.bytes + f"notification-sent:{order_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+SENT_TOPIC = NotificationSent.topic()
+
+
 class NotificationsService:
-    name = SERVICE
-    event_type = OrderPaid
+    spec = NOTIFICATIONS
+    dedup_table = "notifications-dedup"
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, *, concurrency: int = 64) -> None:
         self.notifier = notifier
+        self.concurrency = concurrency
 
-    async def handle(self, event: OrderPaid) -> Sequence[Outgoing]:
-        key = event.idempotency_key()
-        text = f"Payment of {event.amount} received for order {event.order_id}. Thank you!"
-        await self.notifier.send(Notification(event.order_id, event.user_id, text), key)
-        # Every field comes from a validated event or from us: built without a second
-        # validation (UUID parsing was 14 % of the fast path's samples).
-        sent = NotificationSent.model_construct(
-            version="v1",
-            order_id=event.order_id,
-            user_id=event.user_id,
-            channel=self.notifier.channel,
-            causation_id=event.event_id,
-            event_id=uuid.uuid5(ID_NAMESPACE, f"notification-sent:{key}"),
-            occurred_at=utcnow(),
-        )
-        return [Outgoing(NotificationSent.topic(), key.encode(), sent.to_bytes())]
+    def type_of(self, topic: str) -> str:
+        return OrderPaid.type_name()
+
+    def decode(self, topic: str, record: Record) -> Any:
+        return decode_event(OrderPaid, record)
+
+    async def handle(self, items: Sequence[Item], batch: Batch) -> None:
+        todo = iter(items)
+        sent_at = utcnow().isoformat()
+
+        async def runner() -> None:  # a few runners take items in turn: no task per event
+            for item in todo:
+                try:
+                    item.succeed(await self.notify(item.message, sent_at))
+                except Exception as exc:  # routed by the pipeline (retry or DLQ)
+                    item.fail(exc)
+
+        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(items)))))
+
+    async def notify(self, event: OrderPaid, sent_at: str) -> Outgoing:
+        key = event.order_id
+        await self.notifier.send(Notification(key, event.user_id, amount=event.amount), key)
+        # Every field comes from a validated event or from us: serialised directly, the
+        # shape NotificationSent validates (tests/unit/test_notifications.py checks it).
+        # Building the model and dumping it was a quarter of the worker's CPU here.
+        body = orjson.dumps({
+            "version": "v1", "event_id": notification_id(key), "occurred_at": sent_at, "order_id": key,
+            "user_id": event.user_id, "channel": self.notifier.channel, "causation_id": str(event.event_id),
+        })
+        return Outgoing(SENT_TOPIC, key.encode(), body)
+
+    async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
+        return None

@@ -9,21 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 
-from streams.errors import GatewayRejected, GatewayUnavailable
+from streams.engine.errors import GatewayRejected, GatewayUnavailable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
 class Notification:
-    order_id: str
-    user_id: str
-    text: str
+    """What the gateway is asked to send; the text is built only when someone reads it
+    (the log-only notifier at INFO never does)."""
+
+    __slots__ = ("order_id", "user_id", "_amount", "_text")
+
+    def __init__(self, order_id: str, user_id: str, text: str | None = None, *, amount: object = None) -> None:
+        self.order_id = order_id
+        self.user_id = user_id
+        self._amount = amount
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = f"Payment of {self._amount} received for order {self.order_id}. Thank you!"
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Notification)
+                and (self.order_id, self.user_id, self.text) == (other.order_id, other.user_id, other.text))
+
+    def __repr__(self) -> str:
+        return f"Notification({self.order_id!r}, {self.user_id!r}, {self.text!r})"
 
 
 class Notifier(Protocol):
@@ -80,6 +98,8 @@ class HttpNotifier:
             raise GatewayUnavailable(f"timeout after {self.timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise GatewayUnavailable(f"{type(exc).__name__}: {exc}") from None
+        except ValueError as exc:  # a request the client refuses to build (e.g. a bad header): never retried
+            raise GatewayRejected(f"request refused by the HTTP client: {exc}") from None
         if status == 429 or status >= 500:
             raise GatewayUnavailable(f"HTTP {status}: {detail}")
         if status >= 400:

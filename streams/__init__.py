@@ -1,7 +1,8 @@
 """order-streams: the Faust app (``faust -A streams worker``).
 
 ``streams.app`` is built on first access from the environment's settings, so that
-importing a submodule (events, settings, …) never needs a broker or valid settings.
+importing a submodule (events, settings, the engine …) never needs a broker or
+valid settings.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from streams.application import create_app
+        import importlib
+
         from streams.settings import load_settings
 
-        built = create_app(load_settings())
+        built = importlib.import_module("streams.wiring").create_app(load_settings())
         globals()["app"] = built
         return built
     raise AttributeError(f"module 'streams' has no attribute {name!r}")

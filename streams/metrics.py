@@ -1,36 +1,71 @@
-"""Prometheus collectors of the worker, on a registry of their own.
+"""Prometheus collectors of the worker, on a registry of their own; the engine's
+:class:`~streams.engine.pipeline.Counts` port.
 
 Counted per batch (one ``inc(n)`` per label set and batch), not per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from streams.engine.pipeline import DEAD_LETTER, DUPLICATE, PARKED, RETRY, SUCCESS
 
 #: (topic, partition, lag in records) for each partition this worker consumes.
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]
+#: (table, partition, records remaining) while a table partition recovers.
+RecoverySource = Callable[[], Iterable[tuple[str, int, int]]]
+
+__all__ = ["Metrics", "SUCCESS", "DUPLICATE", "RETRY", "DEAD_LETTER", "PARKED"]
 
 
-class ConsumerLag(Collector):
-    """``consumer_lag{topic,partition}``: high watermark − next offset to read, at scrape."""
+class _Source(Collector):
+    """A gauge family read from a callable at scrape time."""
 
-    def __init__(self) -> None:
-        self.source: LagSource = lambda: ()
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.source: Callable[[], Iterable[tuple]] = lambda: ()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "consumer_lag", "Records not yet read, per assigned partition", labels=["topic", "partition"]
-        )
-        for topic, partition, lag in self.source():
-            family.add_metric([topic, str(partition)], lag)
+        family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+        for *labels, value in self.source():
+            family.add_metric([str(v) for v in labels], value)
         yield family
 
-#: Statuses of ``event_processed_total``.
-SUCCESS, DUPLICATE, RETRY, DEAD_LETTER = "success", "duplicate", "retry", "dead_letter"
+
+class BatchHistogram(Collector):
+    """A histogram observed a batch at a time: one bisect per value, no lock (the
+    engine runs on one event loop). ``prometheus_client``'s ``observe`` per event was
+    6 % of the worker's CPU."""
+
+    def __init__(self, name: str, doc: str, label: str, buckets: Sequence[float]) -> None:
+        self.name, self.doc, self.label = name, doc, label
+        self.buckets = sorted(buckets)
+        self._series: dict[str, list[float]] = {}  # label → counts per bucket (+Inf last), then sum
+
+    def observe_many(self, label: str, values: Sequence[float]) -> None:
+        series = self._series.get(label)
+        if series is None:
+            series = self._series[label] = [0.0] * (len(self.buckets) + 2)
+        buckets, total = self.buckets, 0.0
+        for v in values:
+            series[bisect_left(buckets, v)] += 1
+            total += v
+        series[-1] += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        for label, series in self._series.items():
+            running, out = 0.0, []
+            for bound, count in zip([*self.buckets, float("inf")], series[:-1]):
+                running += count
+                out.append((str(bound) if bound != float("inf") else "+Inf", running))
+            family.add_metric([label], out, series[-1])
+        yield family
 
 
 class Metrics:
@@ -41,12 +76,12 @@ class Metrics:
             "event_processed", "Events handled, by consuming service, event type and outcome",
             ["service", "type", "status"], registry=r,
         )
-        self.event_latency = Histogram(
+        self.event_latency = BatchHistogram(
             "event_processing_latency_seconds",
-            "From the record's timestamp to the end of its commit protocol",
-            ["service"], registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            "From the record's timestamp to the end of its commit protocol", "service",
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
+        r.register(self.event_latency)
         self.batch_seconds = Histogram(
             "batch_processing_seconds", "Time to run the commit protocol for one batch",
             ["service"], registry=r,
@@ -75,15 +110,38 @@ class Metrics:
             "rpc_calls", "Best-effort calls by outcome (ok, error, timeout, refused)",
             ["target", "outcome"], registry=r,
         )
-        self.fast_path_records = Counter(
-            "fast_path_records", "Records processed on the batch fast path", ["topic"], registry=r,
-        )
-        self.consumer_lag = ConsumerLag()
-        r.register(self.consumer_lag)
         self.publish_failures = Counter(
             "publish_failures", "Sends to the broker that failed and were retried",
             ["service"], registry=r,
         )
+        self.consumer_lag = _Source("consumer_lag", "Records not yet read, per assigned partition",
+                                    ["topic", "partition"])
+        r.register(self.consumer_lag)
+        self.recovery_remaining = _Source(
+            "table_recovery_records_remaining", "Changelog records still to read, per recovering table partition",
+            ["table", "partition"])
+        r.register(self.recovery_remaining)
+
+    # -- streams.engine.pipeline.Counts ---------------------------------------------------
+    def processed(self, service: str, type_name: str, status: str, n: int) -> None:
+        self.event_processed.labels(service, type_name, status).inc(n)
+
+    def retried(self, service: str, tier: int) -> None:
+        self.retry_scheduled.labels(service, str(tier)).inc()
+
+    def dead_lettered(self, service: str, reason: str) -> None:
+        self.dead_letter.labels(service, reason).inc()
+
+    def batch(self, service: str, size: int, seconds: float, latencies: Sequence[float]) -> None:
+        self.batch_seconds.labels(service).observe(seconds)
+        self.batch_size.labels(service).observe(size)
+        self.event_latency.observe_many(service, latencies)
+
+    def send_retried(self, service: str, n: int) -> None:
+        self.publish_failures.labels(service).inc(n)
+
+    def expired(self, table: str, n: int) -> None:
+        self.dedup_expired.labels(table).inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

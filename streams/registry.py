@@ -47,7 +47,7 @@ class ServiceSpec:
     sources: tuple[str, ...]
     #: Faust tables (RocksDB + changelog) holding the service's state
     tables: tuple[str, ...]
-    #: topics the service derives (declared up front; never read by the service)
+    #: topics the service produces to (its derived events and internal topics)
     derived: tuple[str, ...] = ()
     description: str = ""
 
@@ -91,7 +91,7 @@ INVENTORY = ServiceSpec(
     name="inventory",
     sources=(OrderCreated.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
     tables=("inventory-stock", "inventory-orders"),
-    derived=(InventoryReserved.topic(), InventoryRejected.topic()),
+    derived=(InventoryReserved.topic(), InventoryRejected.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
     description="OrderCreated → stock per SKU → InventoryReserved | InventoryRejected",
 )
 
@@ -111,6 +111,15 @@ def service(name: str) -> ServiceSpec:
 def service_of_dlq(topic: str) -> ServiceSpec | None:
     """The service whose DLQ ``topic`` is, or None."""
     return next((s for s in SERVICES if s.dlq == topic), None)
+
+
+def topics_written(tiers: int) -> set[str]:
+    """Every topic a worker may produce to (changelogs aside): derived and internal
+    topics, retry tiers and DLQs. A send anywhere else is refused by the engine."""
+    out: set[str] = set()
+    for s in SERVICES:
+        out.update(s.derived, s.retry_topics(tiers), (s.dlq,))
+    return out
 
 
 def redrive_target(spec: ServiceSpec, source_topic: str) -> str | None:

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.kafka_security import KafkaSecurity
+from streams.registry import SERVICE_NAMES
 
 
 class WorkerSettings(KafkaSecurity, BaseSettings):
@@ -38,7 +39,6 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     canonical_url: str = ""
     data_dir: Path = Path("./data")
     dedup_ttl: float = Field(86400, gt=0, description="seconds a processed key is remembered")
-    dedup_sweep_interval: float = Field(60, gt=0, description="seconds between TTL sweeps")
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (5.0, 30.0, 300.0)
     #: The order service's database, read by ``reconcile`` (the source of truth).
     database_url: str = Field(
@@ -52,25 +52,36 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     rpc_max_in_flight: int = Field(100, ge=1)
 
     #: Consuming services this worker runs (comma-separated); default all.
-    services: Annotated[tuple[str, ...], NoDecode] = ("notifications", "order-state", "inventory")
+    services: Annotated[tuple[str, ...], NoDecode] = SERVICE_NAMES
     topic_partitions: int = Field(4, ge=1, description="partitions of topics the app creates")
     topic_replication_factor: int = Field(1, ge=1)
     table_standby_replicas: int = Field(0, ge=0)
-    #: Hand a service's source records from Faust's fetch straight to its pipeline,
-    #: a fetch at a time (streams/fastpath.py); false = Faust's per-message stream.
-    fast_path: bool = True
-    #: Events handed to a service's handler at once (the commit protocol runs per batch).
-    batch_size: int = Field(500, ge=1)
-    #: Seconds to wait for a batch to fill before processing what has arrived.
-    batch_within: float = Field(0.05, gt=0)
+    #: Records per batch of the commit protocol (and per offset acknowledgement): after
+    #: a crash at most one batch's side effects repeat.
+    batch_size: int = Field(500, ge=1, le=100_000)
     #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
     handler_concurrency: int = Field(64, ge=1)
+    #: Seconds between maintenance ticks (dedup TTL expiry, park timeouts, inventory
+    #: decision expiry); each tick costs what is due, not the size of the tables.
+    maintenance_interval: float = Field(1.0, gt=0, le=3600)
     #: Seconds a fetch waits on an idle broker (Faust's own default is 1.5 s, which
     #: delays retries and the first event after a quiet spell by up to that much).
     fetch_max_wait: float = Field(0.1, gt=0, le=10)
     #: Largest record the worker produces or fetches (producer max request size and
     #: fetch size). A record it cannot produce could not be dead-lettered.
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
+    #: Largest value one state key may hold (an order state, a stock entry); an event
+    #: that would grow a state beyond it is dead-lettered (``too_large``).
+    state_max_bytes: int = Field(256 * 1024, ge=4096)
+    #: Seconds sends may keep failing (broker unreachable) before /health says 503;
+    #: the worker keeps retrying — it cannot acknowledge what it has not sent.
+    send_budget: float = Field(60.0, gt=0)
+    #: Seconds without an acknowledged batch, while records wait, before /health says 503.
+    stall_timeout: float = Field(120.0, gt=0)
+    #: Bearer token for every worker route except /health and /metrics (empty: none).
+    web_token: SecretStr = SecretStr("")
+    #: Faust's generic /table/… and /router/… views (raw table values): off unless set.
+    web_table_views: bool = False
     #: Take table-recovery end offsets from a Fetch response's high watermark instead
     #: of ListOffsets. Needed on the embedded (Tansu) broker, whose ListOffsets answer
     #: is short; harmless on Apache Kafka (one extra small request per partition at
@@ -87,10 +98,9 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     @field_validator("services")
     @classmethod
     def _known_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        known = ("notifications", "order-state", "inventory")
-        unknown = [v for v in value if v not in known]
+        unknown = [v for v in value if v not in SERVICE_NAMES]
         if unknown or not value:
-            raise ValueError(f"unknown or no services {unknown}; choose from {', '.join(known)}")
+            raise ValueError(f"unknown or no services {unknown}; choose from {', '.join(SERVICE_NAMES)}")
         return tuple(dict.fromkeys(value))
 
     @field_validator("retry_delays", mode="before")

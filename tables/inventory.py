@@ -1,57 +1,76 @@
 """Stock per SKU and reservations per order (the ``inventory`` service's rules).
 
-Two tables:
+Two tables, both bounded per key:
 
-- ``inventory-stock``, keyed by SKU: ``{"available": n, "decisions": {order_id:
-  {"decision": reserved|rejected|released, "qty": q}}}``. A reservation is decided
-  once per (SKU, order): a replayed request re-sends the recorded decision and
-  changes nothing, so replaying every ``OrderCreated`` is harmless.
-- ``inventory-orders``, keyed by order id: the answers per SKU until every SKU of
-  the order has answered; then ``InventoryReserved`` (all reserved) or
-  ``InventoryRejected`` (any short — the SKUs that were reserved are released).
+- ``inventory-stock``, partitioned like ``inventory.requests`` (keyed by SKU):
+  ``<sku>`` → ``{"available": n, "reserved": m}``, and ``<sku>\\x00<order id>`` → the
+  decision for that order (``reserved`` / ``rejected`` / ``released`` and the quantity).
+  A reservation is decided once per (SKU, order): a replayed request re-sends the
+  recorded decision and changes nothing. Decisions expire after ``DEDUP_TTL`` (the
+  same window in which any replay is recognised); before, the SKU's value listed
+  every order that ever touched it.
+- ``inventory-orders``, partitioned like ``inventory.answers`` (keyed by order id):
+  the order's expected SKUs and the answers so far; once every SKU answered, the
+  outcome, kept (without the items) until it expires.
 
-Messages between them are ours (``extra="forbid"``): ``StockCommand`` on
-``inventory.requests`` (keyed by SKU) and ``SkuAnswer`` on ``inventory.answers``
-(keyed by order id).
+Messages between them are ours (``extra="forbid"``) and carry no item lists but the
+one ``expect`` message per order: an order of 1,000 SKUs once became 104 MB across
+the topics because every per-SKU command and answer carried the whole order.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from streams.events import OrderItem
+from streams.events import MAX_ITEMS, Id, OrderItem
 
-REQUESTS_TOPIC = "inventory.requests"
-ANSWERS_TOPIC = "inventory.answers"
+STOCK_TABLE = "inventory-stock"
+ORDERS_TABLE = "inventory-orders"
+MAX_STOCK = 1_000_000_000
 
 State = dict[str, Any]
 
 
 class StockCommand(BaseModel):
+    """On ``inventory.requests``, keyed by SKU: reserve or release for an order, or set stock."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["reserve", "release", "set"]
-    sku: str = Field(min_length=1)
-    qty: int = Field(ge=0)
-    order_id: str | None = None
-    #: the whole order, carried so the answer can be aggregated per order
-    items: tuple[OrderItem, ...] = ()
-    causation_id: uuid.UUID | None = None
+    sku: Id
+    qty: int = Field(ge=0, le=MAX_STOCK)
+    order_id: Id | None = None
+
+
+class Expected(BaseModel):
+    """On ``inventory.answers``, keyed by order id: the SKUs an order waits for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["expect"] = "expect"
+    order_id: Id
+    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=MAX_ITEMS)
+    causation_id: uuid.UUID
 
 
 class SkuAnswer(BaseModel):
+    """On ``inventory.answers``, keyed by order id: one SKU's decision."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    order_id: str
-    sku: str
-    qty: int
+    kind: Literal["answer"] = "answer"
+    order_id: Id
+    sku: Id
+    qty: int = Field(ge=0, le=MAX_STOCK)
     decision: Literal["reserved", "rejected", "released"]
-    items: tuple[OrderItem, ...]
-    causation_id: uuid.UUID
+
+
+Answer = Annotated[Expected | SkuAnswer, Field(discriminator="kind")]
+ANSWER = TypeAdapter(Answer)
 
 
 def per_sku(items: tuple[OrderItem, ...]) -> dict[str, int]:
@@ -62,50 +81,70 @@ def per_sku(items: tuple[OrderItem, ...]) -> dict[str, int]:
     return dict(total)
 
 
+def decision_key(sku: str, order_id: str) -> bytes:
+    return f"{sku}\x00{order_id}".encode()
+
+
 def new_stock() -> State:
-    return {"available": 0, "decisions": {}}
+    return {"available": 0, "reserved": 0}
 
 
-def apply_command(stock: State | None, cmd: StockCommand) -> tuple[State, str | None]:
-    """The SKU's new state and the decision to announce (None: nothing to announce)."""
-    state = {"available": (stock or new_stock())["available"],
-             "decisions": dict((stock or new_stock())["decisions"])}
+def apply_command(stock: State | None, decision: State | None, cmd: StockCommand
+                  ) -> tuple[State, State | None, str | None, bool]:
+    """``(new stock, new decision, decision to announce or None, changed?)``."""
+    state = dict(stock or new_stock())
     if cmd.kind == "set":
+        changed = state["available"] != cmd.qty
         state["available"] = cmd.qty
-        return state, None
-    assert cmd.order_id is not None
-    known = state["decisions"].get(cmd.order_id)
+        return state, decision, None, changed
     if cmd.kind == "reserve":
-        if known is not None:
-            return state, known["decision"]  # decided before: same answer, no change
-        decision = "reserved" if state["available"] >= cmd.qty else "rejected"
-        if decision == "reserved":
+        if decision is not None:
+            return state, decision, decision["d"], False  # decided before: same answer, no change
+        if state["available"] >= cmd.qty:
             state["available"] -= cmd.qty
-        state["decisions"][cmd.order_id] = {"decision": decision, "qty": cmd.qty}
-        return state, decision
+            state["reserved"] += cmd.qty
+            return state, {"d": "reserved", "q": cmd.qty}, "reserved", True
+        return state, {"d": "rejected", "q": cmd.qty}, "rejected", True
     # release: give back what this order holds, once
-    if known is not None and known["decision"] == "reserved":
-        state["available"] += known["qty"]
-        state["decisions"][cmd.order_id] = {"decision": "released", "qty": known["qty"]}
-    return state, None
+    if decision is not None and decision["d"] == "reserved":
+        state["available"] += decision["q"]
+        state["reserved"] = max(0, state["reserved"] - decision["q"])
+        return state, {"d": "released", "q": decision["q"]}, None, True
+    return state, decision, None, False
 
 
-def new_order(items: tuple[OrderItem, ...]) -> State:
-    return {"skus": per_sku(items), "answers": {}, "outcome": None}
+def new_order() -> State:
+    return {"items": None, "skus": None, "causation_id": None, "answers": {}, "outcome": None}
 
 
-def record_answer(order: State | None, answer: SkuAnswer) -> tuple[State, str | None]:
-    """Record one SKU's answer; return the order outcome once every SKU answered.
+def record_expected(order: State | None, msg: Expected) -> tuple[State, bool]:
+    state = dict(order or new_order())
+    if state["outcome"] is not None or state["skus"] is not None:
+        return state, False
+    state.update(items=[i.model_dump() for i in msg.items], skus=per_sku(msg.items),
+                 causation_id=str(msg.causation_id))
+    return state, True
 
-    The first answer per SKU wins (a replayed answer changes nothing); an order with
-    an outcome is final.
-    """
-    state = order or new_order(answer.items)
-    if state["outcome"] is not None or answer.sku in state["answers"]:
-        return state, None
-    answers = {**state["answers"], answer.sku: answer.decision}
-    state = {**state, "answers": answers}
-    if set(answers) != set(state["skus"]):
-        return state, None
-    outcome = "reserved" if all(d == "reserved" for d in answers.values()) else "rejected"
-    return {**state, "outcome": outcome}, outcome
+
+def record_answer(order: State | None, answer: SkuAnswer) -> tuple[State, bool]:
+    """The first answer per SKU wins; an order with an outcome is final."""
+    state = dict(order or new_order())
+    if state["outcome"] is not None or answer.sku in state["answers"] or answer.decision == "released":
+        return state, False
+    state["answers"] = {**state["answers"], answer.sku: answer.decision}
+    return state, True
+
+
+def outcome(order: State) -> str | None:
+    """``reserved`` / ``rejected`` once every expected SKU answered, else None."""
+    if order["outcome"] is not None or order["skus"] is None:
+        return None
+    if set(order["answers"]) != set(order["skus"]):
+        return None
+    return "reserved" if all(d == "reserved" for d in order["answers"].values()) else "rejected"
+
+
+def settled(order: State, result: str) -> State:
+    """What is kept of an order once decided: the outcome and answers, not the items."""
+    return {"items": None, "skus": order["skus"], "causation_id": order["causation_id"],
+            "answers": order["answers"], "outcome": result}

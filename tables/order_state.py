@@ -1,4 +1,4 @@
-"""The order lifecycle: a state machine over two facts, and the table that holds it.
+"""The order lifecycle: a state machine over two facts, and the shape of its state.
 
 - ``status``: ``NEW → CREATED → PAID → NOTIFIED`` and ``CREATED → CANCELLED``, moved by
   ``OrderCreated``, ``OrderPaid``, ``NotificationSent`` and ``OrderCancelled``;
@@ -9,28 +9,33 @@ For each incoming event the machine gives one verdict:
 
 - ``APPLY``: the transition is allowed now → ``version + 1``, appended to ``history``;
   then every parked event of the order is judged again (it may now apply).
-- ``DUPLICATE``: an event of that type was already applied → nothing changes.
+- ``DUPLICATE``: an event of that type was already applied — or one is already
+  parked — → nothing changes. So an order parks **at most one event per type**:
+  four 5 MB ``OrderPaid`` with different ids once grew one state to a 20 MB changelog
+  record and crash-looped the worker.
 - ``PARK``: its predecessor has not arrived but still can (``OrderPaid`` before
   ``OrderCreated``) → kept in ``parked`` until it applies or ``PARK_TIMEOUT`` passes.
 - ``ILLEGAL``: the machine can never allow it (``OrderPaid`` after ``OrderCancelled``)
   → ``order-state.dlq`` with ``illegal_transition``; the state stays as it was.
 
-Table key: ``order_id`` (raw UTF-8 bytes, the topics' key bytes, so ``table_route``
-reaches the owner). Value: JSON ``{order_id, status, reservation, version,
-history, parked}``.
+Table key: ``order_id`` (raw UTF-8 bytes, the topics' key bytes). Value: JSON
+``{order_id, status, reservation, version, history, parked}``; ``parked`` maps an
+event type to the event as kept: where it came from, its record time, when it was
+parked and its JSON text (no headers: they are other people's data and unbounded).
 """
 
 from __future__ import annotations
 
-import base64
 import enum
 from dataclasses import dataclass
 from typing import Any
 
+from streams.engine.records import Record
 from streams.events import (
     Event, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
 )
 
+TABLE = "order-state"
 State = dict[str, Any]
 
 #: status → statuses it may move to directly.
@@ -81,7 +86,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Incoming:
-    """An event as the machine keeps it: type, id, and the record it came in."""
+    """An event as the machine keeps it: type, id, event time, and where it came from."""
 
     type: str
     event_id: str
@@ -89,51 +94,39 @@ class Incoming:
     topic: str
     partition: int
     offset: int
-    key: bytes | None
-    value: bytes
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...]
+    #: the record's JSON text (kept so a parked event can be dead-lettered verbatim)
+    value: str
     parked_at_ms: int = 0
 
     @classmethod
-    def of(cls, event: Event, record: Any, now_ms: int) -> "Incoming":
+    def of(cls, event: Event, record: Record, now_ms: int) -> "Incoming":
         return cls(
             type=event.type_name(), event_id=str(event.event_id),
             occurred_at=event.occurred_at.isoformat() if event.occurred_at else None,
-            topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
-            value=record.value or b"", timestamp_ms=record.timestamp_ms,
-            headers=tuple(record.headers.items()), parked_at_ms=now_ms,
+            topic=record.topic, partition=record.partition, offset=record.offset,
+            timestamp_ms=record.timestamp_ms, value=(record.value or b"").decode("utf-8", "replace"),
+            parked_at_ms=now_ms,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.type, "event_id": self.event_id, "occurred_at": self.occurred_at,
-            "topic": self.topic, "partition": self.partition, "offset": self.offset,
-            "key": _b64(self.key), "value": _b64(self.value), "timestamp_ms": self.timestamp_ms,
-            "headers": [[k, _b64(v)] for k, v in self.headers], "parked_at_ms": self.parked_at_ms,
-        }
+        return {"id": self.event_id, "at": self.occurred_at, "t": self.topic, "p": self.partition,
+                "o": self.offset, "ts": self.timestamp_ms, "v": self.value, "since": self.parked_at_ms}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Incoming":
-        return cls(
-            type=d["type"], event_id=d["event_id"], occurred_at=d.get("occurred_at"),
-            topic=d["topic"], partition=d["partition"], offset=d["offset"], key=_unb64(d["key"]),
-            value=_unb64(d["value"]) or b"", timestamp_ms=d["timestamp_ms"],
-            headers=tuple((k, _unb64(v) or b"") for k, v in d["headers"]), parked_at_ms=d["parked_at_ms"],
-        )
+    def from_json(cls, type_name: str, d: dict[str, Any]) -> "Incoming":
+        return cls(type=type_name, event_id=d["id"], occurred_at=d.get("at"), topic=d["t"], partition=d["p"],
+                   offset=d["o"], timestamp_ms=d["ts"], value=d["v"], parked_at_ms=d["since"])
 
-
-def _b64(b: bytes | None) -> str | None:
-    return base64.b64encode(b).decode() if b is not None else None
-
-
-def _unb64(s: str | None) -> bytes | None:
-    return base64.b64decode(s) if s is not None else None
+    def record(self, order_id: str) -> Record:
+        """The record this event came in (headers not kept), for the DLQ."""
+        return Record(self.topic, self.partition, self.offset, order_id.encode(), self.value.encode(),
+                      self.timestamp_ms, {})
 
 
 def new_state(order_id: str) -> State:
     return {"order_id": order_id, "status": "NEW", "reservation": "PENDING", "version": 0,
-            "history": [], "parked": []}
+            "history": [], "parked": {}}
 
 
 def judge(state: State, event_type: str) -> Verdict:
@@ -157,67 +150,65 @@ def _apply(state: State, item: Incoming) -> State:
         rule.fact: rule.target,
         "version": state["version"] + 1,
         "history": [*state["history"], {"type": item.type, "event_id": item.event_id,
-                                        "occurred_at": item.occurred_at}],
+                                        "occurred_at": item.occurred_at, "topic": item.topic,
+                                        "partition": item.partition, "offset": item.offset,
+                                        "timestamp_ms": item.timestamp_ms}],
     }
 
 
 def step(state: State | None, item: Incoming, order_id: str) -> tuple[State, list[tuple[Incoming, Verdict]]]:
     """Judge ``item`` (and then every parked event) against ``state``.
 
-    Returns the new state and each judged event with its verdict, in order.
+    Returns the new state and each judged event with its verdict, ``item`` first.
     """
     current = dict(state) if state else new_state(order_id)
-    current.setdefault("parked", [])
-    outcomes: list[tuple[Incoming, Verdict]] = []
+    parked: dict[str, Any] = dict(current.get("parked") or {})
     verdict = judge(current, item.type)
-    outcomes.append((item, verdict))
+    if verdict is Verdict.PARK and item.type in parked:
+        verdict = Verdict.DUPLICATE  # one parked event per type: the first one stays
+    outcomes: list[tuple[Incoming, Verdict]] = [(item, verdict)]
     if verdict is Verdict.PARK:
-        if not any(p["event_id"] == item.event_id for p in current["parked"]):
-            current["parked"] = [*current["parked"], item.to_json()]
-        return current, outcomes
+        parked[item.type] = item.to_json()
+        return {**current, "parked": parked}, outcomes
     if verdict is not Verdict.APPLY:
         return current, outcomes
     current = _apply(current, item)
     progressed = True
-    while progressed and current["parked"]:
+    while progressed and parked:
         progressed = False
-        for raw in current["parked"]:
-            parked = Incoming.from_json(raw)
-            v = judge(current, parked.type)
+        for type_name, raw in list(parked.items()):
+            v = judge(current, type_name)
             if v is Verdict.PARK:
                 continue
-            current["parked"] = [p for p in current["parked"] if p["event_id"] != parked.event_id]
+            waiting = Incoming.from_json(type_name, raw)
+            del parked[type_name]
             if v is Verdict.APPLY:
-                current = _apply(current, parked)
-            outcomes.append((parked, v))
+                current = _apply(current, waiting)
+            outcomes.append((waiting, v))
             progressed = True
             break
-    return current, outcomes
+    return {**current, "parked": parked}, outcomes
 
 
 def expired_parked(state: State, now_ms: int, timeout_ms: int) -> list[Incoming]:
-    return [Incoming.from_json(p) for p in state.get("parked", []) if now_ms - p["parked_at_ms"] >= timeout_ms]
+    return [Incoming.from_json(t, p) for t, p in (state.get("parked") or {}).items()
+            if now_ms - p["since"] >= timeout_ms]
 
 
-def without(state: State, event_ids: set[str]) -> State:
-    return {**state, "parked": [p for p in state.get("parked", []) if p["event_id"] not in event_ids]}
+def without(state: State, types: set[str]) -> State:
+    return {**state, "parked": {t: p for t, p in (state.get("parked") or {}).items() if t not in types}}
 
 
 def public_view(state: State) -> State:
-    """What ``GET /orders/{id}`` shows: the state, with parked events summarised."""
-    view = {k: v for k, v in state.items() if k != "parked"}
-    view["parked"] = [{"type": p["type"], "event_id": p["event_id"]} for p in state.get("parked", [])]
-    return view
-
-
-def define_order_table(app: Any, partitions: int) -> Any:
-    return app.Table(
-        "order-state",
-        partitions=partitions,
-        # bytes → Faust's "raw" key serializer: str keys are encoded as UTF-8, the
-        # same bytes as the topics' keys (a JSON key serializer would make
-        # table_route hash to the wrong worker). Values: JSON.
-        key_type=bytes,
-        options={"driver": "rocksdict"},
-        help="order_id → status, reservation, version, history, parked events",
-    )
+    """What ``GET /orders/{id}`` shows: the documented fields, parked events summarised
+    (type, id, since when) — never their bytes or headers."""
+    return {
+        "order_id": state["order_id"],
+        "status": state["status"],
+        "reservation": state["reservation"],
+        "version": state["version"],
+        "history": [{k: h.get(k) for k in ("type", "event_id", "occurred_at", "topic", "partition",
+                                            "offset", "timestamp_ms")} for h in state["history"]],
+        "parked": [{"type": t, "event_id": p["id"], "parked_at_ms": p["since"]}
+                   for t, p in (state.get("parked") or {}).items()],
+    }

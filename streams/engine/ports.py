@@ -1,0 +1,186 @@
+"""What the engine needs from the outside, as ports the adapters and the test fakes
+subclass: a :class:`Publisher`, a :class:`StateStore` (read, scan, write), and the
+per-batch, per-partition :class:`Transaction` every service uses for its state.
+
+One state port for every table — dedup markers, order states, stock — so the commit
+protocol's last step is the same for all of them: changelog records sent and
+acknowledged, then one local write batch per partition.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from streams.engine.errors import TooLarge
+from streams.engine.records import Ack, Outgoing
+
+
+class Publisher(abc.ABC):
+    """Sends records to the broker, a batch at a time."""
+
+    #: the largest record (key + value + headers) the producer accepts
+    max_message_bytes: int = 1024 * 1024
+
+    @abc.abstractmethod
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
+        """Enqueue every message, in order per topic partition; return one
+        :class:`~streams.engine.records.Ack` per message. An ack that can never
+        succeed raises :class:`TooLarge`, :class:`UnknownDestination` or
+        :class:`Unserializable`; any other exception is taken as transient.
+
+        Raising here (rather than in an ack) means nothing was enqueued."""
+
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` if known (None: unknown yet, the key decides)."""
+        return None
+
+
+class Change(NamedTuple):
+    """One write of a batch: ``value=None`` deletes ``key`` (a changelog tombstone)."""
+
+    table: str
+    partition: int
+    key: bytes
+    value: bytes | None
+
+
+class Writes(NamedTuple):
+    """A transaction's writes to one table partition: ``durable`` ones go to the
+    changelog and the local store; ``local`` ones (a derived index the recovery
+    rebuilds) to the local store only."""
+
+    table: str
+    partition: int
+    durable: dict[bytes, bytes | None]
+    local: dict[bytes, bytes | None]
+
+
+class StateStore(abc.ABC):
+    """Tables of bytes, partitioned like the service's source topics: the state for a
+    record of partition ``p`` lives in partition ``p`` of the table."""
+
+    #: the largest value one key may hold; a larger one fails its event (``too_large``)
+    max_value_bytes: int = 256 * 1024
+
+    @abc.abstractmethod
+    def read(self, table: str, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Current values of ``keys`` (one multi-get)."""
+
+    @abc.abstractmethod
+    def scan(self, table: str, partition: int, start: bytes, stop: bytes,
+             limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, value) pairs with ``start <= key < stop``, in key order."""
+
+    @abc.abstractmethod
+    async def write(self, writes: Sequence[Writes]) -> None:
+        """Make ``writes`` durable: 1. a changelog record per durable write, every ack
+        awaited; 2. one local write batch per table partition (durable and local
+        writes); 3. each partition's persisted changelog offset set to the offset of
+        the *last* record written (so recovery starts right after it). Raises if a
+        changelog send failed (nothing local was written then)."""
+
+
+#: Time-index keys: ``INDEX_PREFIX + due time (8 bytes, big-endian ms) + key``. Ids are
+#: validated to start with a letter or digit, so no user key starts with ``\x00``.
+INDEX_PREFIX = b"\x00t"
+
+
+def index_key(at_ms: int, key: bytes) -> bytes:
+    return INDEX_PREFIX + max(0, at_ms).to_bytes(8, "big") + key
+
+
+def parse_index_key(raw: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(raw[2:10], "big"), raw[10:]
+
+
+class Transaction:
+    """A batch's view of one table partition: reads see the batch's own writes;
+    nothing is written until the batch's state is flushed (after every derived
+    record, retry and dead letter of the batch was acknowledged).
+
+    ``schedule(at_ms, key)`` keeps a time index beside the table (same partition,
+    same changelog), so work that falls due — TTL expiry, parked-event timeouts —
+    is found by a range scan over what is due, not by reading the table.
+    """
+
+    __slots__ = ("store", "table", "partition", "_cache", "_writes", "_local")
+
+    def __init__(self, store: StateStore, table: str, partition: int) -> None:
+        self.store = store
+        self.table = table
+        self.partition = partition
+        self._cache: dict[bytes, bytes | None] = {}
+        self._writes: dict[bytes, bytes | None] = {}
+        self._local: dict[bytes, bytes | None] = {}
+
+    def get_many(self, keys: Iterable[bytes]) -> list[bytes | None]:
+        keys = list(keys)
+        missing = [k for k in dict.fromkeys(keys) if k not in self._writes and k not in self._cache]
+        if missing:
+            for k, v in zip(missing, self.store.read(self.table, self.partition, missing)):
+                self._cache[k] = v
+        return [self._writes[k] if k in self._writes else self._cache[k] for k in keys]
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.get_many((key,))[0]
+
+    def set(self, key: bytes, value: bytes) -> None:
+        limit = self.store.max_value_bytes
+        if len(value) > limit:
+            raise TooLarge(f"{self.table} value for {key[:64]!r} would be {len(value)} bytes (limit {limit})")
+        self._writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._writes[key] = None
+
+    def schedule(self, at_ms: int, key: bytes, *, durable: bool = True) -> None:
+        """Remember that ``key`` has work due at ``at_ms`` (see :meth:`due`). A
+        ``durable=False`` entry is written locally only: for an index the table's
+        recovery rebuilds from the values (one changelog record less per write)."""
+        (self._writes if durable else self._local)[index_key(at_ms, key)] = b"1"
+
+    def unschedule(self, at_ms: int, key: bytes) -> None:
+        """Remove an index entry (a tombstone in the changelog too, which is harmless
+        for an entry that was only local)."""
+        self._writes[index_key(at_ms, key)] = None
+
+    def due(self, until_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """Index entries due at or before ``until_ms`` (oldest first), without the ones
+        this batch already removed."""
+        stop = index_key(until_ms + 1, b"")
+        rows = self.store.scan(self.table, self.partition, INDEX_PREFIX, stop, limit)
+        return [parse_index_key(k) for k, _ in rows if self._writes.get(k, b"1") is not None]
+
+    def writes(self) -> Writes:
+        return Writes(self.table, self.partition, self._writes, self._local)
+
+    def changes(self) -> list[Change]:
+        return [Change(self.table, self.partition, k, v) for k, v in self._writes.items()]
+
+
+class BatchState:
+    """Every transaction a batch opened, flushed together."""
+
+    __slots__ = ("store", "_txs")
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._txs: dict[tuple[str, int], Transaction] = {}
+
+    def tx(self, table: str, partition: int) -> Transaction:
+        found = self._txs.get((table, partition))
+        if found is None:
+            found = self._txs[(table, partition)] = Transaction(self.store, table, partition)
+        return found
+
+    def changes(self) -> list[Change]:
+        return [c for tx in self._txs.values() for c in tx.changes()]
+
+    async def flush(self) -> int:
+        writes = [tx.writes() for tx in self._txs.values() if tx._writes or tx._local]
+        if writes:
+            await self.store.write(writes)
+        self._txs.clear()
+        return sum(len(w.durable) + len(w.local) for w in writes)

@@ -1,0 +1,292 @@
+"""The consumer-position protocol: which fetched records may be processed, in what
+batches, and when their offsets are acknowledged.
+
+The rules, each enforced here and each with a test in tests/unit/test_position.py
+(and, against the real consumer, tests/fault/test_position_hazards.py):
+
+1. **No partition is processed before its tables are recovered and its position is
+   sought.** A partition becomes *ready* only in :meth:`Driver.sought`, called after
+   the seek to committed offsets that follows table recovery, with the offset the
+   consumer now stands at. Records of a partition that is not ready are not
+   processed. (Data-loss risk: a fetch that arrived at the end of recovery, before
+   the seek, was skipped by the old fast path and by Faust; acking the next fetch
+   then committed over the hole — 487 events lost in one chaos run.)
+2. **Records of an owned partition that are not processed cause a seek back to the
+   first of them**, so a later fetch delivers them again. That covers records of a
+   partition not yet ready, the rest of a fetch when a rebalance starts, retry
+   records not yet due, and a *hole*: a fetch whose first record is past the next
+   offset to process. A hole is only accepted when the broker answers the seek back
+   with the same first offset (a real gap: control records, deleted segments).
+3. **A rebalance stops work at the next batch boundary**: before each batch the
+   generation is compared with the one the fetch started in; after a change nothing
+   more of the fetch is processed, and a batch whose partitions changed hands while
+   it ran writes no state and acknowledges nothing (it is processed again by the
+   new owner: at most one batch of duplicates).
+4. **Offsets are acknowledged per batch** (at most ``BATCH_SIZE`` records, shared
+   fairly by the fetch's partitions), after every service that reads the topic
+   finished the batch — never per fetch (fetches reach 16 MiB per partition) and
+   never for a record that was not processed.
+5. **One key is never in flight in two pipelines at once**: the driver runs one
+   batch at a time — main topics, retry tiers and periodic maintenance alike — and
+   only services with separate state (a topic several services read) share a batch.
+6. **The stored changelog offset is the last record written** (the state store's
+   contract, :meth:`streams.engine.ports.StateStore.write`), so recovery re-reads
+   nothing a batch wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from streams.engine import routing
+from streams.engine.health import Health
+from streams.engine.pipeline import Pipeline, Superseded
+from streams.engine.records import TP, Record
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerPort(Protocol):
+    """What the driver needs from the consumer (Faust's, in the worker)."""
+
+    def generation(self) -> int:
+        """Changes whenever a rebalance starts or partitions are assigned."""
+
+    def may_process(self) -> bool:
+        """Tables recovered and no rebalance in progress."""
+
+    def assigned(self) -> set[TP]: ...
+
+    async def seek(self, tp: TP, offset: int) -> None: ...
+
+    def pause(self, tp: TP) -> None: ...
+
+    def resume(self, tp: TP) -> None: ...
+
+    def acknowledge(self, tp: TP, first: int, last: int) -> None:
+        """Offsets ``first..last`` of ``tp`` are done (committed by the consumer later)."""
+
+
+class Driver:
+    def __init__(
+        self,
+        pipelines: Sequence[Pipeline],
+        *,
+        batch_size: int,
+        health: Health | None = None,
+        maintenance_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipelines = list(pipelines)
+        self.batch_size = batch_size
+        self.health = health
+        self.maintenance_interval = maintenance_interval
+        self.clock = clock
+        #: topic → pipelines that process its records
+        self.routes: dict[str, list[Pipeline]] = {}
+        #: retry topic → (its pipeline, tier)
+        self.tiers: dict[str, tuple[Pipeline, int]] = {}
+        for p in self.pipelines:
+            for topic in p.spec.sources:
+                self.routes.setdefault(topic, []).append(p)
+            for tier, topic in enumerate(p.spec.retry_topics(p.policy.tiers), 1):
+                self.routes.setdefault(topic, []).append(p)
+                self.tiers[topic] = (p, tier)
+        #: ready partitions (rule 1) → next offset to process
+        self.next: dict[TP, int] = {}
+        self._generation: int | None = None
+        #: partitions where a seek back found a first offset past the next one (rule 2)
+        self._probe: dict[TP, int] = {}
+        #: retry partitions paused until their head record is due (epoch ms)
+        self.paused: dict[TP, int] = {}
+        self._last_maintenance = 0.0
+
+    @property
+    def topics(self) -> set[str]:
+        return set(self.routes)
+
+    # -- positions (rule 1) ----------------------------------------------------------
+
+    def reset(self) -> None:
+        """A rebalance began: no partition is ready until it is sought again."""
+        self.next.clear()
+        self._probe.clear()
+        self.paused.clear()
+        self._generation = None
+
+    def sought(self, generation: int, positions: Mapping[TP, int]) -> None:
+        """The consumer stands at ``positions`` (after table recovery and the seek to
+        committed offsets): those partitions are ready, from those offsets."""
+        if self._generation != generation:
+            self.next.clear()
+            self._probe.clear()
+            self._generation = generation
+        for tp, offset in positions.items():
+            if tp.topic in self.routes and offset is not None and offset >= 0:
+                self.next[TP(*tp)] = offset
+
+    # -- a fetch -----------------------------------------------------------------------
+
+    async def on_fetch(self, port: ConsumerPort, fetch: Mapping[TP, Sequence[Record]]) -> int:
+        """Process what may be processed of ``fetch`` (records of routed topics only);
+        returns records processed."""
+        generation = port.generation()
+        work: dict[TP, list[Record]] = {}
+        for tp, records in fetch.items():
+            if records:
+                ready = await self._admit(port, TP(*tp), records, generation)
+                if ready:
+                    work[TP(*tp)] = ready
+        done = 0
+        upto: dict[TP, int] = {}  # last offset processed per partition
+        try:
+            for topic, batch in self._batches(work):
+                if port.generation() != generation or not port.may_process():
+                    break  # rule 3
+                if topic in self.tiers:
+                    batch = self._due_only(port, topic, batch)
+                    if not batch:
+                        continue
+                if not await self._run(port, topic, batch, generation):
+                    break
+                done += len(batch)
+                for r in batch:
+                    upto[r.tp] = r.offset
+        finally:  # rule 2: what was not processed goes back to the broker
+            await self._seek_back(port, {tp: [r for r in recs if r.offset > upto.get(tp, -1)]
+                                         for tp, recs in work.items()})
+        return done
+
+    async def _admit(self, port: ConsumerPort, tp: TP, records: Sequence[Record],
+                     generation: int) -> list[Record]:
+        """The records of ``tp`` that may be processed now (rules 1 and 2)."""
+        nxt = self.next.get(tp) if self._generation == generation else None
+        if nxt is None or not port.may_process():
+            if tp in port.assigned():
+                await self._seek(port, tp, records[0].offset if nxt is None else min(nxt, records[0].offset))
+            return []
+        if tp in self.paused:  # a retry partition fetched in flight while pausing
+            await self._seek(port, tp, nxt)
+            return []
+        fresh = [r for r in records if r.offset >= nxt]
+        if not fresh:
+            return []
+        first = fresh[0].offset
+        if first > nxt:
+            if self._probe.get(tp) == first:
+                log.info("%s[%d]: offsets %d..%d are not in the log; continuing at %d",
+                         tp.topic, tp.partition, nxt, first - 1, first)
+                self._probe.pop(tp, None)
+            else:
+                self._probe[tp] = first
+                await self._seek(port, tp, nxt)
+                return []
+        else:
+            self._probe.pop(tp, None)
+        return fresh
+
+    def _batches(self, work: Mapping[TP, list[Record]]) -> Iterator[tuple[str, list[Record]]]:
+        """Batches of at most ``batch_size`` records of one topic, each partition of the
+        topic taking a fair share (so no partition starves behind another's backlog)."""
+        by_topic: dict[str, list[TP]] = {}
+        for tp in work:
+            by_topic.setdefault(tp.topic, []).append(tp)
+        cursors = {tp: 0 for tp in work}
+        topics = list(by_topic)
+        while topics:
+            for topic in list(topics):
+                live = [tp for tp in by_topic[topic] if cursors[tp] < len(work[tp])]
+                if not live:
+                    topics.remove(topic)
+                    continue
+                share = max(1, math.ceil(self.batch_size / len(live)))
+                batch: list[Record] = []
+                for tp in live:
+                    take = min(share, self.batch_size - len(batch))
+                    if take <= 0:
+                        break
+                    start = cursors[tp]
+                    batch.extend(work[tp][start:start + take])
+                    cursors[tp] = start + len(work[tp][start:start + take])
+                yield topic, batch
+
+    def _due_only(self, port: ConsumerPort, topic: str, batch: list[Record]) -> list[Record]:
+        """Retry records that are due; a partition whose head is not due is paused
+        until it is (its records go back to the broker by rule 2)."""
+        pipeline, tier = self.tiers[topic]
+        now_ms = int(self.clock() * 1000)
+        out: list[Record] = []
+        stopped: set[TP] = set()
+        for r in batch:
+            if r.tp in stopped or r.tp in self.paused:
+                continue
+            due = routing.due_at_ms(r, tier, pipeline.policy, now_ms)
+            if due > now_ms:
+                stopped.add(r.tp)
+                self.paused[r.tp] = due
+                port.pause(r.tp)
+                continue
+            out.append(r)
+        return out
+
+    async def _run(self, port: ConsumerPort, topic: str, batch: list[Record], generation: int) -> bool:
+        """One batch through every pipeline of ``topic``, then its offsets acknowledged (rule 4)."""
+        still_owner: Callable[[], bool] = lambda: port.generation() == generation  # noqa: E731
+        try:
+            await asyncio.gather(*(p.process(batch, still_owner=still_owner) for p in self.routes[topic]))
+        except Superseded as exc:
+            log.info("%s; %d records will be processed again", exc, len(batch))
+            return False
+        if port.generation() != generation:
+            return False
+        ranges: dict[TP, tuple[int, int]] = {}
+        for r in batch:
+            first, last = ranges.get(r.tp, (r.offset, r.offset))
+            ranges[r.tp] = (min(first, r.offset), max(last, r.offset))
+        for tp, (first, last) in ranges.items():
+            port.acknowledge(tp, first, last)
+            self.next[tp] = last + 1
+        if self.health is not None:
+            self.health.progressed()
+        return True
+
+    async def _seek_back(self, port: ConsumerPort, work: Mapping[TP, list[Record]]) -> None:
+        assigned = port.assigned()
+        for tp, left in work.items():
+            if left and tp in assigned:
+                await self._seek(port, tp, left[0].offset)
+
+    async def _seek(self, port: ConsumerPort, tp: TP, offset: int) -> None:
+        try:
+            await port.seek(tp, offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # revoked meanwhile: the new owner starts at the committed offset
+            log.info("seek %s[%d] → %d failed: %r", tp.topic, tp.partition, offset, exc)
+
+    # -- between fetches -------------------------------------------------------------
+
+    async def tick(self, port: ConsumerPort) -> None:
+        """Resume retry partitions whose head is due; run periodic maintenance."""
+        now_ms = int(self.clock() * 1000)
+        for tp, due in list(self.paused.items()):
+            if due <= now_ms:
+                del self.paused[tp]
+                port.resume(tp)
+        if not port.may_process() or time.monotonic() - self._last_maintenance < self.maintenance_interval:
+            return
+        self._last_maintenance = time.monotonic()
+        generation = port.generation()
+        for p in self.pipelines:
+            partitions = sorted({tp.partition for tp in self.next if tp.topic in p.spec.sources})
+            if not partitions or port.generation() != generation:
+                continue
+            try:
+                await p.maintain(partitions, still_owner=lambda: port.generation() == generation)
+            except Superseded:
+                return

@@ -1,0 +1,150 @@
+"""Where a failed event goes, and which headers are trusted on the way.
+
+Header trust rules (the contract's "ours only on the service's own retry and DLQ
+topics"), enforced by :func:`origin_of`:
+
+1. On a **source topic** every ``x-*`` header is someone else's data: ignored for
+   routing, attempts and redrive targets, and not copied onward as if it were ours.
+   (``x-attempt: -2`` on a source record once sent a retry to an auto-created
+   ``notifications.retry.-1`` that nothing reads; ``-1`` stalled every service;
+   ``x-source-partition: 999`` crash-looped the worker.)
+2. On the service's **own retry topic** ``<service>.retry.<n>`` the headers are
+   ours, and still checked: the attempt count is ``n`` (the topic says it, not the
+   header); ``x-source-topic`` must be one of the service's sources, else the record
+   is dead-lettered (``validation_error``); ``x-not-before`` is clamped to at most
+   the tier's delay from now.
+3. Retry and DLQ records go to the partition the record was consumed from (retry,
+   DLQ and source topics are co-partitioned), or by key when the target has fewer
+   partitions. No header ever chooses a topic or a partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from streams import headers as H
+from streams.engine.errors import StreamsError, ValidationFailed
+from streams.engine.records import Outgoing, Record
+from streams.registry import ServiceSpec, dlq_topic, retry_topic
+
+#: Headers of a retry or DLQ record that are ours; on a source record they are dropped.
+OURS = H.OURS | {"x-original-size", "x-original-sha256"}
+#: A too-large dead letter keeps this many bytes of the value, and of other people's headers.
+LETTER_HEAD_BYTES = 1024
+LETTER_HEADER_BUDGET = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    #: seconds before retry 1, 2, …; ``len(delays)`` retries, then the DLQ.
+    delays: tuple[float, ...]
+
+    @property
+    def tiers(self) -> int:
+        return len(self.delays)
+
+    def delay_after(self, attempts: int) -> float | None:
+        """Seconds to wait after ``attempts`` failed attempts (1-based), or None: no retry left."""
+        return self.delays[attempts - 1] if 1 <= attempts <= len(self.delays) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an event first arrived and how many attempts it has already had."""
+
+    topic: str
+    partition: int
+    offset: int
+    attempts: int
+    first_failed_at_ms: int | None = None
+
+
+def origin_of(record: Record, spec: ServiceSpec, policy: RetryPolicy, now_ms: int) -> Origin:
+    """The record's origin under the trust rules; :class:`ValidationFailed` when a
+    retry record names a source that is not the service's."""
+    tier = spec.retry_tier_of(record.topic)
+    if tier is None:
+        return Origin(record.topic, record.partition, record.offset, 0)
+    source = H.text(record.headers, H.SOURCE_TOPIC)
+    if source not in spec.sources:
+        raise ValidationFailed(f"retry record names source topic {source[:200]!r}, "
+                               f"which {spec.name} does not read")
+    offset = max(-1, H.integer(record.headers, H.SOURCE_OFFSET, -1))
+    first = H.integer(record.headers, H.FIRST_FAILED_AT, 0)
+    first_failed = first if 0 < first <= now_ms else None
+    return Origin(source, record.partition, offset, min(tier, policy.tiers), first_failed)
+
+
+def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> int:
+    """When a retry record of ``tier`` may run: its ``x-not-before``, but never later
+    than the tier's delay from now (a forged year-9999 header cannot park a partition)."""
+    delay_ms = int((policy.delays[tier - 1] if 1 <= tier <= policy.tiers else 0) * 1000)
+    fallback = record.timestamp_ms + delay_ms
+    wanted = H.integer(record.headers, H.NOT_BEFORE, fallback)
+    return min(wanted, now_ms + delay_ms)
+
+
+def target_partition(partition: int, count: int | None) -> int | None:
+    """``partition`` if the target topic has it, else None (the key decides)."""
+    return partition if count is None or 0 <= partition < count else None
+
+
+def _passthrough(record: Record) -> tuple[tuple[str, bytes], ...]:
+    return tuple((k, v) for k, v in record.headers.items() if k not in OURS)
+
+
+def failure_headers(record: Record, origin: Origin, error: StreamsError, attempts: int,
+                    now_ms: int) -> tuple[tuple[str, bytes], ...]:
+    """Other people's headers unchanged, then ours: where the event first arrived,
+    how it failed, attempts made."""
+    ours = (
+        (H.ATTEMPT, str(attempts)),
+        (H.SOURCE_TOPIC, origin.topic),
+        (H.SOURCE_PARTITION, str(origin.partition)),
+        (H.SOURCE_OFFSET, str(origin.offset)),
+        (H.ERROR_TYPE, type(error).__name__),
+        (H.ERROR_MESSAGE, str(error)[:H.MAX_ERROR_MESSAGE]),
+        (H.FIRST_FAILED_AT, str(origin.first_failed_at_ms or now_ms)),
+        (H.FAILED_AT, str(now_ms)),
+    )
+    return _passthrough(record) + tuple((k, v.encode()) for k, v in ours)
+
+
+def retry_record(service: str, record: Record, origin: Origin, error: StreamsError, attempts: int,
+                 delay: float, now_ms: int, partitions: int | None) -> Outgoing:
+    hdrs = failure_headers(record, origin, error, attempts, now_ms)
+    hdrs += ((H.NOT_BEFORE, str(now_ms + int(delay * 1000)).encode()),)
+    return Outgoing(retry_topic(service, attempts), record.key, record.value, hdrs,
+                    target_partition(record.partition, partitions))
+
+
+def dead_letter(service: str, record: Record, origin: Origin, error: StreamsError, attempts: int,
+                now_ms: int, partitions: int | None, *, reason: str | None = None) -> Outgoing:
+    """The ``<service>.dlq`` record: the source key and bytes unchanged, failure
+    headers and ``x-dlq-reason``."""
+    hdrs = failure_headers(record, origin, error, attempts, now_ms)
+    hdrs += ((H.DLQ_REASON, (reason or error.dlq_reason).encode()),)
+    return Outgoing(dlq_topic(service), record.key, record.value, hdrs,
+                    target_partition(record.partition, partitions))
+
+
+def shrink_letter(letter: Outgoing) -> Outgoing:
+    """A dead letter too large for the DLQ, kept as: our headers, other people's
+    headers up to a budget, ``x-original-size`` and ``x-original-sha256`` of the value,
+    the first :data:`LETTER_HEAD_BYTES` bytes of the value, reason ``too_large``."""
+    value = letter.value or b""
+    ours = [(k, v) for k, v in letter.headers if k in OURS and k != H.DLQ_REASON]
+    theirs: list[tuple[str, bytes]] = []
+    budget = LETTER_HEADER_BUDGET
+    for k, v in letter.headers:
+        if k not in OURS and len(k) + len(v) <= budget:
+            theirs.append((k, v))
+            budget -= len(k) + len(v)
+    extra = [
+        ("x-original-size", str(letter.size()).encode()),
+        ("x-original-sha256", hashlib.sha256(value).hexdigest().encode()),
+        (H.DLQ_REASON, b"too_large"),
+    ]
+    key = letter.key[:LETTER_HEAD_BYTES] if letter.key is not None else None
+    return Outgoing(letter.topic, key, value[:LETTER_HEAD_BYTES], tuple(theirs + ours + extra), letter.partition)

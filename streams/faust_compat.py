@@ -1,0 +1,311 @@
+"""Every private name of faust-streaming 0.15.3 and aiokafka 0.14.0 the worker uses.
+
+Both versions are pinned in pyproject.toml. Each name below is checked by
+tests/unit/test_faust_compat.py (it exists and does what we rely on), so an
+upgrade that renames or changes one fails there, not silently in production
+(offsets that stop committing, a recovery that reads nothing).
+
+What the worker leans on, and why:
+
+- **the consumer** — :class:`EngineConsumer` replaces Faust's per-message path for
+  the engine's topics: ``Consumer._wait_next_records`` (where a fetch arrives from
+  the consumer thread), ``perform_seek``/``seek_to_committed`` (the seek after
+  table recovery), ``wait_empty`` (a rebalance waits for in-flight work), and the
+  offset bookkeeping Faust commits from: ``_acked``, ``_acked_index``,
+  ``_n_acked``, ``_committed_offset``, ``_read_offset``, ``_commit_every``;
+- **the consumer thread** — ``AIOKafkaConsumerThread._create_consumer`` (to set the
+  fetch wait, aiokafka's ``_fetch_max_wait_ms``) and ``_highwaters`` (end offsets
+  taken from a Fetch's high watermark on the embedded broker), chosen by
+  ``Consumer._new_consumer_thread`` — subclasses for this app, no class patches;
+- **the producer** — ``Producer._ensure_producer`` (the aiokafka producer, for
+  record batches) and aiokafka's ``_partition`` (the default partitioner);
+- **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
+  rocksdict handles) and ``Store.offset_key``;
+- **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
+
+from streams.engine.records import NO_HEADERS, TP, Record
+
+log = logging.getLogger(__name__)
+
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+# -- producer --------------------------------------------------------------------------
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The app's ``AIOKafkaProducer`` (Faust ``Producer._ensure_producer``)."""
+    return app.producer._ensure_producer()
+
+
+def default_partition(producer: Any, topic: str, key: bytes | None) -> int:
+    """The partition aiokafka's default partitioner picks for ``key`` (metadata loaded)."""
+    return int(producer._partition(topic, None, None, None, key, None))
+
+
+# -- stores ----------------------------------------------------------------------------
+
+
+def partition_db(table: Any, partition: int) -> Any:
+    """The rocksdict handle of one table partition (opened on first use)."""
+    return table.data._db_for_partition(partition)
+
+
+def open_partitions(table: Any) -> dict[int, Any]:
+    """Partition → rocksdict handle, for the partitions this worker has open."""
+    return dict(table.data._dbs)
+
+
+def offset_key(table: Any) -> bytes:
+    """The key under which Faust keeps a partition's persisted changelog offset."""
+    return bytes(table.data.offset_key)
+
+
+def changelog_topic(table: Any) -> str:
+    return str(table.changelog_topic.get_topic_name())
+
+
+# -- consumer bookkeeping ----------------------------------------------------------------
+
+
+def acknowledge_range(consumer: Any, tp: Any, first: int, last: int) -> None:
+    """Offsets ``first..last`` of ``tp`` processed: what Faust's ``Consumer.ack`` does
+    per message, once per batch; Faust's commit loop commits them."""
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        index = consumer._acked_index[tp]
+        start = first if committed is None else max(first, committed)
+        new = [o for o in range(start, last + 1) if o not in index]
+        index.update(new)
+        consumer._acked[tp].extend(new)
+        consumer._n_acked += len(new)
+    consumer._read_offset[tp] = last
+
+
+def commit_due(consumer: Any) -> bool:
+    """True (and the count reset) when ``broker_commit_every`` acks accumulated."""
+    every = consumer._commit_every
+    if every is not None and consumer._n_acked >= every:
+        consumer._n_acked = 0
+        return True
+    return False
+
+
+def read_offset(consumer: Any, tp: Any) -> int | None:
+    """The last offset of ``tp`` processed (Faust's ``_read_offset``)."""
+    return consumer._read_offset.get(tp)
+
+
+def aiokafka_client(consumer: Any) -> Any:
+    """The ``AIOKafkaClient`` of an aiokafka consumer (metadata refresh, raw requests)."""
+    return consumer._client
+
+
+def to_records(records: Sequence[Any]) -> list[Record]:
+    """aiokafka ``ConsumerRecord`` s → engine :class:`Record` s."""
+    return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0,
+                   dict(r.headers) if r.headers else NO_HEADERS)
+            for r in records]
+
+
+# -- end offsets from a Fetch (the embedded broker's ListOffsets is short) ---------------
+
+
+async def fetch_high_watermarks(
+    client: Any, partitions: Iterable[Any], listed: Mapping[Any, int]
+) -> dict[Any, int]:
+    """``max(listed, high watermark of a 1-byte Fetch)`` for each partition.
+
+    Why: the embedded broker answers ``ListOffsets(LATEST)`` with "base offset of the
+    newest batch + 1" (batches of 10, 1 and 5 records → 12, not 16); recovery then
+    stopped early (2 of 1,800 table updates missing) and a restart on an old data dir
+    crashed with ``ConsistencyError``. A Fetch response carries the true high
+    watermark. On Apache Kafka both agree. A partition whose leader is unknown, or
+    whose Fetch fails, keeps its listed offset."""
+    result = {tp: int(listed.get(tp) or 0) for tp in partitions}
+    by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
+    for tp, end in result.items():
+        node = client.cluster.leader_for_partition(tp)
+        if node is None or node < 0:
+            continue
+        by_node[node][tp.topic].append((tp.partition, max(end - 1, 0), 1))
+    for node, topics in by_node.items():
+        # max_wait 1 ms: 0 ms returned no partitions on the embedded broker.
+        request = FetchRequest(1, 1, 1024, 0, [(t, ps) for t, ps in topics.items()])
+        try:
+            response = await client.send(node, request)
+        except Exception as exc:  # keep the listed offsets; recovery may then be short
+            log.warning("high-watermark fetch from node %s failed: %r", node, exc)
+            continue
+        for topic, parts in response.topics:
+            for part in parts:
+                partition, error_code, high_watermark = part[0], part[1], part[2]
+                tp = TopicPartition(topic, partition)
+                if error_code == 0 and tp in result:
+                    result[tp] = max(result[tp], int(high_watermark))
+    return result
+
+
+def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool) -> type:
+    """Faust's aiokafka consumer thread with the fetch wait and end offsets we need."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    wait_ms = max(1, int(fetch_max_wait * 1000))
+
+    class EngineConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc, valid-type]
+        def _create_consumer(self, loop: Any) -> Any:
+            # Faust builds its consumer with fetch_max_wait_ms=1500: on an idle broker a
+            # fetch waited up to 1.5 s even when a record arrived meanwhile (retries of a
+            # 1 s tier ran 1.51 s after the failure).
+            consumer = super()._create_consumer(loop)
+            consumer._fetch_max_wait_ms = wait_ms
+            return consumer
+
+        async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
+            if not end_offsets_from_fetch or self.consumer.in_transaction:
+                return await super()._highwaters(partitions)
+            consumer = self._ensure_consumer()
+            listed = await consumer.end_offsets(partitions)
+            return await fetch_high_watermarks(consumer._client, partitions, listed)
+
+    return EngineConsumerThread
+
+
+# -- the engine's consumer ----------------------------------------------------------------
+
+
+def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool,
+                          empty_wait: float) -> type:
+    """Faust's aiokafka ``Consumer``, with the engine's topics processed by ``driver``
+    (:class:`streams.engine.position.Driver`) — a batch at a time, never through
+    Faust's per-message path — and the consumer-position protocol's hooks.
+
+    The consumer is the driver's :class:`~streams.engine.position.ConsumerPort`."""
+    from faust.transport.drivers.aiokafka import Consumer
+
+    thread_class = consumer_thread_class(fetch_max_wait=fetch_max_wait,
+                                         end_offsets_from_fetch=end_offsets_from_fetch)
+    topics = frozenset(driver.topics)
+
+    class EngineConsumer(Consumer):  # type: ignore[misc, valid-type]
+        engine = driver
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: one engine step at a time: a fetch, a tick, or the seek after recovery
+            self.engine_lock = asyncio.Lock()
+            self._last_committed: dict[Any, int | None] = {}
+
+        def _new_consumer_thread(self) -> Any:
+            return thread_class(self, loop=self.loop, beacon=self.beacon)
+
+        # -- ConsumerPort ----------------------------------------------------------
+        def generation(self) -> Any:
+            return (self.app.rebalancing_count, self.app.consumer_generation_id)
+
+        def may_process(self) -> bool:
+            return bool(self.flow_active and not self.app.rebalancing and not self.should_stop)
+
+        def assigned(self) -> set[TP]:
+            return {TP(tp.topic, tp.partition) for tp in self.assignment()}
+
+        def pause(self, tp: TP) -> None:
+            self.pause_partitions({self._tp(tp)})
+
+        def resume(self, tp: TP) -> None:
+            if self._tp(tp) in self.assignment():
+                self.resume_partitions({self._tp(tp)})
+
+        def acknowledge(self, tp: TP, first: int, last: int) -> None:
+            real = self._tp(tp)
+            acknowledge_range(self, real, first, last)
+            monitor = self.app.monitor
+            if monitor is not None and monitor.stream_inbound_time is not None:
+                monitor.stream_inbound_time[real] = time.monotonic()
+
+        def _tp(self, tp: Any) -> Any:
+            return self._new_topicpartition(tp.topic, tp.partition)
+
+        # -- Faust hooks -------------------------------------------------------------
+        async def _wait_next_records(self, timeout: float) -> Any:
+            async with self.engine_lock:
+                await driver.tick(self)
+            records, active = await super()._wait_next_records(timeout)
+            if not records or self.should_stop:
+                return records, active
+            ours = {tp: recs for tp, recs in records.items() if tp.topic in topics}
+            if not ours:
+                return records, active
+            async with self.engine_lock:
+                if self.flow_active:  # else Faust seeks back to committed offsets next
+                    await driver.on_fetch(self, {TP(tp.topic, tp.partition): to_records(recs)
+                                                 for tp, recs in ours.items()})
+            if commit_due(self):
+                await self.commit()
+            return {tp: recs for tp, recs in records.items() if tp.topic not in topics}, active
+
+        async def seek_to_committed(self) -> Mapping[Any, int]:
+            offsets = await super().seek_to_committed()
+            self._last_committed = dict(offsets)
+            return offsets
+
+        async def perform_seek(self) -> None:
+            """Faust's seek to committed offsets (after table recovery), then rule 1: the
+            engine's partitions are ready from where the consumer now stands. A partition
+            with no committed offset is sought to its first offset explicitly —
+            aiokafka's ``seek_to_committed`` leaves such a position wherever the fetcher
+            had got to, which is how a fetch read before the seek was once skipped."""
+            async with self.engine_lock:
+                generation = self.generation()
+                self._last_committed = {}
+                await super().perform_seek()
+                ours = [tp for tp in self.assignment() if tp.topic in topics]
+                positions: dict[TP, int] = {}
+                fresh = [tp for tp in ours if not (self._last_committed.get(tp) or 0) > 0]
+                earliest = await self.earliest_offsets(*fresh) if fresh else {}
+                for tp in ours:
+                    committed = self._last_committed.get(tp)
+                    if committed is not None and committed > 0:
+                        positions[TP(tp.topic, tp.partition)] = int(committed)
+                    else:
+                        start = int(earliest.get(tp) or 0)
+                        await self.seek(tp, start)
+                        positions[TP(tp.topic, tp.partition)] = start
+                driver.sought(generation, positions)
+
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            driver.reset()
+            await super().on_partitions_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+            driver.reset()
+            await super().on_partitions_assigned(assigned, generation_id)
+
+        async def wait_empty(self) -> None:
+            """A rebalance or shutdown waits (at most ``empty_wait`` s) for the engine's
+            batch in flight, which stops at its next batch boundary (rule 3)."""
+            try:
+                await asyncio.wait_for(self.engine_lock.acquire(), empty_wait)
+            except asyncio.TimeoutError:
+                log.warning("a batch still running after %.0fs; its records will be processed again",
+                            empty_wait)
+            else:
+                self.engine_lock.release()
+            await super().wait_empty()
+
+    return EngineConsumer
