@@ -9,7 +9,7 @@
   traceback (``--debug`` adds one, and the libraries' logs);
 - exits 0 on success, 1 on a failure (broker or worker unreachable, no such dead
   letter), 2 on a usage error (bad option value, unknown service, missing id);
-  ``reconcile`` exits 3 when mismatches need a person (see :data:`EXIT_MISMATCHES`);
+  ``reconcile`` exits 3 when it finds mismatches (see :data:`EXIT_MISMATCHES`);
 - takes ``--json`` (as does Faust's global ``faust --json``) on listings: one JSON
   document on stdout, text only (escaped by the JSON encoder, never raw bytes).
 """
@@ -37,8 +37,9 @@ from streams import registry
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-#: ``reconcile`` found mismatches a person has to look at: any, or with ``--repair``
-#: the diverged ones (missing and stuck orders were re-published).
+#: ``reconcile`` found mismatches (with ``--repair`` too: it re-published what missing
+#: and stuck orders need, and the next run tells whether they converged). Distinct from
+#: 1 so that cron and CI can tell "the system diverged" from "reconcile could not check".
 EXIT_MISMATCHES = 3
 
 #: ``dlq ls`` shows this many dead letters unless ``--limit`` says otherwise.
@@ -430,9 +431,9 @@ def register_commands(app: Any, settings: Any) -> None:
         """Compare the order service's orders with the workers' order states.
 
         Prints missing / stuck / diverged orders and writes reconciliation_mismatches
-        for node_exporter's textfile collector. Exit 0: nothing to look at; 3: mismatches
-        (with --repair: diverged ones, which it never repairs); 1: could not check
-        (database or worker unreachable); 2: usage error.
+        for node_exporter's textfile collector. Exit 0: no mismatches; 3: mismatches
+        found (with --repair too: the next run tells whether the repair converged);
+        1: could not check (database or worker unreachable); 2: usage error.
         """
         from pathlib import Path
 
@@ -450,7 +451,7 @@ def register_commands(app: Any, settings: Any) -> None:
             added = await rc.repair(db, mismatches) if repair else None
         finally:
             await db.close()
-        if rc.unresolved(mismatches, repaired=repair):
+        if mismatches:
             self.exit_code = EXIT_MISMATCHES
         if self.json or as_json:
             self.emit_json({**rc.report_json(mismatches, total, added), "exit_code": self.exit_code})

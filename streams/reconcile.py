@@ -192,12 +192,6 @@ def summary(mismatches: list[Mismatch], total: int) -> str:
     return f"{total} orders checked: " + ", ".join(f"{c[k]} {k}" for k in KINDS)
 
 
-def unresolved(mismatches: list[Mismatch], *, repaired: bool) -> list[Mismatch]:
-    """Mismatches a person still has to look at: all of them, or after ``--repair``
-    the diverged ones (missing and stuck orders were re-published)."""
-    return [m for m in mismatches if not (repaired and m.kind in REPAIRABLE)]
-
-
 def report_json(mismatches: list[Mismatch], total: int, repaired_events: int | None) -> dict[str, object]:
     return {
         "checked": total,

@@ -8,7 +8,7 @@ import pytest
 
 from streams.events import OrderItem
 from streams.reconcile import Mismatch, classify, prometheus_text, repair_events, report_json, report_rows, summary
-from streams.reconcile import OrderRow, unresolved
+from streams.reconcile import OrderRow
 
 NOW = 1000.0
 
@@ -62,10 +62,3 @@ def test_report_and_prometheus_text_count_each_kind():
 def test_report_rows_escape_what_the_database_and_the_worker_say():
     rows = report_rows([Mismatch("o-\x1b[2J", "diverged", "PAID", "\x1b]0;x\x07", 1)])
     assert all(ch.isprintable() for cell in rows[0] for ch in cell), rows
-
-
-def test_after_a_repair_only_diverged_orders_are_left_for_a_person():
-    ms = [Mismatch("o-1", "missing", "PAID", "-", 90), Mismatch("o-2", "diverged", "CREATED", "PAID", 70)]
-    assert unresolved(ms, repaired=False) == ms
-    assert [m.order_id for m in unresolved(ms, repaired=True)] == ["o-2"]
-    assert unresolved(ms[:1], repaired=True) == []
