@@ -75,6 +75,9 @@ class InventoryService:
     def type_of(self, topic: str) -> str:
         return TYPES.get(topic, "unknown")
 
+    def decoder(self, topic: str) -> Any:
+        return OrderCreated if topic == CREATED_TOPIC else (INVENTORY.name, topic)
+
     def decode(self, topic: str, record: Record) -> Any:
         if topic == CREATED_TOPIC:
             return decode_event(OrderCreated, record)
@@ -103,18 +106,21 @@ class InventoryService:
 
     # 1. OrderCreated → reserve commands keyed by SKU, and the expectation keyed by order
     def _order_created(self, item: Item, created: OrderCreated) -> None:
-        out = [Outgoing(INVENTORY_REQUESTS, sku.encode(),
-                        command_bytes(StockCommand(kind="reserve", sku=sku, qty=qty, order_id=created.order_id)))
+        # Answers come back to the order's partition (where its OrderCreated, its other
+        # events and its inventory-orders state are), whatever partitioner the SKU had.
+        out = [Outgoing(INVENTORY_REQUESTS, sku.encode(), command_bytes(StockCommand(
+                   kind="reserve", sku=sku, qty=qty, order_id=created.order_id, reply_to=item.partition)))
                for sku, qty in per_sku(created.items).items()]
         expect = Expected(order_id=created.order_id, items=created.items, causation_id=created.event_id)
-        out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect)))
+        out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect), (), item.partition))
         item.succeed(*out)
 
     # 2. stock per SKU -----------------------------------------------------------------
     def _stock_command(self, item: Item, cmd: StockCommand, batch: Batch) -> None:
         tx = batch.tx(STOCK_TABLE, item.partition)
         dkey = decision_key(cmd.sku, cmd.order_id) if cmd.order_id else None
-        raw_stock, raw_decision = tx.get_many([cmd.sku.encode(), dkey or b"\x00none"])
+        found = tx.get_many([cmd.sku.encode(), dkey] if dkey else [cmd.sku.encode()])
+        raw_stock, raw_decision = found[0], (found[1] if dkey else None)
         stock = orjson.loads(raw_stock) if raw_stock else None
         decision = orjson.loads(raw_decision) if raw_decision else None
         new_stock, new_decision, announce, changed = apply_command(stock, decision, cmd)
@@ -122,11 +128,12 @@ class InventoryService:
             tx.set(cmd.sku.encode(), orjson.dumps(new_stock))
             if dkey is not None and new_decision is not None:
                 tx.set(dkey, orjson.dumps(new_decision))
-                tx.schedule(batch.now_ms + self.ttl_ms, dkey)
+                if decision is None:  # a decision expires DEDUP_TTL after it was made
+                    tx.schedule(batch.now_ms + self.ttl_ms, dkey)
         out = []
         if announce is not None and cmd.order_id is not None:
             answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=announce)  # type: ignore[arg-type]
-            out.append(Outgoing(INVENTORY_ANSWERS, cmd.order_id.encode(), command_bytes(answer)))
+            out.append(Outgoing(INVENTORY_ANSWERS, cmd.order_id.encode(), command_bytes(answer), (), cmd.reply_to))
         item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
     # 3. answers per order → one inventory event -----------------------------------------
@@ -138,10 +145,11 @@ class InventoryService:
         new, changed = record_expected(old, msg) if isinstance(msg, Expected) else record_answer(old, msg)
         result = outcome(new) if changed else None
         out: list[Outgoing] = []
-        if result is not None:
-            out = self._outcome_messages(msg.order_id, new, result)
-            new = settled(new, result)
+        if old is None and changed:  # an order's answers are forgotten DEDUP_TTL after the first
             tx.schedule(batch.now_ms + self.ttl_ms, key)
+        if result is not None:
+            out = self._outcome_messages(msg.order_id, new, result, item.partition)
+            new = settled(new, result)
             if result == "reserved" and self.search_url:
                 skus = list(new["skus"])
                 self.caller.call("search", lambda: self._warm_search(msg.order_id, skus))
@@ -149,7 +157,8 @@ class InventoryService:
             tx.set(key, orjson.dumps(new))
         item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
-    def _outcome_messages(self, order_id: str, order: dict[str, Any], result: str) -> list[Outgoing]:
+    def _outcome_messages(self, order_id: str, order: dict[str, Any], result: str,
+                          partition: int) -> list[Outgoing]:
         key = order_id.encode()
         event_id = uuid.uuid5(ID_NAMESPACE, f"inventory-{result}:{order_id}")
         items = tuple(OrderItem(**i) for i in order["items"])
@@ -157,13 +166,13 @@ class InventoryService:
         if result == "reserved":
             ev: InventoryReserved | InventoryRejected = InventoryReserved(
                 order_id=order_id, items=items, causation_id=causation, event_id=event_id)
-            return [Outgoing(InventoryReserved.topic(), key, ev.to_bytes())]
+            return [Outgoing(InventoryReserved.topic(), key, ev.to_bytes(), (), partition)]
         short = tuple(sorted(s for s, d in order["answers"].items() if d != "reserved"))
         ev = InventoryRejected(order_id=order_id, items=items, short=short, causation_id=causation,
                                event_id=event_id)
         releases = [StockCommand(kind="release", sku=sku, qty=order["skus"][sku], order_id=order_id)
                     for sku, d in order["answers"].items() if d == "reserved"]
-        return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes())] + [
+        return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), (), partition)] + [
             Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:

@@ -48,6 +48,9 @@ class NotificationsService:
     def type_of(self, topic: str) -> str:
         return OrderPaid.type_name()
 
+    def decoder(self, topic: str) -> Any:
+        return OrderPaid
+
     def decode(self, topic: str, record: Record) -> Any:
         return decode_event(OrderPaid, record)
 
@@ -58,13 +61,17 @@ class NotificationsService:
         async def runner() -> None:  # a few runners take items in turn: no task per event
             for item in todo:
                 try:
-                    item.succeed(await self.notify(item.message, sent_at))
+                    item.succeed(await self.notify(item.message, sent_at, item.partition))
                 except Exception as exc:  # routed by the pipeline (retry or DLQ)
                     item.fail(exc)
 
-        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(items)))))
+        runners = min(self.concurrency, len(items)) if getattr(self.notifier, "concurrent", True) else 1
+        if runners == 1:
+            await runner()
+        else:
+            await asyncio.gather(*(runner() for _ in range(runners)))
 
-    async def notify(self, event: OrderPaid, sent_at: str) -> Outgoing:
+    async def notify(self, event: OrderPaid, sent_at: str, partition: int) -> Outgoing:
         key = event.order_id
         await self.notifier.send(Notification(key, event.user_id, amount=event.amount), key)
         # Every field comes from a validated event or from us: serialised directly, the
@@ -74,7 +81,9 @@ class NotificationsService:
             "version": "v1", "event_id": notification_id(key), "occurred_at": sent_at, "order_id": key,
             "user_id": event.user_id, "channel": self.notifier.channel, "causation_id": str(event.event_id),
         })
-        return Outgoing(SENT_TOPIC, key.encode(), body)
+        # Same key as the OrderPaid, so the same partition: the order's events stay where
+        # its state lives even if the payer's producer partitions differently.
+        return Outgoing(SENT_TOPIC, key.encode(), body, (), partition)
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
         return None

@@ -54,10 +54,18 @@ class OrderStateService:
         event_type = EVENT_BY_TOPIC.get(topic)
         return event_type.type_name() if event_type else "unknown"
 
+    def decoder(self, topic: str) -> Any:
+        return EVENT_BY_TOPIC[topic]
+
     def decode(self, topic: str, record: Record) -> Any:
         return decode_event(EVENT_BY_TOPIC[topic], record)
 
     async def handle(self, items: Sequence[Item], batch: Batch) -> None:
+        by_partition: dict[int, list[bytes]] = {}
+        for item in items:
+            by_partition.setdefault(item.partition, []).append(item.key)
+        for partition, keys in by_partition.items():  # one multi-get per partition
+            batch.tx(TABLE, partition).get_many(keys)
         for item in items:
             try:
                 self._one(item, batch)
@@ -79,7 +87,8 @@ class OrderStateService:
         if new != old:
             tx.set(key, orjson.dumps(new))  # raises TooLarge over STATE_MAX_BYTES
         if verdict is Verdict.PARK:
-            tx.schedule(batch.now_ms + self.park_timeout_ms, key)
+            # Local only: recovery rebuilds this index from the states' parked events.
+            tx.schedule(batch.now_ms + self.park_timeout_ms, key, durable=False)
             item.succeed(status=PARKED)
         elif verdict is Verdict.ILLEGAL:
             item.fail(IllegalTransition(f"{incoming.type} not allowed in {state_name(old)}"))

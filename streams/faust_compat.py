@@ -18,7 +18,7 @@ What the worker leans on, and why:
   taken from a Fetch's high watermark on the embedded broker), chosen by
   ``Consumer._new_consumer_thread`` — subclasses for this app, no class patches;
 - **the producer** — ``Producer._ensure_producer`` (the aiokafka producer, for
-  record batches) and aiokafka's ``_partition`` (the default partitioner);
+  record batches);
 - **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
   rocksdict handles) and ``Store.offset_key``;
 - **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch).
@@ -49,11 +49,6 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 def aiokafka_producer(app: Any) -> Any:
     """The app's ``AIOKafkaProducer`` (Faust ``Producer._ensure_producer``)."""
     return app.producer._ensure_producer()
-
-
-def default_partition(producer: Any, topic: str, key: bytes | None) -> int:
-    """The partition aiokafka's default partitioner picks for ``key`` (metadata loaded)."""
-    return int(producer._partition(topic, None, None, None, key, None))
 
 
 # -- stores ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ pass by waiting are translated to the engine's permanent errors.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from aiokafka.errors import (
 from streams.engine.errors import TooLarge, UnknownDestination, Unserializable
 from streams.engine.ports import Publisher
 from streams.engine.records import Ack, Outgoing
-from streams.faust_compat import aiokafka_producer, default_partition
+from streams.faust_compat import aiokafka_producer
 
 PERMANENT: dict[type[BaseException], type[Exception]] = {
     MessageSizeTooLargeError: TooLarge,
@@ -29,6 +30,38 @@ PERMANENT: dict[type[BaseException], type[Exception]] = {
     InvalidTopicError: UnknownDestination,
     TopicAuthorizationFailedError: UnknownDestination,
 }
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of ``data`` (the default partitioner's hash), 4 bytes at a time."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    n4 = length >> 2
+    if n4:
+        for k in struct.unpack_from(f"<{n4}I", data):
+            k = (k * _M) & _MASK
+            k = ((k ^ (k >> 24)) * _M) & _MASK
+            h = ((h * _M) & _MASK) ^ k
+    rest = length & 3
+    if rest:
+        i = n4 << 2
+        if rest == 3:
+            h ^= data[i + 2] << 16
+        if rest >= 2:
+            h ^= data[i + 1] << 8
+        h = ((h ^ data[i]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def key_partition(key: bytes | None, count: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``count`` (a
+    record without a key goes to partition 0 here: ours always have keys)."""
+    return (murmur2(key) & 0x7FFFFFFF) % count if key is not None else 0
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -61,20 +94,15 @@ class KafkaPublisher(Publisher):
         self.app = app
         self.max_message_bytes = max_message_bytes
 
-    def partition_count(self, topic: str) -> int | None:
-        try:
-            parts = aiokafka_producer(self.app).client.cluster.partitions_for_topic(topic)
-        except Exception:  # producer not started yet
-            return None
-        return len(parts) if parts else None
-
     async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
         producer = aiokafka_producer(self.app)
-        for topic in {m.topic for m in messages}:
-            await producer.partitions_for(topic)  # metadata (returns at once when known)
+        counts = {topic: len(await producer.partitions_for(topic))  # metadata: at once when known
+                  for topic in {m.topic for m in messages}}
         groups: dict[tuple[str, int], list[int]] = {}
         for i, m in enumerate(messages):
-            partition = m.partition if m.partition is not None else default_partition(producer, m.topic, m.key)
+            count = counts[m.topic]
+            # An explicit partition (co-location with the source) unless the topic lacks it.
+            partition = m.partition if m.partition is not None and m.partition < count else key_partition(m.key, count)
             groups.setdefault((m.topic, partition), []).append(i)
         out: list[Ack | None] = [None] * len(messages)
         for (topic, partition), indexes in groups.items():
@@ -87,12 +115,37 @@ class KafkaPublisher(Publisher):
                         await self._send_batch(producer, batch, topic, partition, members, out)
                         batch, members = producer.create_batch(), []
                     if batch.append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
-                        out[i] = Ack(await self._send_one(producer, m, partition))  # larger than a batch
+                        out[i] = (await self._send_one(producer, m, partition), 0)  # larger than a batch
                         continue
                 members.append(i)
             if members:
                 await self._send_batch(producer, batch, topic, partition, members, out)
         return [a for a in out if a is not None]
+
+    async def send_partition(self, topic: str, partition: int,
+                             records: Sequence[tuple[bytes, bytes | None]]) -> list[Ack]:
+        producer = aiokafka_producer(self.app)
+        out: list[Ack] = []
+        batch, n = producer.create_batch(), 0
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=[]) is None:
+                if n:
+                    out.extend(await self._flush_batch(producer, batch, topic, partition, n))
+                    batch, n = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None, headers=[]) is None:
+                    out.append((await self._send_one(producer, Outgoing(topic, key, value, (), partition),
+                                                     partition), 0))
+                    continue
+            n += 1
+        if n:
+            out.extend(await self._flush_batch(producer, batch, topic, partition, n))
+        return out
+
+    @staticmethod
+    async def _flush_batch(producer: Any, batch: Any, topic: str, partition: int, n: int) -> list[Ack]:
+        batch.close()
+        future = asyncio.ensure_future(_translated(await producer.send_batch(batch, topic, partition=partition)))
+        return [(future, i) for i in range(n)]
 
     @staticmethod
     async def _send_batch(producer: Any, batch: Any, topic: str, partition: int, members: list[int],
@@ -100,7 +153,7 @@ class KafkaPublisher(Publisher):
         batch.close()  # a closed batch goes out at once, without lingering
         future = asyncio.ensure_future(_translated(await producer.send_batch(batch, topic, partition=partition)))
         for n, j in enumerate(members):
-            out[j] = Ack(future, n)
+            out[j] = (future, n)
 
     @staticmethod
     async def _send_one(producer: Any, m: Outgoing, partition: int) -> Any:

@@ -30,7 +30,6 @@ import rocksdict
 
 from streams.engine.delivery import gather_acks
 from streams.engine.ports import Publisher, StateStore, Writes
-from streams.engine.records import Outgoing
 from streams.faust_compat import changelog_topic, offset_key, partition_db
 
 
@@ -65,9 +64,12 @@ class TableStore(StateStore):
         return out
 
     async def write(self, writes: Sequence[Writes]) -> None:
-        records = [Outgoing(self._changelogs[w.table], key, value, (), w.partition)
-                   for w in writes for key, value in w.durable.items()]
-        offsets = await gather_acks(await self.publisher.send_many(records)) if records else []  # 1
+        acks = []
+        for w in writes:
+            if w.durable:
+                acks += await self.publisher.send_partition(self._changelogs[w.table], w.partition,
+                                                            list(w.durable.items()))
+        offsets = await gather_acks(acks) if acks else []  # 1
         failed = next((r for r in offsets if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed

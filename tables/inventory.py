@@ -44,6 +44,8 @@ class StockCommand(BaseModel):
     sku: Id
     qty: int = Field(ge=0, le=MAX_STOCK)
     order_id: Id | None = None
+    #: partition of ``inventory.answers`` the answer goes to (the order's); None: by key
+    reply_to: int | None = Field(None, ge=0, le=100_000)
 
 
 class Expected(BaseModel):

@@ -77,6 +77,10 @@ def reachable(status: str) -> set[str]:
     return seen
 
 
+#: status → statuses reachable from it (precomputed: judged once per event).
+REACHABLE: dict[str, frozenset[str]] = {status: frozenset(reachable(status)) for status in STATUS_FLOW}
+
+
 class Verdict(enum.Enum):
     APPLY = "apply"
     DUPLICATE = "duplicate"
@@ -137,7 +141,7 @@ def judge(state: State, event_type: str) -> Verdict:
         current = state["status"]
         if current == rule.source:
             return Verdict.APPLY
-        return Verdict.PARK if rule.source in reachable(current) else Verdict.ILLEGAL
+        return Verdict.PARK if rule.source in REACHABLE[current] else Verdict.ILLEGAL
     if state["status"] == "NEW":
         return Verdict.PARK  # inventory results need OrderCreated first
     return Verdict.APPLY if state["reservation"] == rule.source else Verdict.ILLEGAL

@@ -2,8 +2,8 @@
 
 :func:`deliver` is the only way the engine produces. For each message:
 
-1. checked before it is sent — a topic outside the registry or a partition the
-   topic does not have (:class:`UnknownDestination`), a record larger than the
+1. checked before it is sent — a topic outside the registry or a negative
+   partition (:class:`UnknownDestination`), a record larger than the
    producer accepts (:class:`TooLarge`), a key or value that is not bytes
    (:class:`Unserializable`): such a message is never sent, it is returned to the
    caller, who dead-letters the event it belonged to;
@@ -37,21 +37,19 @@ class Checker:
         self.publisher = publisher
         self.allowed = allowed
         self.limit = publisher.max_message_bytes
-        self._topics: dict[str, tuple[bool, int | None]] = {}
+        self._topics: dict[str, bool] = {}
 
     def __call__(self, message: Outgoing) -> StreamsError | None:
         topic, key, value = message.topic, message.key, message.value
-        known = self._topics.get(topic)
-        if known is None:
-            known = self._topics[topic] = (self.allowed(topic), self.publisher.partition_count(topic))
-        allowed, count = known
+        allowed = self._topics.get(topic)
+        if allowed is None:
+            allowed = self._topics[topic] = self.allowed(topic)
         if not allowed:
             return UnknownDestination(f"topic {topic[:200]!r} is not one this worker writes")
         if (key is not None and type(key) is not bytes) or (value is not None and type(value) is not bytes):
             return Unserializable(f"key/value of a record for {topic} are not bytes")
-        partition = message.partition
-        if partition is not None and (partition < 0 or (count is not None and partition >= count)):
-            return UnknownDestination(f"{topic} has no partition {partition}")
+        if message.partition is not None and message.partition < 0:
+            return UnknownDestination(f"{topic} has no partition {message.partition}")
         size = (len(key) if key else 0) + (len(value) if value else 0)
         if message.headers:
             size += sum(len(k) + len(v) for k, v in message.headers)
@@ -68,12 +66,12 @@ def check(message: Outgoing, publisher: Publisher, allowed: Callable[[str], bool
 async def gather_acks(acks: Sequence[Ack]) -> list[int | BaseException]:
     """Each message's offset (its own, not its batch's) or exception; every batch
     future awaited once, however many messages share it."""
-    unique = {id(a.future): a.future for a in acks}
+    unique = {id(future): future for future, _ in acks}
     results = dict(zip(unique, await asyncio.gather(*unique.values(), return_exceptions=True)))
     out: list[int | BaseException] = []
-    for a in acks:
-        r = results[id(a.future)]
-        out.append(r if isinstance(r, BaseException) else r.offset + a.index)
+    for future, index in acks:
+        r = results[id(future)]
+        out.append(r if isinstance(r, BaseException) else r.offset + index)
     return out
 
 

@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Hashable, Protocol
 
 from streams.engine import routing
 from streams.engine.delivery import deliver
@@ -116,6 +116,10 @@ class Service(Protocol):
         """``record`` (consumed from, or retried for, ``topic``) → a validated message;
         raises :class:`DecodeError` / :class:`ValidationFailed`."""
 
+    def decoder(self, topic: str) -> Hashable:
+        """What decodes ``topic`` (e.g. the event class): services whose decoders are
+        equal share one decoded message per record of a batch they both read."""
+
     async def handle(self, items: Sequence[Item], batch: "Batch") -> None:
         """Settle every item: :meth:`Item.succeed` (with derived records) or
         :meth:`Item.fail`. Reads and writes go through ``batch.tx(table, partition)``."""
@@ -146,8 +150,7 @@ class Batch:
         record): always the DLQ, never a retry."""
         p = self.pipeline
         origin = routing.Origin(record.topic, record.partition, record.offset, 0)
-        self.extra.append(routing.dead_letter(p.spec.name, record, origin, error, 1, self.now_ms,
-                                              p.publisher.partition_count(dlq_topic(p.spec.name))))
+        self.extra.append(routing.dead_letter(p.spec.name, record, origin, error, 1, self.now_ms))
         self.count(type_name, DEAD_LETTER)
         p.counts.dead_lettered(p.spec.name, error.dlq_reason)
 
@@ -191,14 +194,17 @@ class Pipeline:
     # -- the protocol ------------------------------------------------------------------
 
     async def process(self, records: Sequence[Record], *,
-                      still_owner: Callable[[], bool] = lambda: True) -> Counter[str]:
+                      still_owner: Callable[[], bool] = lambda: True,
+                      decoded: dict[tuple[int, Hashable], Any] | None = None) -> Counter[str]:
         """Steps 1–5 for ``records``; the caller acknowledges their offsets afterwards.
         Raises :class:`Superseded` (nothing written) if ``still_owner()`` turns false
-        before the state is written."""
+        before the state is written. ``decoded`` is shared by the services that process
+        the same batch: a record is decoded once."""
         started = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         batch = Batch(self, BatchState(self.store), now_ms)
-        items = [self._decode(r, now_ms) for r in records]  # 1
+        memo = {} if decoded is None else decoded
+        items = [self._decode(r, now_ms, memo) for r in records]  # 1
         live = [i for i in items if i.error is None]
         if self.service.dedup_table:
             self._dedup(live, batch)  # 2
@@ -235,7 +241,7 @@ class Pipeline:
             found = self._types[topic] = self.service.type_of(topic)
         return found
 
-    def _decode(self, record: Record, now_ms: int) -> Item:
+    def _decode(self, record: Record, now_ms: int, memo: dict[tuple[int, Hashable], Any]) -> Item:
         topic = record.topic
         item = Item(record, self._type_of(topic))
         ts = record.timestamp_ms
@@ -245,7 +251,16 @@ class Pipeline:
                 item.origin = routing.origin_of(record, self.spec, self.policy, now_ms)
                 topic = item.origin.topic
                 item.type_name = self._type_of(topic)
-            item.message = self.service.decode(topic, record)
+            ref = (id(record), self.service.decoder(topic))
+            found = memo.get(ref)
+            if found is None:
+                try:
+                    found = memo[ref] = self.service.decode(topic, record)
+                except StreamsError as exc:
+                    found = memo[ref] = exc
+            if isinstance(found, StreamsError):
+                raise found
+            item.message = found
             item.key = record.key or b""
         except StreamsError as exc:
             item.error = exc
@@ -298,15 +313,13 @@ class Pipeline:
         if delay is not None:
             item.status = RETRY
             self.counts.retried(spec.name, attempts)
-            return routing.retry_record(spec.name, item.record, origin, error, attempts, delay, now_ms,
-                                        self.publisher.partition_count(routing.retry_topic(spec.name, attempts)))
+            return routing.retry_record(spec.name, item.record, origin, error, attempts, delay, now_ms)
         reason = "max_attempts" if error.retryable else error.dlq_reason
         item.status = DEAD_LETTER
         self.counts.dead_lettered(spec.name, reason)
         log.warning("%s: dead-lettered %s[%d]@%d: %s (%s)", spec.name, item.record.topic,
                     item.partition, item.record.offset, reason, error)
-        return routing.dead_letter(spec.name, item.record, origin, error, attempts, now_ms,
-                                   self.publisher.partition_count(dlq_topic(spec.name)), reason=reason)
+        return routing.dead_letter(spec.name, item.record, origin, error, attempts, now_ms, reason=reason)
 
     async def _send(self, items: list[Item], batch: Batch) -> None:
         """Step 4: every record of the batch acknowledged; what can never be sent is

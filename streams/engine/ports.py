@@ -25,16 +25,19 @@ class Publisher(abc.ABC):
 
     @abc.abstractmethod
     async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
-        """Enqueue every message, in order per topic partition; return one
-        :class:`~streams.engine.records.Ack` per message. An ack that can never
+        """Enqueue every message, in order per topic partition — to its ``partition``
+        if the topic has it, else where its key hashes; return one
+        :data:`~streams.engine.records.Ack` per message. An ack that can never
         succeed raises :class:`TooLarge`, :class:`UnknownDestination` or
         :class:`Unserializable`; any other exception is taken as transient.
 
         Raising here (rather than in an ack) means nothing was enqueued."""
 
-    def partition_count(self, topic: str) -> int | None:
-        """Partitions of ``topic`` if known (None: unknown yet, the key decides)."""
-        return None
+    async def send_partition(self, topic: str, partition: int,
+                             records: Sequence[tuple[bytes, bytes | None]]) -> list[Ack]:
+        """Enqueue ``(key, value)`` records to one partition, in order (a table's
+        changelog writes); same acks as :meth:`send_many`."""
+        return await self.send_many([Outgoing(topic, k, v, (), partition) for k, v in records])
 
 
 class Change(NamedTuple):
@@ -124,7 +127,14 @@ class Transaction:
         return [self._writes[k] if k in self._writes else self._cache[k] for k in keys]
 
     def get(self, key: bytes) -> bytes | None:
-        return self.get_many((key,))[0]
+        writes = self._writes
+        if key in writes:
+            return writes[key]
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        value = cache[key] = self.store.read(self.table, self.partition, [key])[0]
+        return value
 
     def set(self, key: bytes, value: bytes) -> None:
         limit = self.store.max_value_bytes

@@ -238,7 +238,9 @@ class Driver:
         """One batch through every pipeline of ``topic``, then its offsets acknowledged (rule 4)."""
         still_owner: Callable[[], bool] = lambda: port.generation() == generation  # noqa: E731
         try:
-            await asyncio.gather(*(p.process(batch, still_owner=still_owner) for p in self.routes[topic]))
+            decoded: dict = {}  # services reading one topic decode each record once
+            await asyncio.gather(*(p.process(batch, still_owner=still_owner, decoded=decoded)
+                                   for p in self.routes[topic]))
         except Superseded as exc:
             log.info("%s; %d records will be processed again", exc, len(batch))
             return False

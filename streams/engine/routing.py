@@ -14,8 +14,9 @@ topics"), enforced by :func:`origin_of`:
    is dead-lettered (``validation_error``); ``x-not-before`` is clamped to at most
    the tier's delay from now.
 3. Retry and DLQ records go to the partition the record was consumed from (retry,
-   DLQ and source topics are co-partitioned), or by key when the target has fewer
-   partitions. No header ever chooses a topic or a partition.
+   DLQ and source topics are co-partitioned; the publisher falls back to the key
+   when the target has fewer partitions). No header ever chooses a topic or a
+   partition.
 """
 
 from __future__ import annotations
@@ -85,11 +86,6 @@ def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> in
     return min(wanted, now_ms + delay_ms)
 
 
-def target_partition(partition: int, count: int | None) -> int | None:
-    """``partition`` if the target topic has it, else None (the key decides)."""
-    return partition if count is None or 0 <= partition < count else None
-
-
 def _passthrough(record: Record) -> tuple[tuple[str, bytes], ...]:
     return tuple((k, v) for k, v in record.headers.items() if k not in OURS)
 
@@ -112,21 +108,19 @@ def failure_headers(record: Record, origin: Origin, error: StreamsError, attempt
 
 
 def retry_record(service: str, record: Record, origin: Origin, error: StreamsError, attempts: int,
-                 delay: float, now_ms: int, partitions: int | None) -> Outgoing:
+                 delay: float, now_ms: int) -> Outgoing:
     hdrs = failure_headers(record, origin, error, attempts, now_ms)
     hdrs += ((H.NOT_BEFORE, str(now_ms + int(delay * 1000)).encode()),)
-    return Outgoing(retry_topic(service, attempts), record.key, record.value, hdrs,
-                    target_partition(record.partition, partitions))
+    return Outgoing(retry_topic(service, attempts), record.key, record.value, hdrs, record.partition)
 
 
 def dead_letter(service: str, record: Record, origin: Origin, error: StreamsError, attempts: int,
-                now_ms: int, partitions: int | None, *, reason: str | None = None) -> Outgoing:
+                now_ms: int, *, reason: str | None = None) -> Outgoing:
     """The ``<service>.dlq`` record: the source key and bytes unchanged, failure
     headers and ``x-dlq-reason``."""
     hdrs = failure_headers(record, origin, error, attempts, now_ms)
     hdrs += ((H.DLQ_REASON, (reason or error.dlq_reason).encode()),)
-    return Outgoing(dlq_topic(service), record.key, record.value, hdrs,
-                    target_partition(record.partition, partitions))
+    return Outgoing(dlq_topic(service), record.key, record.value, hdrs, record.partition)
 
 
 def shrink_letter(letter: Outgoing) -> Outgoing:
