@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, wait_consumed
 from tests.support.orders import OrdersClient
+from tests.support.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -30,30 +31,40 @@ async def test_issue4_relay_sigkilled_5_times_publishes_every_committed_order(
 
     client = OrdersClient(api.url, concurrency=16)
     orders = asyncio.create_task(client.many(5000))
+    # Each kill lands while the relay is at work: after it had a random number of
+    # further rows acknowledged since its (re)start — progress, not elapsed time.
+    kills = []
     for _ in range(5):
-        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        start = (await outbox_stats(api.url))["sent"]
+        target = start + rng.randint(100, 600)
+        await wait_for(lambda: outbox_stats(api.url), lambda s: s["sent"] >= target,
+                       what=f"the relay publishing up to {target} rows", timeout=60)
         relay.kill()
+        kills.append((await outbox_stats(api.url), orders.done()))
         await asyncio.to_thread(relay.start().wait_ready)
     ids = await orders
     assert set(client.statuses) == {201, 202}
 
-    for _ in range(240):
-        stats = await client.get_json("/outbox/stats")
-        if stats["pending"] == 0:
-            break
-        await asyncio.sleep(0.5)
-    assert stats["pending"] == 0, stats
+    # Once nothing is pending, every record any relay run published is in the broker
+    # (a row is marked sent only after its ack), and the topics are read to their end.
+    await wait_outbox_drained(api.url, sent=2 * len(ids), timeout=120)
 
     wanted = {i.encode() for i in ids}
-    created = await read_topic(broker.bootstrap, OrderCreated.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=1)
-    paid = await read_topic(broker.bootstrap, OrderPaid.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=1)
-    sent = await read_topic(broker.bootstrap, NotificationSent.topic(), until=lambda r: wanted <= {x.key for x in r}, idle=3, timeout=180)
+    created = await read_topic(broker.bootstrap, OrderCreated.topic(), until=lambda r: wanted <= {x.key for x in r})
+    paid = await read_topic(broker.bootstrap, OrderPaid.topic(), until=lambda r: wanted <= {x.key for x in r})
+    # The worker has committed every OrderPaid: each notification it sends for them
+    # (duplicates too) is in the broker before its offset is committed.
+    await wait_consumed(broker.bootstrap, [OrderPaid.topic()], timeout=180)
+    sent = await read_topic(broker.bootstrap, NotificationSent.topic(),
+                            until=lambda r: wanted <= {x.key for x in r}, timeout=180)
     republished = (len(created) + len(paid)) - 2 * len(ids)
     per_order = Counter(r.key for r in sent)
     print(f"\nrelay SIGKILL x5 over {len(ids)} orders: published {len(created) + len(paid)} records "
           f"for {2 * len(ids)} events ({republished} republished), notifications "
-          f"{sum(per_order.values())} for {len(per_order)} orders, relay starts={relay.starts}")
+          f"{sum(per_order.values())} for {len(per_order)} orders, relay starts={relay.starts}; "
+          f"(sent, pending) at the kills: {[(s['sent'], s['pending']) for s, _ in kills]}")
     assert relay.starts == 6
+    assert not any(done for _, done in kills), "a kill came after the last order was written"
     assert wanted - {r.key for r in created} == set()
     assert wanted - {r.key for r in paid} == set()
     assert set(per_order) == wanted

@@ -19,6 +19,7 @@ from streams.broker import EmbeddedBroker
 from streams.events import OrderCreated, OrderPaid
 from tests.support.kafka import read_topic
 from tests.support.orders import OrdersClient
+from tests.support.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
 from tests.support.worker import http_get
 
 pytestmark = pytest.mark.kafka
@@ -31,6 +32,12 @@ def outbox_rows(db_path) -> dict[str, tuple]:
         return {r[0]: r[1:] for r in conn.execute("SELECT id, aggregate_id, topic, status, sent_at FROM outbox")}
 
 
+def attempts_by_row(db_path) -> dict[str, int]:
+    """Failed publish attempts recorded (committed) per row, for rows with any."""
+    with sqlite3.connect(db_path) as conn:
+        return dict(conn.execute("SELECT id, attempts FROM outbox WHERE attempts > 0").fetchall())
+
+
 async def test_1000_orders_over_http_publish_2000_events_in_order_with_event_id_headers(broker, orders_factory, tmp_path):
     db_path = tmp_path / "orders.db"
     service = orders_factory("serve", kafka_broker=broker.url, database_url=f"sqlite:///{db_path}")
@@ -39,8 +46,11 @@ async def test_1000_orders_over_http_publish_2000_events_in_order_with_event_id_
     ids = await client.many(1000)
     assert set(client.statuses) == {201, 202}
 
-    created = await read_topic(broker.bootstrap, CREATED, expect=1000, idle=1)
-    paid = await read_topic(broker.bootstrap, PAID, expect=1000, idle=1)
+    # Every row is written (the API answered); once none is pending, every record the
+    # relay publishes for them is in the broker: reading to the end sees duplicates too.
+    await wait_outbox_drained(service.url, sent=2000)
+    created = await read_topic(broker.bootstrap, CREATED, expect=1000)
+    paid = await read_topic(broker.bootstrap, PAID, expect=1000)
     assert len(created) == len(paid) == 1000
     rows = outbox_rows(db_path)
     assert len(rows) == 2000
@@ -66,33 +76,50 @@ async def test_broker_stopped_during_burst_api_keeps_answering_and_nothing_is_lo
     await asyncio.to_thread(service.start().wait_ready)
     client = OrdersClient(service.url, concurrency=8)
     burst = asyncio.create_task(client.many(600))
-    await asyncio.sleep(0.5)
+    # Stop the broker mid-burst: once the relay has had some rows acknowledged by it.
+    await wait_for(lambda: outbox_stats(service.url), lambda s: s["sent"] >= 50,
+                   what="the relay publishing before the outage", timeout=30)
+    failed_before = attempts_by_row(db_path)
     broker.stop()
-    await asyncio.sleep(1.0)
+    answered_at_stop = len(client.statuses)
+    # The relay's rounds run one after another and each marks its rows in one
+    # transaction: once a failed attempt made after the stop is committed, the round
+    # that was in flight at the stop has marked every row the old broker acknowledged.
+    # What is still pending then was never acknowledged, and must reach the new broker.
+    await wait_for(lambda: attempts_by_row(db_path),
+                   lambda now: any(n > failed_before.get(i, 0) for i, n in now.items()),
+                   what="a publish attempt failing against the stopped broker", timeout=30)
     unsent_at_stop = {i for i, r in outbox_rows(db_path).items() if r[2] == "pending"}
-    await asyncio.sleep(2.0)  # the API keeps taking orders while the broker is gone
+    # Keep the broker down a while on purpose, and until the relay has retried a row
+    # against it; the API keeps taking orders meanwhile (checked below, not assumed).
+    await asyncio.sleep(2.0)
+    retried_in_outage = max((await wait_for(
+        lambda: attempts_by_row(db_path), lambda now: max(now.values(), default=0) >= 2,
+        what="the relay retrying a row against the stopped broker", timeout=30)).values())
     answered_by_end_of_outage = len(client.statuses)
+    pending_at_end_of_outage = {i for i, r in outbox_rows(db_path).items() if r[2] == "pending"}
     restarted = EmbeddedBroker(broker.port).start()
     try:
         ids = await burst
         assert set(client.statuses) == {201, 202}
         assert len(ids) == 600
-        for _ in range(120):
-            stats = await client.get_json("/outbox/stats")
-            if stats["pending"] == 0:
-                break
-            await asyncio.sleep(0.5)
+        stats = await wait_outbox_drained(service.url, sent=1200)
         assert stats["pending"] == 0
         rows = outbox_rows(db_path)
+        # nothing is pending: every record of those rows is on the new broker by now
         on_new_broker = {
             r.headers["event_id"].decode()
             for topic in (CREATED, PAID)
-            for r in await read_topic(restarted.bootstrap, topic, idle=1)
+            for r in await read_topic(restarted.bootstrap, topic)
         }
         lost = unsent_at_stop - on_new_broker
         print(f"\nbroker outage: {len(unsent_at_stop)} rows unsent at the stop, "
-              f"{answered_by_end_of_outage} API answers by the end of the outage, lost={len(lost)}")
+              f"{answered_by_end_of_outage - answered_at_stop} API answers during the outage "
+              f"({len(pending_at_end_of_outage)} rows pending at its end, up to {retried_in_outage} "
+              f"attempts per row), lost={len(lost)}")
         assert unsent_at_stop, "the broker stopped after the burst: nothing was tested"
+        assert answered_by_end_of_outage > answered_at_stop, "the API stopped answering without the broker"
+        assert pending_at_end_of_outage - unsent_at_stop, "no order was written during the outage"
         assert not lost
         assert all(r[2] == "sent" for r in rows.values())
         assert len(rows) == 1200
@@ -117,7 +144,8 @@ async def test_rolled_back_transaction_publishes_nothing(broker, tmp_path):
     finally:
         await relay._reset_producer()
         await db.close()
-    published = await read_topic(broker.bootstrap, CREATED, expect=1, idle=1)
+    # the relay is done (its rounds awaited every ack): read to the end, duplicates included
+    published = await read_topic(broker.bootstrap, CREATED, expect=1)
     assert Counter(r.key for r in published) == {b"o-ok": 1}
 
 
@@ -149,9 +177,10 @@ async def test_a_row_too_large_for_the_producer_is_given_up_and_the_other_ten_ar
         await db.close()
     assert status == "failed" and error.startswith("MessageSizeTooLargeError")
     assert (st.pending, st.sent, st.failed_terminal) == (0, 11, 1)
-    created = await read_topic(broker.bootstrap, CREATED, expect=10, idle=1)
+    # the relay is done (its rounds awaited every ack): read to the end, duplicates included
+    created = await read_topic(broker.bootstrap, CREATED, expect=10)
     assert sorted(r.key for r in created) == sorted(f"o-{i}".encode() for i in range(11) if i != 4)
-    assert [r.key for r in await read_topic(broker.bootstrap, PAID, expect=1, idle=1)] == [b"o-4"]
+    assert [r.key for r in await read_topic(broker.bootstrap, PAID, expect=1)] == [b"o-4"]
 
 
 async def test_api_and_relay_in_separate_processes_each_export_their_own_metrics(broker, orders_factory, tmp_path):
@@ -164,16 +193,15 @@ async def test_api_and_relay_in_separate_processes_each_export_their_own_metrics
     await asyncio.to_thread(relay.start().wait_ready)
     client = OrdersClient(api.url)
     await client.many(50)
-    await read_topic(broker.bootstrap, PAID, expect=50, idle=0.5)
+    await wait_outbox_drained(api.url, sent=100)
 
     def relay_metrics() -> dict[str, float]:
         text = http_get(f"{relay.http_url}/metrics")[1].decode()
         return {m[0]: float(m[1]) for m in re.findall(r"^(outbox_\w+) (\S+)$", text, re.M)}
 
-    for _ in range(100):
-        m = relay_metrics()
-        if m.get("outbox_published_total") == 100 and m.get("outbox_pending_rows") == 0:
-            break
-        await asyncio.sleep(0.1)
+    # the rows are sent; the relay's gauge follows at its next timer tick (0.2 s)
+    m = await wait_for(relay_metrics,
+                       lambda m: m.get("outbox_published_total") == 100 and m.get("outbox_pending_rows") == 0,
+                       what="the relay's outbox gauges catching up", timeout=10)
     assert m["outbox_published_total"] == 100 and m["outbox_pending_rows"] == 0 and m["outbox_failed_rows"] == 0
     assert "outbox_" not in http_get(f"{api.url}/metrics")[1].decode()
