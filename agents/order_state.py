@@ -108,9 +108,10 @@ class OrderStateService:
         for partition in partitions:
             tx = batch.tx(TABLE, partition)
             due = tx.due(now, MAINTENANCE_LIMIT)
-            states = tx.get_many(key for _, key in due)
-            for (at, key), raw in zip(due, states):
+            tx.get_many(key for _, key in due)  # one multi-get; tx.get below sees this tick's writes
+            for at, key in due:
                 tx.unschedule(at, key)
+                raw = tx.get(key)  # an order with two entries due at once is judged on its new state
                 if raw is None:
                     continue
                 state: State = orjson.loads(raw)

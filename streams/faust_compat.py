@@ -192,6 +192,7 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
 
     The consumer is the driver's :class:`~streams.engine.position.ConsumerPort`."""
     from faust.transport.drivers.aiokafka import Consumer
+    from faust.types import TP as FaustTP
 
     thread_class = consumer_thread_class(fetch_max_wait=fetch_max_wait,
                                          end_offsets_from_fetch=end_offsets_from_fetch)
@@ -234,12 +235,12 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
                 monitor.stream_inbound_time[real] = time.monotonic()
 
         def _tp(self, tp: Any) -> Any:
-            return self._new_topicpartition(tp.topic, tp.partition)
+            return FaustTP(tp.topic, tp.partition)  # Faust's own sets hold only its TP type
 
         # -- Faust hooks -------------------------------------------------------------
         async def _wait_next_records(self, timeout: float) -> Any:
             async with self.engine_lock:
-                await driver.tick(self)
+                await self._guarded(driver.tick(self), "maintenance")
             records, active = await super()._wait_next_records(timeout)
             if not records or self.should_stop:
                 return records, active
@@ -248,11 +249,23 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
                 return records, active
             async with self.engine_lock:
                 if self.flow_active:  # else Faust seeks back to committed offsets next
-                    await driver.on_fetch(self, {TP(tp.topic, tp.partition): to_records(recs)
-                                                 for tp, recs in ours.items()})
+                    await self._guarded(driver.on_fetch(self, {TP(tp.topic, tp.partition): to_records(recs)
+                                                               for tp, recs in ours.items()}), "a fetch")
             if commit_due(self):
                 await self.commit()
             return {tp: recs for tp, recs in records.items() if tp.topic not in topics}, active
+
+        async def _guarded(self, step: Any, what: str) -> None:
+            """An exception escaping here would stop Faust's fetcher for good (the
+            worker then exits): log it and go on; the driver has already sought back
+            what it did not process, so the records come again."""
+            try:
+                await step
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine: %s failed; its unprocessed records will be fetched again", what)
+                await asyncio.sleep(1.0)
 
         async def seek_to_committed(self) -> Mapping[Any, int]:
             offsets = await super().seek_to_committed()

@@ -173,7 +173,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
             await close()
 
     metrics.consumer_lag.source = lambda: consumer_lag(app)
-    metrics.oldest_retry_age.labels("all").set_function(lambda: driver_oldest_retry_age(driver))
+    for spec in specs:
+        metrics.oldest_retry_age.labels(spec.name).set_function(
+            lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))
     register_web(app, worker)
     from streams.commands import register_commands
 
@@ -182,9 +184,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     return app
 
 
-def driver_oldest_retry_age(driver: Driver) -> float:
-    waiting = list(driver.paused.values())
-    return max(0.0, time.time() - min(waiting) / 1000) if waiting else 0.0
+def retry_age(failed_at_ms: int | None) -> float:
+    """Seconds since the oldest waiting retry failed (0 when none waits)."""
+    return max(0.0, time.time() - failed_at_ms / 1000) if failed_at_ms is not None else 0.0
 
 
 def define_table(app: Any, name: str, partitions: int) -> Any:
@@ -196,9 +198,9 @@ def define_table(app: Any, name: str, partitions: int) -> Any:
 
 def declare_topics(app: Any, specs: list[registry.ServiceSpec], policy: RetryPolicy,
                    settings: WorkerSettings) -> None:
-    """Agents (one per service, in the consumer group, listed by ``faust agents``) on
-    the service's sources and retry tiers; retry, DLQ and derived topics declared up
-    front. The engine consumer takes every record of these topics before Faust's
+    """Agents (one per service and topic — its sources and retry tiers — in the
+    consumer group, listed by ``faust agents``); retry, DLQ and derived topics
+    declared up front. The engine consumer takes every record of these topics before Faust's
     per-message path, so an agent never receives one."""
     partitions = settings.topic_partitions
     big = {"max.message.bytes": str(settings.max_message_bytes)}
@@ -208,9 +210,8 @@ def declare_topics(app: Any, specs: list[registry.ServiceSpec], policy: RetryPol
         sources = [raw_topic(app, t, partitions) for t in spec.sources]
         written += [raw_topic(app, spec.dlq, partitions, big), *retries]
         written += [raw_topic(app, t, partitions) for t in spec.derived]
-        channel = app.topic(*spec.sources, *spec.retry_topics(policy.tiers), partitions=partitions,
-                            key_serializer="raw", value_serializer="raw")
-        app.agent(channel, name=spec.name)(_engine_owned(spec.name))
+        for topic in (*sources, *retries):  # one agent per topic: `faust agents` lists each
+            app.agent(topic, name=f"{spec.name}@{topic.get_topic_name()}")(_engine_owned(spec.name))
         written += sources
 
     @app.task

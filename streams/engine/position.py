@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from streams import headers as H
 from streams.engine import routing
 from streams.engine.health import Health
 from streams.engine.pipeline import Pipeline, Superseded
@@ -102,8 +103,8 @@ class Driver:
         self._generation: int | None = None
         #: partitions where a seek back found a first offset past the next one (rule 2)
         self._probe: dict[TP, int] = {}
-        #: retry partitions paused until their head record is due (epoch ms)
-        self.paused: dict[TP, int] = {}
+        #: retry partitions paused until their head record is due: (due, failed at), epoch ms
+        self.paused: dict[TP, tuple[int, int]] = {}
         self._last_maintenance = 0.0
 
     @property
@@ -228,7 +229,8 @@ class Driver:
             due = routing.due_at_ms(r, tier, pipeline.policy, now_ms)
             if due > now_ms:
                 stopped.add(r.tp)
-                self.paused[r.tp] = due
+                failed_at = min(now_ms, H.integer(r.headers, H.FAILED_AT, r.timestamp_ms))
+                self.paused[r.tp] = (due, failed_at)
                 port.pause(r.tp)
                 continue
             out.append(r)
@@ -271,12 +273,18 @@ class Driver:
         except Exception as exc:  # revoked meanwhile: the new owner starts at the committed offset
             log.info("seek %s[%d] → %d failed: %r", tp.topic, tp.partition, offset, exc)
 
+    def oldest_waiting_ms(self, service: str) -> int | None:
+        """When the oldest retry still waiting in ``service``'s paused tiers failed."""
+        waiting = [failed for tp, (_, failed) in self.paused.items()
+                   if tp.topic in self.tiers and self.tiers[tp.topic][0].spec.name == service]
+        return min(waiting) if waiting else None
+
     # -- between fetches -------------------------------------------------------------
 
     async def tick(self, port: ConsumerPort) -> None:
         """Resume retry partitions whose head is due; run periodic maintenance."""
         now_ms = int(self.clock() * 1000)
-        for tp, due in list(self.paused.items()):
+        for tp, (due, _) in list(self.paused.items()):
             if due <= now_ms:
                 del self.paused[tp]
                 port.resume(tp)

@@ -10,7 +10,7 @@ import pytest
 
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
 from tests.support.events import cancelled, created, notification_sent, paid
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import http_get, metric_value
 
 pytestmark = pytest.mark.kafka
@@ -64,7 +64,8 @@ async def test_shuffled_lifecycle_events_end_notified_with_in_order_versions(bro
     text = await asyncio.to_thread(worker.metrics)
     assert metric_value(text, "event_processed_total", service="order-state", status="parked") >= len(early)
     assert metric_value(text, "dead_letter_total", service="order-state") == 0
-    assert await read_topic(broker.bootstrap, DLQ, idle=0.5, timeout=2) == []
+    await wait_consumed(broker.bootstrap, [OrderCreated.topic(), OrderPaid.topic(), NotificationSent.topic()])
+    assert await read_topic(broker.bootstrap, DLQ) == []
 
 
 async def test_paid_after_cancelled_is_an_illegal_transition_and_state_is_unchanged(broker, worker_factory):
@@ -78,7 +79,7 @@ async def test_paid_after_cancelled_is_an_illegal_transition_and_state_is_unchan
     await produce(broker.bootstrap, OrderPaid.topic(), [paid("o-1")])
     # The notifications service pays no attention to cancellations, so its
     # NotificationSent for this OrderPaid is just as illegal for the order.
-    dead = await read_topic(broker.bootstrap, DLQ, expect=2, idle=1)
+    dead = await read_topic(broker.bootstrap, DLQ, expect=2)
     assert [d.headers["x-dlq-reason"] for d in dead] == [b"illegal_transition"] * 2
     by_source = {d.headers["x-source-topic"].decode(): d for d in dead}
     assert set(by_source) == {OrderPaid.topic(), NotificationSent.topic()}
@@ -96,7 +97,7 @@ async def test_parked_event_whose_predecessor_never_comes_is_dead_lettered_after
     assert "OrderPaid" in {p["type"] for p in parked["o-lonely"]["parked"]}
     # OrderPaid and the NotificationSent the notifications service derived from it
     # both wait for an OrderCreated that never comes.
-    dead = await read_topic(broker.bootstrap, DLQ, expect=2, idle=1, timeout=30)
+    dead = await read_topic(broker.bootstrap, DLQ, expect=2, timeout=30)
     assert [d.headers["x-dlq-reason"] for d in dead] == [b"out_of_order_timeout"] * 2
     by_source = {d.headers["x-source-topic"].decode(): d for d in dead}
     assert set(by_source) == {OrderPaid.topic(), NotificationSent.topic()}

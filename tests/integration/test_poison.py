@@ -10,7 +10,7 @@ import pytest
 
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import metric_value
 
 pytestmark = pytest.mark.kafka
@@ -40,9 +40,10 @@ async def test_poison_records_each_dead_lettered_once_with_their_bytes(broker, w
         await produce(broker.bootstrap, PAID, [(key, value)])
     await produce(broker.bootstrap, PAID, [paid(f"b-{i}") for i in range(100)])
 
-    sent = await read_topic(broker.bootstrap, SENT, expect=200, idle=2)
+    await wait_consumed(broker.bootstrap, [PAID])
+    sent = await read_topic(broker.bootstrap, SENT, expect=200)
     assert sorted(Counter(r.key for r in sent).values()) == [1] * 200
-    dead = await read_topic(broker.bootstrap, DLQ, expect=len(POISON), idle=3)
+    dead = await read_topic(broker.bootstrap, DLQ, expect=len(POISON))
     assert len(dead) == len(POISON)
     by_value = {(d.key, d.value): d for d in dead}
     for name, (key, value, reason) in POISON.items():

@@ -10,12 +10,13 @@ import pytest
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub, always
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import metric_value
 
 pytestmark = pytest.mark.kafka
 
 PAID, SENT, DLQ = OrderPaid.topic(), NotificationSent.topic(), "notifications.dlq"
+TIERS = [f"notifications.retry.{n}" for n in (1, 2, 3)]
 
 
 async def start_worker(worker_factory, gateway: GatewayStub, delays: str):
@@ -40,7 +41,9 @@ async def test_gateway_fails_twice_then_succeeds_one_notification_after_two_retr
     try:
         worker = await start_worker(worker_factory, gateway, ",".join(map(str, delays)))
         await produce(broker.bootstrap, PAID, [paid(f"o-{i}") for i in range(20)])
-        sent = await read_topic(broker.bootstrap, SENT, expect=20, idle=3, timeout=60)
+        sent = await read_topic(broker.bootstrap, SENT, expect=20, timeout=60)
+        await wait_consumed(broker.bootstrap, [PAID, *TIERS])  # no attempt left in flight
+        sent = await read_topic(broker.bootstrap, SENT, expect=20)
         assert sorted(Counter(r.key for r in sent).values()) == [1] * 20
         assert set(gateway.requests.values()) == {3}  # 1 attempt + exactly 2 retries
         for key, times in gateway.times.items():
@@ -61,8 +64,8 @@ async def test_gateway_always_503_dead_letters_after_all_retries_with_source_hea
     try:
         worker = await start_worker(worker_factory, gateway, "0.2,0.3")
         await produce(broker.bootstrap, PAID, [paid(f"o-{i}") for i in range(10)])
-        source = {r.key: r for r in await read_topic(broker.bootstrap, PAID, expect=10, idle=0.5)}
-        dead = await read_topic(broker.bootstrap, DLQ, expect=10, idle=3)
+        source = {r.key: r for r in await read_topic(broker.bootstrap, PAID, expect=10)}
+        dead = await read_topic(broker.bootstrap, DLQ, expect=10)
         assert len(dead) == 10
         for d in dead:
             src = source[d.key]
@@ -76,7 +79,8 @@ async def test_gateway_always_503_dead_letters_after_all_retries_with_source_hea
             assert h["x-error-type"] == "GatewayUnavailable" and "503" in h["x-error-message"]
             assert int(h["x-first-failed-at"]) <= int(h["x-failed-at"])
         assert set(gateway.requests.values()) == {3}
-        assert await read_topic(broker.bootstrap, SENT, idle=0.5, timeout=2) == []
+        await wait_consumed(broker.bootstrap, [PAID, *TIERS[:2]])
+        assert await read_topic(broker.bootstrap, SENT) == []
         text = await asyncio.to_thread(worker.metrics)
         assert metric_value(text, "dead_letter_total", service="notifications", reason="max_attempts") == 10
     finally:
@@ -88,7 +92,7 @@ async def test_gateway_400_dead_letters_at_once_as_non_retryable(broker, worker_
     try:
         await start_worker(worker_factory, gateway, "5,5")
         await produce(broker.bootstrap, PAID, [paid("o-1")])
-        dead = await read_topic(broker.bootstrap, DLQ, expect=1, idle=1)
+        dead = await read_topic(broker.bootstrap, DLQ, expect=1)
         assert [d.headers["x-dlq-reason"] for d in dead] == [b"non_retryable"]
         assert dead[0].headers["x-attempt"] == b"1"
         assert gateway.requests["o-1"] == 1
@@ -111,7 +115,7 @@ async def test_slow_retry_tier_does_not_delay_the_main_topic(broker, worker_fact
         assert await wait_until(all_scheduled)
         first_scheduled = loop.time()
         await produce(broker.bootstrap, PAID, [paid(f"fast-{i}") for i in range(1000)])
-        sent = await read_topic(broker.bootstrap, SENT, expect=1000, idle=0.5, timeout=delay)
+        sent = await read_topic(broker.bootstrap, SENT, expect=1000, timeout=delay)
         done = loop.time()
         assert len({r.key for r in sent}) == 1000
         # Every main-topic event was handled while all 200 retries were still waiting.
@@ -135,7 +139,7 @@ async def test_duplicate_arriving_while_retry_pending_is_processed_once(broker, 
 
         assert await wait_until(scheduled)
         await produce(broker.bootstrap, PAID, [paid("o-1")])  # the duplicate, while the retry waits
-        sent = await read_topic(broker.bootstrap, SENT, expect=1, idle=1)
+        sent = await read_topic(broker.bootstrap, SENT, expect=1)
         assert len(sent) == 1
 
         async def retry_ran() -> bool:
@@ -144,6 +148,6 @@ async def test_duplicate_arriving_while_retry_pending_is_processed_once(broker, 
 
         assert await wait_until(retry_ran, timeout=20)
         assert gateway.requests["o-1"] == 2  # the failed call and one successful call
-        assert len(await read_topic(broker.bootstrap, SENT, idle=1)) == 1
+        assert len(await read_topic(broker.bootstrap, SENT)) == 1
     finally:
         await gateway.stop()

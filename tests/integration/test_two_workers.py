@@ -10,7 +10,7 @@ import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
 from tests.support.events import created, paid
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import http_get
 
 pytestmark = pytest.mark.kafka
@@ -44,7 +44,8 @@ async def test_two_workers_split_partitions_and_route_order_lookups(broker, work
     ids = [f"o-{i}" for i in range(300)]
     await produce(broker.bootstrap, OrderCreated.topic(), [created(i) for i in ids])
     await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in ids])
-    await read_topic(broker.bootstrap, NotificationSent.topic(), expect=len(ids), idle=1)
+    await read_topic(broker.bootstrap, NotificationSent.topic(), expect=len(ids))
+    await wait_consumed(broker.bootstrap, [OrderCreated.topic(), OrderPaid.topic(), NotificationSent.topic()])
 
     def states_from(worker) -> dict[str, dict]:
         out = {}

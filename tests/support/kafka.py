@@ -1,4 +1,12 @@
-"""Produce and consume helpers for integration tests (plain aiokafka)."""
+"""Produce and consume helpers for integration tests (plain aiokafka).
+
+Tests wait for conditions, never for quiet periods: :func:`read_topic` returns as
+soon as its condition holds (then reads on to the topic's current end, so extra
+records already written — duplicates — are seen too), and :func:`wait_consumed`
+waits until the worker's group has committed every record of its source topics,
+after which everything the worker derives from them is in the broker (the commit
+protocol acknowledges offsets only after every derived record's ack).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.faust_compat import fetch_high_watermarks
+
+GROUP = "order-streams"
 
 
 @dataclass(frozen=True)
@@ -28,14 +40,17 @@ async def produce(
     *,
     headers: Sequence[tuple[str, bytes]] = (),
     partition: int | None = None,
+    timestamp_ms: int | None = None,
 ) -> int:
-    """Send every ``(key, value)`` with ``acks="all"`` and await all acks."""
+    """Send every ``(key, value)`` with ``acks="all"`` and await all acks (with the
+    record timestamp ``timestamp_ms`` when given, as a producer's CreateTime)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, value=v, key=k, headers=list(headers) or None, partition=partition)
+            await producer.send(topic, value=v, key=k, headers=list(headers) or None, partition=partition,
+                                timestamp_ms=timestamp_ms)
             for k, v in records
         ]
         await asyncio.gather(*futures)
@@ -44,21 +59,39 @@ async def produce(
         await producer.stop()
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            return []
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The true end offset of each partition (from a Fetch high watermark)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topic, time.monotonic() + 10)
+        if not tps:
+            return {}
+        ends = await fetch_high_watermarks(consumer._client, tps, await consumer.end_offsets(tps))
+        return {tp.partition: end for tp, end in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
     *,
     expect: int | None = None,
     until: Callable[[list[Consumed]], bool] | None = None,
-    idle: float = 3.0,
     timeout: float = 60.0,
 ) -> list[Consumed]:
-    """Every record of ``topic`` from the beginning.
-
-    Stops when ``expect`` records were read (or ``until(records)`` is true) and
-    nothing more arrived for ``idle`` seconds — so extra records, duplicates, are
-    seen too — or at ``timeout``.
-    """
+    """Every record of ``topic`` from the beginning: once ``expect`` records were read
+    (and ``until(records)`` holds), the rest up to the topic's end at that moment."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
@@ -66,28 +99,56 @@ async def read_topic(
     out: list[Consumed] = []
     try:
         deadline = time.monotonic() + timeout
-        while not consumer.partitions_for_topic(topic):
-            if time.monotonic() > deadline:
-                return out
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = await _partitions(consumer, topic, deadline)
+        if not tps:
+            return out
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            got = False
+
+        async def take(timeout_ms: int) -> None:
+            batch = await consumer.getmany(timeout_ms=timeout_ms)
             for recs in batch.values():
-                for r in recs:
-                    got = True
-                    out.append(Consumed(r.topic, r.partition, r.offset, r.key, r.value,
-                                        {k: v for k, v in (r.headers or ())}, r.timestamp))
-            if got:
-                last_new = time.monotonic()
-            enough = (expect is None or len(out) >= expect) and (until is None or until(out))
-            if enough and time.monotonic() - last_new >= idle:
+                out.extend(Consumed(r.topic, r.partition, r.offset, r.key, r.value,
+                                    {k: v for k, v in (r.headers or ())}, r.timestamp) for r in recs)
+
+        while time.monotonic() < deadline:
+            if (expect is None or len(out) >= expect) and (until is None or until(out)):
                 break
+            await take(200)
+        ends = await fetch_high_watermarks(consumer._client, tps, await consumer.end_offsets(tps))
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind() and time.monotonic() < deadline:
+            await take(200)
         return out
     finally:
         await consumer.stop()
+
+
+async def committed(bootstrap: str, topic: str, group: str = GROUP) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (0 when none)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topic, time.monotonic() + 10)
+        return {tp.partition: (await consumer.committed(tp) or 0) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def wait_consumed(bootstrap: str, topics: Iterable[str], *, group: str = GROUP,
+                        timeout: float = 120.0) -> None:
+    """Until the group has committed every record now in ``topics`` (the worker is done
+    with them, and with everything it derives from them)."""
+    deadline = time.monotonic() + timeout
+    for topic in topics:
+        ends = await end_offsets(bootstrap, topic)
+        while True:
+            done = await committed(bootstrap, topic, group)
+            if all(done.get(p, 0) >= end for p, end in ends.items()):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: committed {done}, end {ends} after {timeout}s")
+            await asyncio.sleep(0.2)

@@ -1,11 +1,15 @@
-"""Fakes of the pipeline's ports (streams.pipeline Protocols), for unit tests.
+"""Fakes of the engine's ports (streams.engine.ports), for unit tests.
 
-* :class:`FakePublisher` — ``send`` returns a future the test controls: acked at
-  once (``auto_ack=True``), or held until :meth:`FakePublisher.release` /
-  :meth:`FakePublisher.fail`. Every send and ack is appended to a shared ``log``.
-* :class:`DictDedupStore` — a dict per partition; ``mark`` records what the
-  publisher still had unacknowledged at the moment it was called.
+* :class:`FakePublisher` — a :class:`~streams.engine.ports.Publisher`: each send gets
+  a future the test controls — acked at once (``auto_ack=True``) or held until
+  :meth:`FakePublisher.release` / :meth:`FakePublisher.fail`. Every send and ack is
+  appended to a shared ``log``.
+* :class:`MemoryStore` — a :class:`~streams.engine.ports.StateStore` over dicts;
+  ``write`` sends changelog records through a publisher first (acks awaited) and
+  logs what the publisher still had unacknowledged when it wrote locally.
 * :class:`FakeNotifier` — the SMS gateway port; raises per order id on demand.
+* :class:`FakeConsumer` — the position protocol's ConsumerPort: seeks, pauses,
+  acknowledgements and the generation, all recorded.
 """
 
 from __future__ import annotations
@@ -13,56 +17,64 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from agents.notifier import Notification
+from streams.engine.delivery import gather_acks
+from streams.engine.ports import Publisher, StateStore, Writes
+from streams.engine.records import TP, Ack, Outgoing, Record
 from streams.events import OrderPaid
-from streams.pipeline import Outgoing, Record
 
 PAID_TOPIC = OrderPaid.topic()
-#: A fixed "now" for Pipeline(clock=...): 2023-11-14T22:13:20Z.
+#: A fixed "now" for clocks: 2023-11-14T22:13:20Z.
 NOW = 1_700_000_000.0
 NOW_MS = int(NOW * 1000)
 
 
-@dataclass
 class Meta:
-    """What an ack resolves to (like aiokafka's RecordMetadata)."""
+    """What a batch future resolves to (like aiokafka's RecordMetadata)."""
 
-    topic: str
-    partition: int | None
-    offset: int
+    def __init__(self, topic: str, partition: int | None, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
 
 
-class FakePublisher:
-    def __init__(self, *, auto_ack: bool = True, log: list[tuple[Any, ...]] | None = None) -> None:
+class FakePublisher(Publisher):
+    def __init__(self, *, auto_ack: bool = True, log: list[tuple[Any, ...]] | None = None,
+                 max_message_bytes: int = 1024 * 1024) -> None:
         self.auto_ack = auto_ack
+        self.max_message_bytes = max_message_bytes
         self.log: list[tuple[Any, ...]] = log if log is not None else []
         self.sent: list[Outgoing] = []
         self.futures: list[asyncio.Future[Any]] = []
-        #: number of upcoming sends whose ack fails (set_exception), then they succeed
+        #: number of upcoming sends whose ack fails (a transient error), then they succeed
         self.fail_acks = 0
-        #: number of upcoming send() calls that raise before returning a future
+        #: number of upcoming send_many() calls that raise before enqueueing anything
         self.raise_on_send = 0
+        #: topic → exception every ack to it fails with (e.g. a permanent TooLarge)
+        self.reject: dict[str, BaseException] = {}
         self._offsets: dict[tuple[str, int | None], int] = {}
 
-    async def send(self, message: Outgoing) -> asyncio.Future[Any]:
+    async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
         if self.raise_on_send:
             self.raise_on_send -= 1
-            self.log.append(("send-raised", message.topic, message.key))
+            self.log.append(("send-raised", len(messages)))
             raise ConnectionError("producer cannot reach the broker")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.sent.append(message)
-        self.futures.append(fut)
-        self.log.append(("send", message.topic, message.key))
-        if self.fail_acks:
-            self.fail_acks -= 1
-            self.log.append(("nack", message.topic, message.key))
-            fut.set_exception(ConnectionError("ack lost"))
-        elif self.auto_ack:
-            self._ack(message, fut)
-        return fut
+        out: list[Ack] = []
+        for message in messages:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.sent.append(message)
+            self.futures.append(fut)
+            self.log.append(("send", message.topic, message.key))
+            if message.topic in self.reject:
+                fut.set_exception(self.reject[message.topic])
+            elif self.fail_acks:
+                self.fail_acks -= 1
+                self.log.append(("nack", message.topic, message.key))
+                fut.set_exception(ConnectionError("ack lost"))
+            elif self.auto_ack:
+                self._ack(message, fut)
+            out.append((fut, 0))
+        return out
 
     def _ack(self, message: Outgoing, fut: asyncio.Future[Any]) -> None:
         tp = (message.topic, message.partition)
@@ -89,57 +101,128 @@ class FakePublisher:
         return [m for m in self.sent if m.topic == topic]
 
 
-class DictDedupStore:
-    """DedupStore over ``{partition: {key: event time ms}}``."""
+class MemoryStore(StateStore):
+    """Tables as ``{(table, partition): {key: value}}``; changelogs through ``publisher``."""
 
-    def __init__(self, publisher: FakePublisher | None = None,
-                 data: Mapping[int, Mapping[bytes, int]] | None = None) -> None:
+    def __init__(self, publisher: FakePublisher | None = None, *, max_value_bytes: int = 256 * 1024) -> None:
         self.publisher = publisher
-        self.data: dict[int, dict[bytes, int]] = {p: dict(kv) for p, kv in (data or {}).items()}
-        self.lookups: list[tuple[int, list[bytes]]] = []
-        self.marks: list[dict[int, list[tuple[bytes, int]]]] = []
-        #: per mark() call: the publisher's sends still unacknowledged at that moment
-        self.pending_at_mark: list[list[Outgoing]] = []
-        self.observed: list[tuple[int, int]] = []
+        self.max_value_bytes = max_value_bytes
+        self.data: dict[tuple[str, int], dict[bytes, bytes]] = {}
+        self.reads: list[tuple[str, int, list[bytes]]] = []
+        #: per write(): the publisher's sends still unacknowledged when it wrote locally
+        self.pending_at_write: list[list[Outgoing]] = []
+        #: table partition → offset of the last changelog record written
+        self.persisted: dict[tuple[str, int], int] = {}
+        #: number of upcoming write() calls that fail (their changelog send failed)
+        self.fail_writes = 0
 
-    def lookup(self, partition: int, keys: Sequence[bytes]) -> Sequence[int | None]:
-        self.lookups.append((partition, list(keys)))
-        store = self.data.get(partition, {})
-        return [store.get(k) for k in keys]
+    def table(self, name: str, partition: int) -> dict[bytes, bytes]:
+        return self.data.setdefault((name, partition), {})
 
-    async def mark(self, marks: Mapping[int, Sequence[tuple[bytes, int]]]) -> None:
+    def read(self, table: str, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.reads.append((table, partition, list(keys)))
+        data = self.table(table, partition)
+        return [data.get(k) for k in keys]
+
+    def scan(self, table: str, partition: int, start: bytes, stop: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        data = self.table(table, partition)
+        return sorted((k, v) for k, v in data.items() if start <= k < stop)[:limit]
+
+    async def write(self, writes: Sequence[Writes]) -> None:
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise ConnectionError("changelog ack lost")
         if self.publisher is not None:
-            self.pending_at_mark.append(self.publisher.pending())
-            self.publisher.log.append(("mark", {p: list(kv) for p, kv in marks.items()}))
-        self.marks.append({p: list(kv) for p, kv in marks.items()})
-        for p, kv in marks.items():
-            self.data.setdefault(p, {}).update(dict(kv))
-
-    def observe(self, partition: int, event_time_ms: int) -> None:
-        self.observed.append((partition, event_time_ms))
-
-    def marked_keys(self) -> list[bytes]:
-        return [k for m in self.marks for kv in m.values() for k, _ in kv]
+            acks: list[Ack] = []
+            for w in writes:
+                if w.durable:
+                    acks += await self.publisher.send_partition(f"{w.table}-changelog", w.partition,
+                                                                list(w.durable.items()))
+            results = await gather_acks(acks)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+            self.pending_at_write.append(self.publisher.pending())
+            self.publisher.log.append(("write", [(w.table, w.partition, sorted(w.durable)) for w in writes]))
+            done = 0
+            for w in writes:
+                if w.durable:
+                    done += len(w.durable)
+                    self.persisted[(w.table, w.partition)] = int(results[done - 1])  # type: ignore[arg-type]
+        for w in writes:
+            data = self.table(w.table, w.partition)
+            for key, value in [*w.durable.items(), *w.local.items()]:
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
 
 
 class FakeNotifier:
     channel = "sms"
+    concurrent = True
 
     def __init__(self, errors: Mapping[str, BaseException] | None = None) -> None:
         self.errors = dict(errors or {})
         self.calls: list[tuple[Notification, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.delay = 0.0
 
     async def send(self, notification: Notification, idempotency_key: str) -> None:
         self.calls.append((notification, idempotency_key))
-        exc = self.errors.get(notification.order_id)
-        if exc is not None:
-            raise exc
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            exc = self.errors.get(notification.order_id)
+            if exc is not None:
+                raise exc
+        finally:
+            self.in_flight -= 1
 
     async def close(self) -> None:
         return None
 
     def keys(self) -> list[str]:
         return [k for _, k in self.calls]
+
+
+class FakeConsumer:
+    """The driver's ConsumerPort: a generation the test moves, and a record of calls."""
+
+    def __init__(self, assigned: set[TP] | None = None) -> None:
+        self.gen = 1
+        self.ready = True
+        self.owned: set[TP] = set(assigned or ())
+        self.seeks: list[tuple[TP, int]] = []
+        self.paused: set[TP] = set()
+        self.acks: list[tuple[TP, int, int]] = []
+
+    def generation(self) -> int:
+        return self.gen
+
+    def may_process(self) -> bool:
+        return self.ready
+
+    def assigned(self) -> set[TP]:
+        return set(self.owned)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def pause(self, tp: TP) -> None:
+        self.paused.add(tp)
+
+    def resume(self, tp: TP) -> None:
+        self.paused.discard(tp)
+
+    def acknowledge(self, tp: TP, first: int, last: int) -> None:
+        self.acks.append((tp, first, last))
+
+    def acked_offsets(self, tp: TP) -> list[int]:
+        return [o for t, first, last in self.acks if t == tp for o in range(first, last + 1)]
 
 
 def paid_record(

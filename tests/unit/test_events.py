@@ -1,4 +1,4 @@
-"""Event models (the wire contract), the topic registry and streams.pipeline.decode."""
+"""Event models (the wire contract), the topic registry and streams.events.decode_event."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from streams.events import (
     OrderPaid,
     topic_for,
 )
-from streams.pipeline import Record, decode
+from streams.engine.records import Record
+from streams.events import decode_event as decode
 
 SEED = {"order_id": "o-1001", "user_id": "u-7", "amount": 12.5, "version": "v1"}
 CREATED = {"order_id": "o-1001", "user_id": "u-7", "items": [{"sku": "s-1", "qty": 2}],
@@ -199,7 +200,7 @@ def test_notification_sent_shape() -> None:
         NotificationSent(order_id="o-1", user_id="u-7", causation_id=cause, channel="email")  # type: ignore[arg-type]
 
 
-# -- streams.pipeline.decode -----------------------------------------------------------
+# -- streams.events.decode_event -----------------------------------------------------------
 
 
 def test_decode_valid_record() -> None:

@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 
-from streams.pipeline import Record
+from streams.engine.records import Record
 from streams.events import (
     InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderItem, OrderPaid,
 )
-from tables.order_state import Incoming, Verdict, expired_parked, judge, new_state, reachable, step, without
+from tables.order_state import Incoming, Verdict, expired_parked, judge, new_state, public_view, reachable, step, without
 
 ITEMS = (OrderItem(sku="s-1", qty=1),)
 
@@ -56,13 +56,13 @@ def test_any_arrival_order_ends_like_the_in_order_run(order):
     state, _ = run(*(make() for make in order))
     assert (state["status"], state["version"]) == (in_order["status"], in_order["version"])
     assert [h["type"] for h in state["history"]] == [h["type"] for h in in_order["history"]]
-    assert state["parked"] == []
+    assert state["parked"] == {}
 
 
 def test_early_event_is_parked_then_applied_when_its_predecessor_arrives():
     state, verdicts = run(paid())
     assert verdicts == [[("OrderPaid", Verdict.PARK)]]
-    assert state["version"] == 0 and [p["type"] for p in state["parked"]] == ["OrderPaid"]
+    assert state["version"] == 0 and list(state["parked"]) == ["OrderPaid"]
     state, outcomes = step(state, incoming(created()), "o-1")
     assert [(i.type, v) for i, v in outcomes] == [("OrderCreated", Verdict.APPLY), ("OrderPaid", Verdict.APPLY)]
     assert state["status"] == "PAID" and state["version"] == 2
@@ -97,16 +97,35 @@ def test_reservation_is_its_own_fact_and_needs_created_first():
     assert [(i.type, v) for i, v in outcomes] == [("InventoryRejected", Verdict.ILLEGAL)]
 
 
-def test_parked_events_keep_their_bytes_and_expire():
+def test_parked_events_keep_their_bytes_but_not_their_headers_and_expire():
     event = paid()
     state, _ = step(None, incoming(event, now_ms=1000), "o-1")
     assert expired_parked(state, now_ms=1500, timeout_ms=1000) == []
     [expired] = expired_parked(state, now_ms=2000, timeout_ms=1000)
-    assert expired.value == event.to_bytes()
-    assert expired.headers == (("h", b"\x00\x01"),) and expired.key == b"o-1"
-    assert without(state, {expired.event_id})["parked"] == []
+    record = expired.record("o-1")
+    assert record.value == event.to_bytes() and record.key == b"o-1" and dict(record.headers) == {}
+    assert (record.topic, record.partition, record.offset) == (event.topic(), 0, 7)
+    assert without(state, {expired.type})["parked"] == {}
+
+
+def test_at_most_one_parked_event_per_type():
+    """Regression: four 5 MB OrderPaid with different event ids were all parked in one
+    state (a 20 MB changelog record, then a crash loop)."""
+    state, _ = step(None, incoming(paid()), "o-1")
+    for _ in range(3):
+        state, outcomes = step(state, incoming(paid()), "o-1")
+        assert [(i.type, v) for i, v in outcomes] == [("OrderPaid", Verdict.DUPLICATE)]
+    assert list(state["parked"]) == ["OrderPaid"]
+
+
+def test_public_view_shows_no_bytes_or_headers():
+    state, _ = step(None, incoming(paid(), now_ms=5), "o-1")
+    view = public_view(state)
+    assert set(view) == {"order_id", "status", "reservation", "version", "history", "parked"}
+    assert view["parked"] == [{"type": "OrderPaid", "event_id": state["parked"]["OrderPaid"]["id"], "parked_at_ms": 5}]
+    assert all(set(p) == {"type", "event_id", "parked_at_ms"} for p in view["parked"])
 
 
 def test_new_state_shape():
     assert new_state("o-9") == {"order_id": "o-9", "status": "NEW", "reservation": "PENDING",
-                                "version": 0, "history": [], "parked": []}
+                                "version": 0, "history": [], "parked": {}}
