@@ -129,7 +129,7 @@ class InventoryService:
             if dkey is not None and new_decision is not None:
                 tx.set(dkey, orjson.dumps(new_decision))
                 if decision is None:  # a decision expires DEDUP_TTL after it was made
-                    tx.schedule(batch.now_ms + self.ttl_ms, dkey)
+                    tx.schedule(batch.now_ms, dkey)
         out = []
         if announce is not None and cmd.order_id is not None:
             answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=announce)  # type: ignore[arg-type]
@@ -146,7 +146,7 @@ class InventoryService:
         result = outcome(new) if changed else None
         out: list[Outgoing] = []
         if old is None and changed:  # an order's answers are forgotten DEDUP_TTL after the first
-            tx.schedule(batch.now_ms + self.ttl_ms, key)
+            tx.schedule(batch.now_ms, key)
         if result is not None:
             out = self._outcome_messages(msg.order_id, new, result, item.partition)
             new = settled(new, result)
@@ -180,7 +180,7 @@ class InventoryService:
         for table in (STOCK_TABLE, ORDERS_TABLE):
             for partition in partitions:
                 tx = batch.tx(table, partition)
-                for at, key in tx.due(batch.now_ms, MAINTENANCE_LIMIT):
+                for at, key in tx.due(batch.now_ms - self.ttl_ms, MAINTENANCE_LIMIT):
                     tx.unschedule(at, key)
                     tx.delete(key)
 

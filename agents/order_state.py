@@ -27,6 +27,7 @@ import orjson
 
 from streams.engine.errors import IllegalTransition, ParkTimeout, TooLarge
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, PARKED, SUCCESS, Batch, Item
+from streams.engine.ports import INDEX_PREFIX, index_key
 from streams.engine.records import Record
 from streams.events import EVENT_BY_TOPIC, decode_event
 from streams.registry import ORDER_STATE
@@ -87,8 +88,9 @@ class OrderStateService:
         if new != old:
             tx.set(key, orjson.dumps(new))  # raises TooLarge over STATE_MAX_BYTES
         if verdict is Verdict.PARK:
-            # Local only: recovery rebuilds this index from the states' parked events.
-            tx.schedule(batch.now_ms + self.park_timeout_ms, key, durable=False)
+            # Indexed by when it was parked (so a changed PARK_TIMEOUT applies to it too);
+            # local only: recovery rebuilds this index from the states' parked events.
+            tx.schedule(batch.now_ms, key, durable=False)
             item.succeed(status=PARKED)
         elif verdict is Verdict.ILLEGAL:
             item.fail(IllegalTransition(f"{incoming.type} not allowed in {state_name(old)}"))
@@ -102,12 +104,23 @@ class OrderStateService:
             else:
                 batch.count(waiting.type, SUCCESS if v is Verdict.APPLY else DUPLICATE)
 
+    def index_entries(self, key: bytes, value: bytes) -> list[bytes]:
+        """The time-index entries of a state (one per parked event, at its parking time),
+        rebuilt by recovery: they are written locally only, never to the changelog."""
+        if key.startswith(INDEX_PREFIX) or b'"since"' not in value:
+            return []
+        try:
+            parked = orjson.loads(value).get("parked") or {}
+            return [index_key(p["since"], key) for p in parked.values()]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return []
+
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
         """Dead-letter parked events older than ``PARK_TIMEOUT``, found by the time index."""
         now = batch.now_ms
         for partition in partitions:
             tx = batch.tx(TABLE, partition)
-            due = tx.due(now, MAINTENANCE_LIMIT)
+            due = tx.due(now - self.park_timeout_ms, MAINTENANCE_LIMIT)
             tx.get_many(key for _, key in due)  # one multi-get; tx.get below sees this tick's writes
             for at, key in due:
                 tx.unschedule(at, key)

@@ -10,7 +10,9 @@ What the worker leans on, and why:
 - **the consumer** — :class:`EngineConsumer` replaces Faust's per-message path for
   the engine's topics: ``Consumer._wait_next_records`` (where a fetch arrives from
   the consumer thread), ``perform_seek``/``seek_to_committed`` (the seek after
-  table recovery), ``wait_empty`` (a rebalance waits for in-flight work), and the
+  table recovery), ``wait_empty`` (a rebalance waits for in-flight work),
+  ``highwaters`` (recovery's first call: the bulk loader runs there, and moves the
+  recovery's ``active_offsets``/``standby_offsets``), and the
   offset bookkeeping Faust commits from: ``_acked``, ``_acked_index``,
   ``_n_acked``, ``_committed_offset``, ``_read_offset``, ``_commit_every``;
 - **the consumer thread** — ``AIOKafkaConsumerThread._create_consumer`` (to set the
@@ -20,7 +22,8 @@ What the worker leans on, and why:
 - **the producer** — ``Producer._ensure_producer`` (the aiokafka producer, for
   record batches);
 - **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
-  rocksdict handles) and ``Store.offset_key``;
+  rocksdict handles), ``Store.offset_key``, and ``Store.apply_changelog_batch``
+  (:class:`EngineStore` writes the engine's index entries for what Faust applies);
 - **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch).
 """
 
@@ -33,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import rocksdict
 from aiokafka import TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 
@@ -71,6 +75,42 @@ def offset_key(table: Any) -> bytes:
 
 def changelog_topic(table: Any) -> str:
     return str(table.changelog_topic.get_topic_name())
+
+
+def _engine_store_class() -> type:
+    from faust.stores.rocksdb import Store as FaustRocksStore
+
+    class EngineStore(FaustRocksStore):  # type: ignore[misc, valid-type]
+        """Faust's RocksDB store (``store="engine://"``, registered as a ``faust.stores``
+        entry point in pyproject.toml) that also writes the engine's derived index
+        entries for every changelog record Faust itself applies — the rest of a recovery
+        past the bulk loader's budget, and standby replicas — so a standby promoted to
+        active finds every due TTL and timeout."""
+
+        def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
+            events = list(batch)
+            super().apply_changelog_batch(events, to_key, to_value)
+            indexer = getattr(self.table, "engine_indexer", None)
+            if indexer is None:
+                return
+            batches: dict[int, Any] = {}
+            for event in events:
+                message = event.message
+                if message.value is None:
+                    continue
+                for index in indexer(message.key, message.value):
+                    wb = batches.get(message.partition)
+                    if wb is None:
+                        wb = batches[message.partition] = rocksdict.WriteBatch(raw_mode=True)
+                    wb.put(index, b"1")
+            for partition, wb in batches.items():
+                self._db_for_partition(partition).write(wb)
+
+    return EngineStore
+
+
+#: ``store="engine://"`` (the ``faust.stores`` entry point ``engine`` in pyproject.toml).
+EngineStore = _engine_store_class()
 
 
 # -- consumer bookkeeping ----------------------------------------------------------------
@@ -185,7 +225,7 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
 
 
 def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool,
-                          empty_wait: float) -> type:
+                          empty_wait: float, loader: Any = None) -> type:
     """Faust's aiokafka ``Consumer``, with the engine's topics processed by ``driver``
     (:class:`streams.engine.position.Driver`) — a batch at a time, never through
     Faust's per-message path — and the consumer-position protocol's hooks.
@@ -266,6 +306,19 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
             except Exception:
                 log.exception("engine: %s failed; its unprocessed records will be fetched again", what)
                 await asyncio.sleep(1.0)
+
+        async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
+            """Faust asks for the changelogs' end offsets first thing in a recovery: the
+            bulk loader (:mod:`streams.recovery`) fills the stores up to them, and
+            Faust's recovery offsets are moved along, so it replays nothing."""
+            ends = await super().highwaters(*partitions)
+            ours = {tp: int(end) for tp, end in ends.items() if loader is not None and tp.topic in loader.changelogs}
+            if ours:
+                recovery = self.app.tables.recovery
+                for tp, last in (await loader.load(ours)).items():
+                    offsets = recovery.active_offsets if tp in recovery.active_tps else recovery.standby_offsets
+                    offsets[tp] = last
+            return ends
 
         async def seek_to_committed(self) -> Mapping[Any, int]:
             offsets = await super().seek_to_committed()

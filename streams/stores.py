@@ -91,3 +91,4 @@ class TableStore(StateStore):
                 done += len(w.durable)
                 batch.put(self._offset_keys[w.table], str(last).encode())
             self.db(w.table, w.partition).write(batch)
+

@@ -98,6 +98,7 @@ def register_web(app: Any, worker: "Worker") -> None:
             "recovered": recovered,
             "rebalancing": bool(app.rebalancing),
             "problems": problems,
+            **worker.recovery.summary(),
             "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives()),
         }
         return web.json(body, status=200 if ready and not problems else 503)

@@ -33,6 +33,7 @@ from streams.engine.routing import RetryPolicy
 from streams.faust_compat import engine_consumer_class, read_offset
 from streams.metrics import Metrics
 from streams.publisher import KafkaPublisher
+from streams.recovery import BulkLoader, Progress
 from streams.rpc import BestEffortCaller
 from streams.settings import WorkerSettings
 from streams.stores import TableStore
@@ -55,6 +56,7 @@ class Worker:
     store: TableStore
     services: dict[str, Any]
     tables: dict[str, Any]
+    recovery: Progress
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def engine_lag(self) -> int:
@@ -114,7 +116,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     app = faust.App(
         APP_ID,
         broker=broker_urls(settings.kafka_broker),
-        store="rocksdb://",
+        # Faust's RocksDB store plus the engine's index entries for what Faust applies
+        # itself (streams.faust_compat.EngineStore, a ``faust.stores`` entry point).
+        store="engine://",
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
         web_bind=settings.web_host,
@@ -160,12 +164,20 @@ def create_app(settings: WorkerSettings) -> faust.App:
     ]
     driver = Driver(pipelines, batch_size=settings.batch_size, health=health,
                     maintenance_interval=settings.maintenance_interval)
+    indexers = index_builders(services, pipelines)
+    for name, indexer in indexers.items():
+        tables[name].engine_indexer = indexer
+    progress = Progress()
+    loader = BulkLoader(tables, bootstrap=bootstrap_of(settings.kafka_broker),
+                        client_kwargs=settings.aiokafka_kwargs(), indexers=indexers, progress=progress,
+                        max_fetch_bytes=settings.max_message_bytes,
+                        budget=0.8 * app.conf.broker_request_timeout)
     app.transport.Consumer = engine_consumer_class(
         driver, fetch_max_wait=settings.fetch_max_wait, end_offsets_from_fetch=settings.end_offsets_from_fetch,
-        empty_wait=settings.send_budget / 2,
+        empty_wait=settings.send_budget / 2, loader=loader,
     )
     declare_topics(app, specs, policy, settings)
-    worker = Worker(app, settings, metrics, health, driver, store, services, tables, closers)
+    worker = Worker(app, settings, metrics, health, driver, store, services, tables, progress, closers)
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:
@@ -173,6 +185,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
             await close()
 
     metrics.consumer_lag.source = lambda: consumer_lag(app)
+    metrics.recovery_remaining.source = progress.rows
     for spec in specs:
         metrics.oldest_retry_age.labels(spec.name).set_function(
             lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))
@@ -187,6 +200,23 @@ def create_app(settings: WorkerSettings) -> faust.App:
 def retry_age(failed_at_ms: int | None) -> float:
     """Seconds since the oldest waiting retry failed (0 when none waits)."""
     return max(0.0, time.time() - failed_at_ms / 1000) if failed_at_ms is not None else 0.0
+
+
+def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[str, Any]:
+    """Table → the function that derives its local index entries from a value (for
+    the bulk loader and the store: recovery rebuilds what the changelog lacks)."""
+    out: dict[str, Any] = {}
+    for pipeline in pipelines:
+        if pipeline.service.dedup_table:
+            out[pipeline.service.dedup_table] = pipeline.dedup_index
+    order_state = services.get(registry.ORDER_STATE.name)
+    if order_state is not None:
+        out["order-state"] = order_state.index_entries
+    return out
+
+
+def bootstrap_of(kafka_broker: str) -> str:
+    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
 def define_table(app: Any, name: str, partitions: int) -> Any:

@@ -47,7 +47,7 @@ from streams.engine import routing
 from streams.engine.delivery import deliver
 from streams.engine.errors import StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
-from streams.engine.ports import BatchState, Publisher, StateStore, Transaction
+from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction, index_key
 from streams.engine.records import Outgoing, Record
 from streams.registry import ServiceSpec, dlq_topic
 
@@ -218,6 +218,16 @@ class Pipeline:
         await self._flush(batch)  # 5
         return self._observe(items, batch, started)
 
+    def dedup_index(self, key: bytes, value: bytes) -> list[bytes]:
+        """The local index entry of a dedup marker (rebuilt by recovery: markers come
+        back from the changelog, their index entries are never in it)."""
+        if key.startswith(INDEX_PREFIX):
+            return []
+        try:
+            return [index_key(int(value), key)]
+        except ValueError:
+            return []
+
     async def maintain(self, partitions: Sequence[int], *,
                        still_owner: Callable[[], bool] = lambda: True) -> int:
         """Periodic work on ``partitions``: the dedup TTL sweep and the service's own;
@@ -378,8 +388,9 @@ class Pipeline:
             if item.status == SUCCESS and item.error is None:
                 tx = batch.tx(table, item.partition)
                 tx.set(item.key, str(item.time_ms).encode())
-                # Local only: recovery rebuilds this index from the markers' values.
-                tx.schedule(item.time_ms + self.ttl_ms, item.key, durable=False)
+                # Indexed by the marker's time (a changed DEDUP_TTL applies to it too);
+                # local only: recovery rebuilds this index from the markers' values.
+                tx.schedule(item.time_ms, item.key, durable=False)
 
     def _sweep(self, batch: Batch, partitions: Sequence[int]) -> None:
         """Dedup TTL: markers older than the partition's newest record time − TTL go,
@@ -392,7 +403,7 @@ class Pipeline:
             if watermark is None:
                 continue  # no record time seen on this partition since start
             tx = batch.tx(table, partition)
-            due = tx.due(watermark, MAINTENANCE_LIMIT)
+            due = tx.due(watermark - self.ttl_ms, MAINTENANCE_LIMIT)
             markers = tx.get_many(key for _, key in due)
             for (at, key), marker in zip(due, markers):
                 tx.unschedule(at, key)

@@ -146,7 +146,9 @@ class Transaction:
         self._writes[key] = None
 
     def schedule(self, at_ms: int, key: bytes, *, durable: bool = True) -> None:
-        """Remember that ``key`` has work due at ``at_ms`` (see :meth:`due`). A
+        """Put ``key`` on the time index at ``at_ms`` (its event's time: the caller
+        asks :meth:`due` for what is older than a cutoff, so a changed TTL or timeout
+        applies to entries already there). A
         ``durable=False`` entry is written locally only: for an index the table's
         recovery rebuilds from the values (one changelog record less per write)."""
         (self._writes if durable else self._local)[index_key(at_ms, key)] = b"1"
@@ -157,7 +159,7 @@ class Transaction:
         self._writes[index_key(at_ms, key)] = None
 
     def due(self, until_ms: int, limit: int) -> list[tuple[int, bytes]]:
-        """Index entries due at or before ``until_ms`` (oldest first), without the ones
+        """Index entries at or before ``until_ms`` (oldest first), without the ones
         this batch already removed."""
         stop = index_key(until_ms + 1, b"")
         rows = self.store.scan(self.table, self.partition, INDEX_PREFIX, stop, limit)
