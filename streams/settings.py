@@ -11,7 +11,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -87,6 +87,12 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     #: is short; harmless on Apache Kafka (one extra small request per partition at
     #: recovery). See docs/operations.md, "Embedded broker".
     end_offsets_from_fetch: bool = True
+    #: ``text`` or ``json`` (one object per line: time, level, service, logger, message,
+    #: and topic/partition/offset/order id/event type where known).
+    log_format: Literal["text", "json"] = "text"
+    #: Level of the worker's own log lines; Faust's and aiokafka's stay at WARNING/ERROR
+    #: (at INFO they printed ~200 lines at start-up).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("services", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.faust_compat import engine_consumer_class, read_offset
+from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
 from streams.publisher import KafkaPublisher
 from streams.recovery import BulkLoader, Progress
@@ -42,6 +43,11 @@ from streams.web import register_web
 log = logging.getLogger(__name__)
 
 APP_ID = "order-streams"
+#: Libraries that print ~200 lines at INFO while a worker starts; what an operator
+#: needs from them is a warning or an error.
+WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafka": "ERROR",
+                # Faust's services log under the module that subclasses them
+                "streams.faust_compat": "WARNING"}
 
 
 @dataclass
@@ -147,6 +153,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         broker_request_timeout=30.0,
         autodiscover=False,
         broker_credentials=settings.faust_credentials(),
+        logging_config=build_config(settings.log_format, settings.log_level, "worker", loggers=WORKER_QUIET),
     )
     metrics = Metrics()
     health = Health()
@@ -178,6 +185,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
     )
     declare_topics(app, specs, policy, settings)
     worker = Worker(app, settings, metrics, health, driver, store, services, tables, progress, closers)
+
+    @app.task
+    async def announce() -> None:
+        log.info("worker web server on %s (WEB_HOST=%s): /health /metrics%s", settings.web_url, settings.web_host,
+                 "".join(f" {r}" for r in ("/orders/{id}", "/inventory/{sku}", "/console")))
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:

@@ -320,15 +320,19 @@ class Pipeline:
                                     spec.retry_tier_of(item.record.topic) or 0)
         attempts = origin.attempts + 1
         delay = self.policy.delay_after(attempts) if error.retryable else None
+        where = {"topic": item.record.topic, "partition": item.partition, "offset": item.record.offset,
+                 "key": (item.record.key or b"")[:128].decode("utf-8", "replace"), "event_type": item.type_name}
         if delay is not None:
             item.status = RETRY
             self.counts.retried(spec.name, attempts)
+            log.info("%s: retry %d of %s[%d]@%d in %.1fs: %s", spec.name, attempts, item.record.topic,
+                     item.partition, item.record.offset, delay, error, extra={**where, "attempt": attempts})
             return routing.retry_record(spec.name, item.record, origin, error, attempts, delay, now_ms)
         reason = "max_attempts" if error.retryable else error.dlq_reason
         item.status = DEAD_LETTER
         self.counts.dead_lettered(spec.name, reason)
         log.warning("%s: dead-lettered %s[%d]@%d: %s (%s)", spec.name, item.record.topic,
-                    item.partition, item.record.offset, reason, error)
+                    item.partition, item.record.offset, reason, error, extra={**where, "reason": reason})
         return routing.dead_letter(spec.name, item.record, origin, error, attempts, now_ms, reason=reason)
 
     async def _send(self, items: list[Item], batch: Batch) -> None:

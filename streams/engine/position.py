@@ -130,6 +130,9 @@ class Driver:
         for tp, offset in positions.items():
             if tp.topic in self.routes and offset is not None and offset >= 0:
                 self.next[TP(*tp)] = offset
+        services = sorted({p.spec.name for tp in self.next for p in self.routes[tp.topic]})
+        log.info("engine ready: %d partitions of %d topics (%s)", len(self.next),
+                 len({tp.topic for tp in self.next}), ", ".join(services) or "nothing assigned")
 
     # -- a fetch -----------------------------------------------------------------------
 
