@@ -1,0 +1,425 @@
+"""An independent, in-memory model of the worker's three services, for differential tests.
+
+Written from the contract (``/work/shared/design/contract.md``: topics, "Consumer commit
+protocol", "Order lifecycle") and the README ("Services", "Failures: retries and dead
+letters") — deliberately *not* from ``agents/``, ``tables/`` or ``streams.engine``, none
+of which is imported here. Only the event models of :mod:`streams.events` are used, to
+decide whether a JSON object fits an event's schema (the wire format is theirs to define).
+
+The model is fed the records a test produces, in the order it produces them
+(:meth:`Reference.feed`), and runs what the services derive from them
+(:meth:`Reference.settle`): ``NotificationSent`` from ``OrderPaid``,
+``InventoryReserved`` / ``InventoryRejected`` from ``OrderCreated``, both judged again
+by the order state machine. It applies everything serially — one legal interleaving —
+so a workload must be built such that the outcome does not depend on the
+interleaving the real worker picks (see the differential test for how).
+
+What it models:
+
+- **decoding** (every service, per source topic): empty / null value, bytes that are
+  not a JSON object → ``decode_error``; a JSON object that does not fit the schema, or
+  a record key that is not the ``order_id`` (SKU on ``inventory.requests``, order id
+  on ``inventory.answers``) → ``validation_error``; to ``<service>.dlq``, bytes verbatim.
+- **notifications**: deduplicated by ``order_id``; the first valid ``OrderPaid`` of
+  an order derives one ``NotificationSent`` (``causation_id`` = that event's id); the
+  state of the order does not matter (the gateway always succeeds here).
+- **order-state**: two facts, ``status`` (``NEW → CREATED → PAID → NOTIFIED``,
+  ``CREATED → CANCELLED``) and ``reservation`` (``PENDING → RESERVED | REJECTED``, only
+  after ``OrderCreated``). Per event: a type already applied → duplicate; allowed now →
+  applied (``version + 1``, appended to ``history``) and the parked events judged
+  again; its predecessor can still come → parked (one per type: a second one of a
+  parked type is a duplicate); never possible any more → ``illegal_transition`` (the
+  state unchanged). No park timeouts (tests using this run with a long
+  ``PARK_TIMEOUT``).
+- **inventory**: stock per SKU (``set`` commands); an order is decided once (a replayed
+  ``OrderCreated`` changes nothing): every SKU with enough available stock is
+  reserved, and if any is short the order is rejected (``short`` = those SKUs, sorted)
+  and what it reserved is released.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from streams.events import (
+    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
+)
+
+# -- names from the contract (spelled out here, not taken from the registry) --------------
+
+CREATED = "events.order.created.v1"
+PAID = "events.order.paid.v1"
+CANCELLED = "events.order.cancelled.v1"
+SENT = "events.notification.sent.v1"
+RESERVED = "events.inventory.reserved.v1"
+REJECTED = "events.inventory.rejected.v1"
+REQUESTS = "inventory.requests"
+ANSWERS = "inventory.answers"
+
+NOTIFICATIONS, ORDER_STATE, INVENTORY = "notifications", "order-state", "inventory"
+SERVICES = (NOTIFICATIONS, ORDER_STATE, INVENTORY)
+#: the services that consume each topic
+CONSUMERS: dict[str, tuple[str, ...]] = {
+    CREATED: (ORDER_STATE, INVENTORY),
+    PAID: (NOTIFICATIONS, ORDER_STATE),
+    CANCELLED: (ORDER_STATE,),
+    SENT: (ORDER_STATE,),
+    RESERVED: (ORDER_STATE,),
+    REJECTED: (ORDER_STATE,),
+    REQUESTS: (INVENTORY,),
+    ANSWERS: (INVENTORY,),
+}
+MODELS = {CREATED: OrderCreated, PAID: OrderPaid, CANCELLED: OrderCancelled, SENT: NotificationSent,
+          RESERVED: InventoryReserved, REJECTED: InventoryRejected}
+TYPE_OF = {topic: model.__name__ for topic, model in MODELS.items()}
+
+
+def dlq(service: str) -> str:
+    return f"{service}.dlq"
+
+
+DECODE_ERROR, VALIDATION_ERROR, ILLEGAL = "decode_error", "validation_error", "illegal_transition"
+
+# -- the order lifecycle ---------------------------------------------------------------
+
+#: event type → (status it needs, status it leads to)
+STATUS_MOVES = {
+    "OrderCreated": ("NEW", "CREATED"),
+    "OrderPaid": ("CREATED", "PAID"),
+    "NotificationSent": ("PAID", "NOTIFIED"),
+    "OrderCancelled": ("CREATED", "CANCELLED"),
+}
+#: event type → reservation it leads to (from PENDING, once the order is created)
+RESERVATION_MOVES = {"InventoryReserved": "RESERVED", "InventoryRejected": "REJECTED"}
+STATUS_TYPES = tuple(STATUS_MOVES)
+RESERVATION_TYPES = tuple(RESERVATION_MOVES)
+
+
+def _successors() -> dict[str, set[str]]:
+    direct: dict[str, set[str]] = {}
+    for before, after in STATUS_MOVES.values():
+        direct.setdefault(before, set()).add(after)
+        direct.setdefault(after, set())
+    closure: dict[str, set[str]] = {}
+    for status in direct:
+        seen: set[str] = set()
+        todo = list(direct[status])
+        while todo:
+            s = todo.pop()
+            if s not in seen:
+                seen.add(s)
+                todo.extend(direct[s])
+        closure[status] = seen
+    return closure
+
+
+#: status → every status still reachable from it
+LATER = _successors()
+
+APPLY, DUPLICATE, PARK = "apply", "duplicate", "park"
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter as the model expects it. ``value`` None: not predicted (the bytes
+    of a record the worker derived itself, e.g. its ``NotificationSent``)."""
+
+    service: str
+    source_topic: str
+    key: bytes | None
+    reason: str
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One event as it reached the order state machine."""
+
+    type: str
+    order_id: str
+    event_id: str | None  # None: not predicted (an id the worker chose)
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None: not predicted
+
+
+@dataclass
+class Order:
+    order_id: str
+    status: str = "NEW"
+    reservation: str = "PENDING"
+    history: list[Arrival] = field(default_factory=list)
+    parked: dict[str, Arrival] = field(default_factory=dict)  # in arrival order
+
+    @property
+    def version(self) -> int:
+        return len(self.history)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reservation": self.reservation,
+            "version": self.version,
+            "history": [(a.type, a.event_id) for a in self.history],
+            "parked": sorted(self.parked),
+        }
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A record a service derived (what the worker should have written)."""
+
+    topic: str
+    order_id: str
+    type: str
+    #: what the test can check of its body: causation id, items, short SKUs …
+    facts: tuple[tuple[str, Any], ...]
+
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, str) and bool(ID_RE.match(v))
+
+
+def _int_in(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+class Reference:
+    def __init__(self) -> None:
+        self.orders: dict[str, Order] = {}
+        self.letters: list[Letter] = []
+        self.derived: list[Derived] = []
+        #: notifications: order id → event id of the OrderPaid that was notified (None: unknown)
+        self.notified: dict[str, str | None] = {}
+        #: inventory
+        self.stock: dict[str, dict[str, int]] = {}
+        self.decided: dict[str, str] = {}  # order id → "reserved" / "rejected"
+        #: event ids of inventory / notification events the test produced itself
+        self.foreign_ids: set[str] = set()
+        self.counts: Counter[tuple[str, str]] = Counter()  # (service, outcome)
+        self._pending: deque[Arrival] = deque()
+
+    # -- input ---------------------------------------------------------------------------
+
+    def feed(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """A record the test produced to ``topic`` (in production order per partition)."""
+        if topic in MODELS:
+            event, reason = self.decode_event(topic, key, value)
+            for service in CONSUMERS[topic]:
+                if event is None:
+                    self._letter(service, topic, key, reason, value)
+                    continue
+                if service == NOTIFICATIONS:
+                    self._notify(event, value)
+                elif service == INVENTORY:
+                    self._inventory_created(event)
+                else:
+                    if topic in (SENT, RESERVED, REJECTED):
+                        self.foreign_ids.add(str(event.event_id))
+                    self._order_state(Arrival(TYPE_OF[topic], event.order_id, self._id_of(event, value),
+                                              topic, key, value))
+        elif topic == REQUESTS:
+            self._stock_command(key, value)
+        elif topic == ANSWERS:
+            self._answer(key, value)
+        else:
+            raise ValueError(f"the model has no consumer of {topic}")
+
+    def settle(self) -> None:
+        """Run the derived events through the order state machine until none is left."""
+        while self._pending:
+            self._order_state(self._pending.popleft())
+
+    # -- decoding ------------------------------------------------------------------------
+
+    @staticmethod
+    def _json_object(value: bytes | None) -> dict[str, Any] | None:
+        if not value:
+            return None
+        try:
+            obj = json.loads(value)
+        except ValueError:  # not JSON, or not UTF-8
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def decode_event(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Any, str]:
+        """``(event, "")`` or ``(None, reason)``."""
+        if self._json_object(value) is None:
+            return None, DECODE_ERROR
+        try:
+            event = MODELS[topic].model_validate_json(value)  # type: ignore[arg-type]
+        except ValidationError:
+            return None, VALIDATION_ERROR
+        if key is None or key != event.order_id.encode():
+            return None, VALIDATION_ERROR
+        return event, ""
+
+    @staticmethod
+    def _id_of(event: Any, value: bytes | None) -> str | None:
+        """The event id as the worker will know it: None when the record had none (the
+        worker then makes one up)."""
+        obj = json.loads(value) if value else {}
+        return str(event.event_id) if "event_id" in obj else None
+
+    def _letter(self, service: str, topic: str, key: bytes | None, reason: str, value: bytes | None) -> None:
+        self.letters.append(Letter(service, topic, key, reason, value or None))
+        self.counts[(service, f"dead_letter:{reason}")] += 1
+
+    # -- notifications -------------------------------------------------------------------
+
+    def _notify(self, paid: OrderPaid, value: bytes | None) -> None:
+        if paid.order_id in self.notified:
+            self.counts[(NOTIFICATIONS, DUPLICATE)] += 1
+            return
+        cause = self._id_of(paid, value)
+        self.notified[paid.order_id] = cause
+        self.counts[(NOTIFICATIONS, "success")] += 1
+        self.derived.append(Derived(SENT, paid.order_id, "NotificationSent", (("causation_id", cause),)))
+        self._pending.append(Arrival("NotificationSent", paid.order_id, None, SENT, paid.order_id.encode(), None))
+
+    # -- order-state ---------------------------------------------------------------------
+
+    @staticmethod
+    def judge(order: Order, event_type: str) -> str:
+        if any(a.type == event_type for a in order.history):
+            return DUPLICATE
+        if event_type in STATUS_MOVES:
+            needs, _ = STATUS_MOVES[event_type]
+            if order.status == needs:
+                return APPLY
+            return PARK if needs in LATER[order.status] else ILLEGAL
+        if order.status == "NEW":
+            return PARK  # inventory events follow OrderCreated
+        return APPLY if order.reservation == "PENDING" else ILLEGAL
+
+    @staticmethod
+    def _apply(order: Order, arrival: Arrival) -> None:
+        if arrival.type in STATUS_MOVES:
+            order.status = STATUS_MOVES[arrival.type][1]
+        else:
+            order.reservation = RESERVATION_MOVES[arrival.type]
+        order.history.append(arrival)
+
+    def _order_state(self, arrival: Arrival) -> None:
+        order = self.orders.setdefault(arrival.order_id, Order(arrival.order_id))
+        verdict = self.judge(order, arrival.type)
+        if verdict == PARK and arrival.type in order.parked:
+            verdict = DUPLICATE
+        self.counts[(ORDER_STATE, verdict)] += 1
+        if verdict == PARK:
+            order.parked[arrival.type] = arrival
+        elif verdict == ILLEGAL:
+            self._letter(ORDER_STATE, arrival.topic, arrival.key, ILLEGAL, arrival.value)
+        elif verdict == APPLY:
+            self._apply(order, arrival)
+            self._unpark(order)
+
+    def _unpark(self, order: Order) -> None:
+        """Parked events, in arrival order, judged again until none moves."""
+        moved = True
+        while moved:
+            moved = False
+            for event_type, waiting in list(order.parked.items()):
+                verdict = self.judge(order, event_type)
+                if verdict == PARK:
+                    continue
+                del order.parked[event_type]
+                self.counts[(ORDER_STATE, f"unparked:{verdict}")] += 1
+                if verdict == APPLY:
+                    self._apply(order, waiting)
+                elif verdict == ILLEGAL:
+                    self._letter(ORDER_STATE, waiting.topic, waiting.key, ILLEGAL, waiting.value)
+                moved = True
+                break
+
+    # -- inventory -----------------------------------------------------------------------
+
+    def available(self, sku: str) -> int:
+        return self.stock.get(sku, {}).get("available", 0)
+
+    def _inventory_created(self, created: OrderCreated) -> None:
+        oid = created.order_id
+        if oid in self.decided:  # decided once per order: a replay changes nothing
+            self.counts[(INVENTORY, DUPLICATE)] += 1
+            return
+        wanted: dict[str, int] = {}
+        for item in created.items:
+            wanted[item.sku] = wanted.get(item.sku, 0) + item.qty
+        held: dict[str, int] = {}
+        short: list[str] = []
+        for sku, qty in wanted.items():
+            s = self.stock.setdefault(sku, {"available": 0, "reserved": 0})
+            if s["available"] >= qty:
+                s["available"] -= qty
+                s["reserved"] += qty
+                held[sku] = qty
+            else:
+                short.append(sku)
+        items = tuple((i.sku, i.qty) for i in created.items)
+        if short:
+            for sku, qty in held.items():  # a rejected order holds nothing
+                self.stock[sku]["available"] += qty
+                self.stock[sku]["reserved"] -= qty
+            self.decided[oid] = "rejected"
+            self.derived.append(Derived(REJECTED, oid, "InventoryRejected",
+                                        (("items", items), ("short", tuple(sorted(short))))))
+            self._pending.append(Arrival("InventoryRejected", oid, None, REJECTED, oid.encode(), None))
+        else:
+            self.decided[oid] = "reserved"
+            self.derived.append(Derived(RESERVED, oid, "InventoryReserved", (("items", items),)))
+            self._pending.append(Arrival("InventoryReserved", oid, None, RESERVED, oid.encode(), None))
+        self.counts[(INVENTORY, "success")] += 1
+
+    def _stock_command(self, key: bytes | None, value: bytes | None) -> None:
+        """``inventory.requests`` from outside the service: only ``set`` is modelled."""
+        obj = self._json_object(value)
+        if obj is None:
+            return self._letter(INVENTORY, REQUESTS, key, DECODE_ERROR, value)
+        allowed = {"kind", "sku", "qty", "order_id", "reply_to"}
+        ok = (set(obj) <= allowed and obj.get("kind") in ("reserve", "release", "set") and _is_id(obj.get("sku"))
+              and _int_in(obj.get("qty"), 0, 1_000_000_000)
+              and (obj.get("order_id") is None or _is_id(obj["order_id"]))
+              and (obj.get("reply_to") is None or _int_in(obj["reply_to"], 0, 100_000)))
+        if not ok or key != obj["sku"].encode():
+            return self._letter(INVENTORY, REQUESTS, key, VALIDATION_ERROR, value)
+        if obj["kind"] != "set":
+            raise NotImplementedError("reserve/release from outside the service are not modelled")
+        s = self.stock.setdefault(obj["sku"], {"available": 0, "reserved": 0})
+        s["available"] = obj["qty"]
+        self.counts[(INVENTORY, "stock_set")] += 1
+
+    def _answer(self, key: bytes | None, value: bytes | None) -> None:
+        """``inventory.answers`` from outside the service: only invalid ones are modelled."""
+        obj = self._json_object(value)
+        if obj is None:
+            return self._letter(INVENTORY, ANSWERS, key, DECODE_ERROR, value)
+        if obj.get("kind") not in ("expect", "answer"):
+            # README: a JSON object that does not fit → validation_error. (The worker is
+            # not asked this: tests keep the discriminator valid; see the test module.)
+            raise NotImplementedError("answers without a valid kind are not modelled")
+        if obj["kind"] == "answer":
+            ok = (set(obj) <= {"kind", "order_id", "sku", "qty", "decision"} and _is_id(obj.get("order_id"))
+                  and _is_id(obj.get("sku")) and _int_in(obj.get("qty"), 0, 1_000_000_000)
+                  and obj.get("decision") in ("reserved", "rejected", "released"))
+            if ok and key == obj["order_id"].encode():
+                raise NotImplementedError("valid answers from outside the service are not modelled")
+            return self._letter(INVENTORY, ANSWERS, key, VALIDATION_ERROR, value)
+        raise NotImplementedError("expect messages from outside the service are not modelled")
+
+    # -- results -------------------------------------------------------------------------
+
+    def view(self, order_id: str) -> dict[str, Any] | None:
+        order = self.orders.get(order_id)
+        return order.view() if order else None
+
+    def parked_total(self) -> int:
+        return sum(len(o.parked) for o in self.orders.values())
