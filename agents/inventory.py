@@ -53,7 +53,8 @@ def decode_message(parse: Callable[[bytes], Any], record: Record) -> Any:
         return parse(record.value)
     except ValidationError as exc:
         first = exc.errors()[0]
-        if first["type"] in ("json_invalid", "model_type", "model_attributes_type") or not first["loc"]:
+        not_an_object = first["type"] in ("json_invalid", "model_type", "model_attributes_type", "dict_type")
+        if not_an_object and not first["loc"]:  # a JSON object with no or an unknown "kind" is a validation error
             raise DecodeError(f"not a JSON object: {first['msg']}") from None
         raise ValidationFailed(validation_summary(exc)) from None
 

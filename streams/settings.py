@@ -152,6 +152,7 @@ class SettingsError(SystemExit):
 #: Variables whose value is never printed, whatever is wrong with it.
 SECRET_NAMES = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*:/*)")
 
 
 def mask_secrets(text: str) -> str:
@@ -159,9 +160,20 @@ def mask_secrets(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+def mask_url(value: str) -> str:
+    """A URL-ish value with everything before its last ``@`` (after the scheme) masked —
+    whatever is malformed about it: a missing colon, one slash, an unencoded ``@`` or
+    space in the password."""
+    if "@" not in value:
+        return value
+    head, _, host = value.rpartition("@")
+    scheme = _SCHEME.match(head)
+    return f"{scheme.group(1) if scheme else ''}***@{host}"
+
+
 def describe_error(exc: ValidationError) -> str:
     """One line naming the first bad variable, its value and what is wrong — with
-    passwords in URLs and values of secret variables masked."""
+    credentials in URLs and values of secret variables masked."""
     err = exc.errors()[0]
     name = str(err["loc"][0]).upper() if err["loc"] else "settings"
     if not err["loc"]:  # a check across several variables names them in its message
@@ -170,8 +182,12 @@ def describe_error(exc: ValidationError) -> str:
     value = err.get("input")
     if any(part in name for part in SECRET_NAMES):
         shown = "=***"
+    elif isinstance(value, str):
+        masked = mask_url(value)
+        msg = msg.replace(value, masked) if value else msg
+        shown = f"={masked!r}"
     else:
-        shown = mask_secrets(f"={value!r}") if isinstance(value, (str, int, float)) else ""
+        shown = f"={value!r}" if isinstance(value, (int, float)) else ""
     more = len(exc.errors()) - 1
     tail = f" (and {more} more)" if more else ""
     return f"order-streams: invalid setting {name}{shown}: {msg}{tail}"

@@ -5,6 +5,7 @@ ports instead of 9092/8000/6066."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -31,10 +32,13 @@ async def test_readme_quickstart_runs_as_written(broker, worker_factory, orders_
     script = quickstart().replace("localhost:8000", f"localhost:{orders.port}").replace(
         "localhost:6066", f"localhost:{worker.port}")
     result = await asyncio.to_thread(
-        subprocess.run, ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+        subprocess.run, ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=README.parent, env={**os.environ, "KAFKA_BROKER": broker.url})
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert '"status":"CREATED"' in lines[0].replace(" ", "")
-    assert '"status":"NOTIFIED"' in lines[2].replace(" ", "")
-    assert '"pending":0' in lines[3].replace(" ", "") and '"sent":2' in lines[3].replace(" ", "")
-    assert any(line.startswith("event_processed_total{") for line in lines[4:])
+    lines = [line.replace(" ", "") for line in result.stdout.splitlines()]
+    assert lines[0] == "stocksetfor3SKUs"
+    assert '"status":"CREATED"' in lines[1] and '"reservation":"RESERVED"' in lines[1] and '"version":2' in lines[1]
+    assert '"status":"PAID"' in lines[2]
+    assert '"status":"NOTIFIED"' in lines[3] and '"version":4' in lines[3]
+    assert '"pending":0' in lines[4] and '"sent":2' in lines[4]
+    assert any(line.startswith("event_processed_total{") for line in lines[5:])

@@ -68,3 +68,21 @@ async def test_a_state_over_the_size_limit_dead_letters_its_event_as_too_large()
     [letter] = publisher.to(DLQ)
     assert dict(letter.headers)[H.DLQ_REASON] == b"too_large"
     assert b"o-1" not in store.table("order-state", 0)
+
+
+async def test_an_inventory_answer_without_a_known_kind_is_a_validation_error() -> None:
+    """A JSON object that does not fit the schema is validation_error (found by the
+    differential test: `{}` and `{"kind": "bogus"}` were decode_error)."""
+    from agents.inventory import InventoryService
+    from streams.engine.errors import DecodeError, ValidationFailed
+    from streams.rpc import BestEffortCaller
+
+    service = InventoryService(BestEffortCaller(Metrics().rpc_calls, timeout=1, max_in_flight=1),
+                               search_url="", decision_ttl=60)
+    for value, error in [(b"{}", ValidationFailed), (b'{"kind":"bogus"}', ValidationFailed),
+                         (b"[1, 2]", DecodeError), (b"null", DecodeError), (b"{bad", DecodeError)]:
+        try:
+            service.decode("inventory.answers", Record("inventory.answers", 0, 0, b"o-1", value, 0))
+        except error:
+            continue
+        raise AssertionError(f"{value!r} was not a {error.__name__}")

@@ -160,7 +160,7 @@ def test_settings_error_masks_the_database_password(capsys: pytest.CaptureFixtur
         load_settings(database_url="mysql://orders:hunter2@db:5432/orders")
     err = capsys.readouterr().err
     assert "hunter2" not in err
-    assert "DATABASE_URL" in err and "orders:***@db" in err
+    assert "DATABASE_URL" in err and "***@db" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -1,0 +1,151 @@
+"""Every private Faust/aiokafka name streams/faust_compat.py relies on still exists and
+does what the engine relies on (faust-streaming and aiokafka are pinned; an upgrade
+that renames one fails here, not silently in production)."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+from streams import faust_compat
+from streams.engine.records import TP
+from streams.publisher import key_partition, murmur2
+from streams.settings import WorkerSettings
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Any:
+    from streams.wiring import create_app
+
+    return create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
+
+
+def test_the_pinned_versions_are_the_installed_ones() -> None:
+    for name, pinned in faust_compat.PINNED.items():
+        assert version(name) == pinned, f"{name} {version(name)} is not the pinned {pinned}: check faust_compat"
+
+
+def test_consumer_hooks_exist_on_faust_s_consumer() -> None:
+    from faust.transport.consumer import Consumer as Base
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+
+    for name in ("_wait_next_records", "perform_seek", "seek_to_committed", "wait_empty",
+                 "on_partitions_revoked", "on_partitions_assigned", "pause_partitions", "resume_partitions",
+                 "seek", "earliest_offsets", "highwaters", "_new_consumer_thread"):
+        assert callable(getattr(Consumer, name)), name
+    assert inspect.iscoroutinefunction(Base._wait_next_records)
+    assert list(inspect.signature(Base._wait_next_records).parameters) == ["self", "timeout"]
+    for name in ("_create_consumer", "_highwaters", "_ensure_consumer"):
+        assert callable(getattr(AIOKafkaConsumerThread, name)), name
+
+
+def test_acknowledged_ranges_are_what_faust_commits(app: Any) -> None:
+    """acknowledge_range writes Faust's offset bookkeeping; Faust's own _new_offset
+    (what its commit loop commits) must then be the next offset after the range."""
+    consumer = app.consumer
+    assert isinstance(consumer, app.transport.Consumer)
+    for name in ("_acked", "_acked_index", "_n_acked", "_committed_offset", "_read_offset", "_commit_every"):
+        assert hasattr(consumer, name), name
+    tp = consumer._new_topicpartition("events.order.paid.v1", 2)
+    faust_compat.acknowledge_range(consumer, tp, 0, 499)
+    faust_compat.acknowledge_range(consumer, tp, 500, 999)
+    assert consumer._n_acked == 1000 and faust_compat.read_offset(consumer, tp) == 999
+    assert faust_compat.commit_due(consumer)  # broker_commit_every=1000
+    assert consumer._new_offset(tp) == 1000
+    consumer._committed_offset[tp] = 1000
+    faust_compat.acknowledge_range(consumer, tp, 990, 1009)  # a batch re-acknowledged after a seek back
+    assert consumer._new_offset(tp) == 1010
+
+
+def test_the_engine_consumer_and_thread_are_subclasses_with_our_hooks(app: Any) -> None:
+    consumer = app.consumer
+    thread = consumer._new_consumer_thread()
+    assert type(thread).__name__ == "EngineConsumerThread"
+    assert type(consumer).perform_seek is not type(consumer).__mro__[1].perform_seek
+    assert consumer.generation() == (app.rebalancing_count, app.consumer_generation_id)
+
+
+def test_the_engine_store_is_faust_s_rocksdb_store_found_by_its_entry_point(app: Any) -> None:
+    import faust.stores
+    from faust.stores.rocksdb import Store
+
+    assert faust.stores.by_name("engine") is faust_compat.EngineStore
+    assert issubclass(faust_compat.EngineStore, Store)
+    table = app.worker_parts.tables["order-state"]
+    assert isinstance(table.data, faust_compat.EngineStore)
+    db = faust_compat.partition_db(table, 1)
+    db.put(b"k", b"v")
+    assert faust_compat.open_partitions(table)[1].get(b"k") == b"v"
+    assert faust_compat.offset_key(table) == b"__faust\x00offset__"
+    table.data.set_persisted_offset(_tp(table, 1), 41)
+    assert db.get(faust_compat.offset_key(table)) == b"41"
+
+
+def test_engine_store_writes_index_entries_for_what_faust_applies(app: Any) -> None:
+    table = app.worker_parts.tables["order-state"]
+    table.engine_indexer = lambda key, value: [b"\x00t" + key]
+
+    class Message:
+        def __init__(self, key: bytes, value: bytes | None, offset: int) -> None:
+            self.key, self.value, self.offset, self.partition = key, value, offset, 0
+            self.tp = _tp(table, 0)
+
+    class Event:
+        def __init__(self, message: Message) -> None:
+            self.message = message
+
+    table.data.apply_changelog_batch([Event(Message(b"o-1", b"{}", 5)), Event(Message(b"o-2", None, 6))],
+                                     lambda k: k, lambda v: v)
+    db = faust_compat.partition_db(table, 0)
+    assert db.get(b"o-1") == b"{}" and db.get(b"\x00to-1") == b"1" and db.get(b"\x00to-2") is None
+    assert table.data.persisted_offset(_tp(table, 0)) == 6
+
+
+def test_recovery_offsets_the_bulk_loader_moves_are_recovery_attributes(app: Any) -> None:
+    recovery = app.tables.recovery
+    for name in ("active_offsets", "standby_offsets", "active_tps", "completed"):
+        assert hasattr(recovery, name), name
+
+
+async def test_producer_and_client_names() -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from faust.transport.drivers.aiokafka import Producer
+    from faust.types.tuples import ack_lock
+
+    assert callable(Producer._ensure_producer)
+    assert callable(AIOKafkaProducer.create_batch) and callable(AIOKafkaProducer.send_batch)
+    assert hasattr(ack_lock, "__enter__")
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=1234)
+    assert consumer._fetch_max_wait_ms == 1234 and consumer._client is faust_compat.aiokafka_client(consumer)
+
+
+def test_faust_settings_the_web_surface_relies_on(app: Any) -> None:
+    conf = app.conf
+    assert conf.web_bind == "127.0.0.1" and conf.web_host == "127.0.0.1"
+    assert conf.web_tables_enabled is False and conf.web_router_enabled is False
+
+
+def test_murmur2_is_aiokafka_s_default_partitioner() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        assert murmur2(key) == aiokafka_murmur2(key)
+        assert key_partition(key, 4) == (aiokafka_murmur2(key) & 0x7FFFFFFF) % 4
+
+
+def _tp(table: Any, partition: int) -> Any:
+    from faust.types import TP as FaustTP
+
+    return FaustTP(faust_compat.changelog_topic(table), partition)
+
+
+def test_engine_tp_equals_faust_tp() -> None:
+    from faust.types import TP as FaustTP
+
+    assert TP("t", 1) == FaustTP("t", 1) and hash(TP("t", 1)) == hash(FaustTP("t", 1))
