@@ -132,3 +132,5 @@ def register_web(app: Any, worker: "Worker") -> None:
             if status != 200:
                 return web.json({"error": "the SKU's partition is not served here right now"}, status=503)
             return web.json({"sku": sku, "available": stock["available"], "reserved": stock["reserved"]})
+
+    from streams.console import register_console; register_console(app, worker)  # noqa: E702 - the /console routes

@@ -1,0 +1,182 @@
+"""Who may do what in the console, and the sign-in form.
+
+- Without ``WEB_TOKEN`` the console is read-only: no redrive button is rendered and
+  every write (``POST /console/dlq/redrive``) is refused with 403.
+- With it, the worker's auth middleware (:func:`streams.web.auth_middleware`) lets a
+  request through with ``Authorization: Bearer <token>`` or the session cookie
+  :data:`streams.web.SESSION_COOKIE` carrying the token (:func:`streams.web.token_ok`).
+  The console's own middleware (:func:`console_middleware`, outermost) sends a
+  browser without either to the sign-in form, which sets that cookie: HttpOnly,
+  SameSite=Strict, Path=/console.
+- A write authorised by the cookie must also be same-origin (``Origin`` and
+  ``Sec-Fetch-Site``, when the browser sends them) and carry the CSRF token — an
+  HMAC of the token, so every worker of a deployment derives the same one — in its
+  form (:func:`write_refusal`). A request with the Bearer header carries no ambient
+  credential and needs neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web as aioweb
+
+from streams.console.html import e, hidden, page
+from streams.web import SESSION_COOKIE, token_ok
+
+LOGIN = "/console/login"
+COOKIE_PATH = "/console"
+COOKIE_MAX_AGE = 12 * 3600
+#: Seconds a wrong token waits before its answer (slows guessing down).
+WRONG_TOKEN_DELAY = 0.5
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chrome send Origin: null on form posts
+    "Cache-Control": "no-store",
+}
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of a session: derived from ``WEB_TOKEN`` (the same on every worker)."""
+    return hmac.new(token.encode(), b"order-streams console csrf v1", hashlib.sha256).hexdigest() if token else ""
+
+
+def signed_in(request: Any, token: str) -> bool:
+    return bool(token) and token_ok(request, token)
+
+
+def bearer(request: Any) -> bool:
+    return request.headers.get("Authorization", "").startswith("Bearer ")
+
+
+def same_origin(request: Any) -> bool:
+    """False when the browser says the request comes from another site or origin."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # older browsers: the CSRF token decides
+    return origin != "null" and urlsplit(origin).netloc.lower() == (request.host or "").lower()
+
+
+def write_refusal(request: Any, token: str, form: Mapping[str, str]) -> tuple[int, str] | None:
+    """None when ``request`` may change something (a redrive), else (status, why)."""
+    if not token:
+        return 403, "read-only console: this worker has no WEB_TOKEN, so nothing can be redriven from it"
+    if not token_ok(request, token):
+        return 401, "sign in first: the console's token is missing or wrong"
+    if bearer(request):
+        return None
+    if not same_origin(request):
+        return 403, "refused: a cross-site request"
+    given = form.get("csrf", "")
+    if not given or not hmac.compare_digest(given.encode(), csrf_token(token).encode()):
+        return 403, "refused: the form's CSRF token is missing or wrong (reload the page)"
+    return None
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after signing in: a console path of this server, never another site."""
+    if not value or not value.startswith("/console") or value.startswith("//") or "\\" in value:
+        return "/console"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/console"
+    return value
+
+
+def html_response(body: str, status: int = 200) -> aioweb.Response:
+    return aioweb.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def see_other(location: str) -> aioweb.Response:
+    return aioweb.Response(status=303, headers={"Location": location})
+
+
+def console_middleware(token: str) -> Callable[..., Awaitable[Any]]:
+    """Outermost middleware for ``/console…``: a browser that is not signed in is sent to
+    the sign-in form (GET pages); security headers on every console answer."""
+
+    @aioweb.middleware
+    async def console(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        path = request.path
+        if path != "/console" and not path.startswith("/console/"):
+            return await handler(request)
+        if (token and request.method in ("GET", "HEAD") and not path.startswith(LOGIN)
+                and not path.startswith("/console/api/") and not token_ok(request, token)):
+            response: Any = see_other(f"{LOGIN}?next={quote(request.path_qs, safe='')}")
+        else:
+            response = await handler(request)
+        for name, value in SECURITY_HEADERS.items():
+            if name not in response.headers:
+                response.headers[name] = value
+        return response
+
+    return console
+
+
+def login_form(next_path: str, error: str = "", read_only: bool = False) -> str:
+    if read_only:
+        body = ('<div class="card login"><p>This worker has no <code>WEB_TOKEN</code>: the console is '
+                'read-only and needs no sign-in.</p><p><a href="/console">Open the console</a></p></div>')
+        return page("Sign in", body, read_only=True, bare=True)
+    err = f'<p class="notice bad">{e(error)}</p>' if error else ""
+    body = (
+        f'<form class="card login" method="post" action="{LOGIN}">{err}'
+        '<p>Enter the worker\'s <code>WEB_TOKEN</code>. It is kept in an HttpOnly cookie for this '
+        'console only; sign out to forget it.</p>'
+        '<label for="token">Token</label>'
+        '<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>'
+        f'{hidden("next", next_path)}<button type="submit" id="sign-in">Sign in</button></form>'
+    )
+    return page("Sign in", body, bare=True)
+
+
+def register_auth(app: Any, token: str, *, secure_cookie: bool = False) -> None:
+    """``GET/POST /console/login`` (open: the auth middleware exempts the prefix) and
+    ``POST /console/logout``."""
+    from faust.web import View
+
+    class Login(View):
+        async def get(self, request: Any) -> Any:
+            nxt = safe_next(request.query.get("next"))
+            if token and token_ok(request, token):
+                return see_other(nxt)
+            return html_response(login_form(nxt, read_only=not token))
+
+        async def post(self, request: Any) -> Any:
+            form = await request.post()
+            nxt = safe_next(form.get("next"))
+            if not token:
+                return html_response(login_form(nxt, read_only=True), status=403)
+            if not same_origin(request):
+                return html_response(login_form(nxt, "Refused: a cross-site sign-in."), status=403)
+            given = str(form.get("token", ""))
+            if not given or not hmac.compare_digest(given.encode(), token.encode()):
+                await asyncio.sleep(WRONG_TOKEN_DELAY)
+                return html_response(login_form(nxt, "Wrong token."), status=401)
+            response = see_other(nxt)
+            response.set_cookie(SESSION_COOKIE, token, path=COOKIE_PATH, max_age=COOKIE_MAX_AGE,
+                                httponly=True, samesite="Strict", secure=secure_cookie or request.secure)
+            return response
+
+    class Logout(View):
+        async def post(self, request: Any) -> Any:
+            form = await request.post()
+            refusal = write_refusal(request, token, form)
+            if refusal is not None and refusal[0] != 401:
+                return html_response(page("Sign out", f'<p class="notice bad">{e(refusal[1])}</p>'), refusal[0])
+            response = see_other(LOGIN)
+            response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+            return response
+
+    app.page(LOGIN, name="console_login")(Login)
+    app.page("/console/logout", name="console_logout")(Logout)

@@ -1,0 +1,270 @@
+"""The console's routes on the worker's web server (Faust views; aiohttp underneath).
+
+| route | what |
+|---|---|
+| ``GET /console`` | overview, refreshed live from ``/console/overview/live`` (JSON: ``/console/api/overview``) |
+| ``GET /console/orders/{order_id}`` | an order (routed to the worker that owns it) |
+| ``GET /console/inventory/{sku}`` | a SKU's stock (routed likewise) |
+| ``GET /console/dlq`` | dead letters: ``service``, ``reason``, ``since``, ``key``, ``after`` (cursor), ``limit`` |
+| ``GET /console/dlq/letters/{id}`` | one letter: headers and value (``…/value``: its raw bytes) |
+| ``POST /console/dlq/redrive`` | start a redrive or dry run → 303 to ``/console/dlq/redrive/{job}`` |
+| ``GET/POST /console/login``, ``POST /console/logout`` | the sign-in form (:mod:`streams.console.auth`) |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web as aioweb
+from faust.web import View
+
+from streams import dlq
+from streams.console import auth, dlq_page, overview, redrive, state
+from streams.console.assets import CSS, JS
+from streams.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
+from streams.console.html import e, page
+from streams.console.letters import letter_view
+from streams.events import ID_PATTERN
+from streams.web import read_value
+from tables.inventory import STOCK_TABLE
+from tables.order_state import TABLE as ORDER_TABLE
+from tables.order_state import public_view
+
+if TYPE_CHECKING:
+    from streams.wiring import Worker
+
+_ID = re.compile(ID_PATTERN)
+NOT_HERE = "The partition that holds it is not served by this worker right now (a rebalance?); try again in a moment."
+
+
+def bootstrap_of(kafka_broker: str) -> str:
+    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
+
+
+def json_response(value: Any, status: int = 200) -> aioweb.Response:
+    return aioweb.Response(body=orjson.dumps(value), status=status, content_type="application/json")
+
+
+def wants_json(request: Any) -> bool:
+    return "application/json" in request.headers.get("Accept", "") or auth.bearer(request)
+
+
+def register_console(app: Any, worker: "Worker") -> None:
+    settings = worker.settings
+    token = settings.web_token.get_secret_value()
+    bootstrap = bootstrap_of(settings.kafka_broker)
+    kafka = dict(settings.aiokafka_kwargs())
+    sampler = overview.Sampler()
+    jobs = redrive.Jobs(bootstrap, kafka)
+    worker.console_jobs = jobs  # type: ignore[attr-defined]
+    middleware = auth.console_middleware(token)
+    previous_init = app.on_webserver_init
+
+    def on_webserver_init(web: Any) -> None:
+        previous_init(web)
+        if middleware not in web.web_app.middlewares:
+            web.web_app.middlewares.insert(0, middleware)
+
+    app.on_webserver_init = on_webserver_init
+    auth.register_auth(app, token)
+
+    def csrf_of(request: Any) -> str | None:
+        """The CSRF token for a page's forms; None when this request may not write."""
+        return csrf_token(token) if signed_in(request, token) else None
+
+    def show(request: Any, title: str, body: str, status: int = 200, active: str = "") -> aioweb.Response:
+        return html_response(page(title, body, signed_in=signed_in(request, token), csrf=csrf_of(request) or "",
+                                  read_only=not token, active=active), status)
+
+    def problem(request: Any, title: str, message: str, status: int) -> aioweb.Response:
+        return show(request, title, f'<p class="notice bad">{e(message)}</p>', status)
+
+    # -- assets --------------------------------------------------------------------------
+    @app.page("/console/login/assets/{name}", name="console_asset")
+    async def console_asset(web: Any, request: Any, name: str) -> Any:
+        if name == "console.css":
+            return aioweb.Response(text=CSS, content_type="text/css", headers={"Cache-Control": "max-age=300"})
+        if name == "console.js":
+            return aioweb.Response(text=JS, content_type="text/javascript", headers={"Cache-Control": "max-age=300"})
+        return aioweb.Response(status=404, text="not found")
+
+    # -- overview ------------------------------------------------------------------------
+    @app.page("/console", name="console_overview")
+    async def console_overview(web: Any, request: Any) -> Any:
+        live = overview.render_overview(overview.snapshot(worker, sampler))
+        body = f'<div id="overview" data-live="/console/overview/live" data-every="2000">{live}</div>'
+        return show(request, "Overview", body, active="/console")
+
+    @app.page("/console/", name="console_overview_slash")
+    async def console_overview_slash(web: Any, request: Any) -> Any:
+        return see_other("/console")
+
+    @app.page("/console/overview/live", name="console_overview_live")
+    async def console_overview_live(web: Any, request: Any) -> Any:
+        return html_response(overview.render_overview(overview.snapshot(worker, sampler)))
+
+    @app.page("/console/api/overview", name="console_overview_json")
+    async def console_overview_json(web: Any, request: Any) -> Any:
+        return json_response(overview.snapshot(worker, sampler))
+
+    # -- orders and stock (routed to the owner) ------------------------------------------
+    def lookup(param: str, prefix: str, what: str) -> Any:
+        async def view(web: Any, request: Any) -> Any:
+            value = request.query.get(param, "").strip()
+            if not _ID.match(value):
+                return problem(request, f"Find {what}", f"invalid {what}: letters, digits and . _ : - "
+                               "(at most 128, starting with a letter or digit)", 400)
+            return see_other(f"{prefix}/{quote(value, safe='')}")
+
+        view.__name__ = f"console_find_{param}"
+        return view
+
+    app.page("/console/orders", name="console_find_order")(lookup("id", "/console/orders", "order id"))
+    app.page("/console/inventory", name="console_find_sku")(lookup("sku", "/console/inventory", "SKU"))
+
+    async def order_page(request: Any, order_id: str) -> Any:
+        if not _ID.match(order_id):
+            return problem(request, "Order", "invalid order id", 400)
+        if ORDER_TABLE not in worker.tables:
+            return problem(request, "Order", "This worker does not run order-state (SERVICES).", 404)
+        status, value = read_value(worker, ORDER_TABLE, order_id.encode())
+        if status == 404:
+            return show(request, f"Order {order_id}", f'<p class="notice warn">No order {e(order_id)} in order-state '
+                        f'(yet).</p><p><a href="{e("/console/dlq?key=" + quote(order_id, safe=""))}">'
+                        'Look for its dead letters →</a></p>', 404)
+        if status != 200:
+            return problem(request, f"Order {order_id}", NOT_HERE, 503)
+        return show(request, f"Order {order_id}", state.render_order(public_view(value)))
+
+    async def stock_page(request: Any, sku: str) -> Any:
+        if not _ID.match(sku):
+            return problem(request, "Stock", "invalid SKU", 400)
+        if STOCK_TABLE not in worker.tables:
+            return problem(request, "Stock", "This worker does not run inventory (SERVICES).", 404)
+        status, value = read_value(worker, STOCK_TABLE, sku.encode())
+        if status == 404:
+            return show(request, f"Stock of {sku}", f'<p class="notice warn">No stock recorded for SKU {e(sku)}.</p>', 404)
+        if status != 200:
+            return problem(request, f"Stock of {sku}", NOT_HERE, 503)
+        return show(request, f"Stock of {sku}", state.render_stock(sku, value))
+
+    if ORDER_TABLE in worker.tables:
+        @app.page("/console/orders/{order_id}", name="console_order")
+        @app.table_route(table=worker.tables[ORDER_TABLE], match_info="order_id")
+        async def console_order(web: Any, request: Any, order_id: str) -> Any:
+            return await order_page(request, order_id)
+    else:
+        @app.page("/console/orders/{order_id}", name="console_order")
+        async def console_order_absent(web: Any, request: Any, order_id: str) -> Any:
+            return await order_page(request, order_id)
+
+    if STOCK_TABLE in worker.tables:
+        @app.page("/console/inventory/{sku}", name="console_stock")
+        @app.table_route(table=worker.tables[STOCK_TABLE], match_info="sku")
+        async def console_stock(web: Any, request: Any, sku: str) -> Any:
+            return await stock_page(request, sku)
+    else:
+        @app.page("/console/inventory/{sku}", name="console_stock")
+        async def console_stock_absent(web: Any, request: Any, sku: str) -> Any:
+            return await stock_page(request, sku)
+
+    # -- dead letters --------------------------------------------------------------------
+    @app.page("/console/dlq", name="console_dlq")
+    async def console_dlq(web: Any, request: Any) -> Any:
+        q = request.query
+        try:
+            f = dlq_page.parse_filter(q)
+            after = dlq_page.parse_cursor(q.get("after", ""), f)
+            limit = dlq_page.parse_limit(q.get("limit", ""))
+        except dlq_page.BadQuery as exc:
+            return show(request, "Dead letters", dlq_page.filter_form(dlq_page.Filter())
+                        + f'<p class="notice bad">{e(exc)}</p>', 400, active="/console/dlq")
+        try:
+            found, total, ledger = await dlq_page.load(bootstrap, f, after=after, limit=limit, client_kwargs=kafka)
+        except dlq.DlqError as exc:
+            return problem(request, "Dead letters", str(exc), 502)
+        body = dlq_page.render(f, found, total, ledger, after=after, limit=limit, csrf=csrf_of(request))
+        return show(request, "Dead letters", body, active="/console/dlq")
+
+    async def one_letter(request: Any, letter_id: str) -> Any:
+        try:
+            spec, _, _ = dlq.parse_id(letter_id)
+        except ValueError:
+            return None, problem(request, "Dead letter", "invalid dead letter id: <service>.dlq:<partition>:<offset>", 400)
+        try:
+            letter = (await dlq.get_dead_letters(bootstrap, [letter_id], client_kwargs=kafka))[letter_id]
+        except dlq.DlqError as exc:
+            return None, problem(request, "Dead letter", str(exc), 502)
+        if letter is None:
+            return None, problem(request, "Dead letter", f"no dead letter {letter_id} (removed by retention?)", 404)
+        return letter, None
+
+    @app.page("/console/dlq/letters/{letter_id}", name="console_letter")
+    async def console_letter(web: Any, request: Any, letter_id: str) -> Any:
+        letter, failed = await one_letter(request, letter_id)
+        if failed is not None:
+            return failed
+        try:
+            redriven = letter.id in await dlq.redriven_ids(bootstrap, letter.service, client_kwargs=kafka)
+        except dlq.DlqError as exc:
+            return problem(request, "Dead letter", str(exc), 502)
+        body = letter_view(letter, redriven=redriven, csrf=csrf_of(request))
+        return show(request, f"Dead letter {letter.id}", body, active="/console/dlq")
+
+    @app.page("/console/dlq/letters/{letter_id}/value", name="console_letter_value")
+    async def console_letter_value(web: Any, request: Any, letter_id: str) -> Any:
+        letter, failed = await one_letter(request, letter_id)
+        if failed is not None:
+            return failed
+        name = letter.id.replace(":", "_").replace(".", "_") + ".bin"
+        return aioweb.Response(body=letter.value or b"", content_type="application/octet-stream",
+                               headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    # -- redrive -------------------------------------------------------------------------
+    class ConsoleRedrive(View):
+        async def post(self, request: Any) -> Any:
+            form = await request.post()
+            refusal = write_refusal(request, token, form)
+            if refusal is not None:
+                status, why = refusal
+                if wants_json(request):
+                    return json_response({"error": why}, status)
+                return problem(request, "Redrive refused", why, status)
+            try:
+                selection = redrive.parse_selection(form)
+            except dlq_page.BadQuery as exc:
+                if wants_json(request):
+                    return json_response({"error": str(exc)}, 400)
+                return problem(request, "Redrive", str(exc), 400)
+            job = jobs.start(selection, dry_run=form.get("dry_run", "1") != "0")
+            if wants_json(request):
+                return json_response({**job.to_dict(), "url": f"/console/api/redrive/{job.id}"}, 202)
+            return see_other(f"/console/dlq/redrive/{job.id}")
+
+    app.page("/console/dlq/redrive", name="console_redrive")(ConsoleRedrive)
+
+    @app.page("/console/dlq/redrive/{job_id}", name="console_job")
+    async def console_job(web: Any, request: Any, job_id: str) -> Any:
+        job = jobs.get(job_id)
+        if job is None:
+            return problem(request, "Redrive", "no such redrive on this worker (jobs live in the worker that ran "
+                           "them, the last 50 of them)", 404)
+        live = redrive.render_job(job, csrf_of(request))
+        title = "Redrive: dry run" if job.dry_run else "Redrive"
+        body = f'<div id="job" data-live="/console/dlq/redrive/{e(job.id)}/live" data-every="700">{live}</div>'
+        return show(request, title, body, active="/console/dlq")
+
+    @app.page("/console/dlq/redrive/{job_id}/live", name="console_job_live")
+    async def console_job_live(web: Any, request: Any, job_id: str) -> Any:
+        job = jobs.get(job_id)
+        if job is None:
+            return html_response('<p class="notice bad" data-final>no such redrive</p>', 404)
+        return html_response(redrive.render_job(job, csrf_of(request)))
+
+    @app.page("/console/api/redrive/{job_id}", name="console_job_json")
+    async def console_job_json(web: Any, request: Any, job_id: str) -> Any:
+        job = jobs.get(job_id)
+        return json_response(job.to_dict()) if job else json_response({"error": "no such redrive"}, 404)
