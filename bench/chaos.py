@@ -1,12 +1,17 @@
 """Chaos runs against real processes: ``python -m bench.chaos [--short | --long]``.
 
 Every scenario starts its own embedded broker (Tansu, memory only) on a free port,
-real ``faust -A streams worker`` / ``python -m orders …`` processes, and an SMS
-gateway stub in this process that counts requests per ``Idempotency-Key``. Then it
-injects one kind of fault and checks what came out:
+real ``faust -A streams worker`` / ``python -m orders …`` processes (the worker runs
+every consuming service: notifications, order-state, inventory), and an SMS gateway
+stub in this process that counts requests per ``Idempotency-Key``. Then it injects
+one kind of fault and checks what came out:
 
-* ``worker-kill-storm`` — ``OrderPaid`` at a steady rate; the worker is SIGKILLed
-  at random points K times (restarted after each, on its own data dir).
+* ``worker-kill-storm`` — the full lifecycle at a steady rate (``OrderCreated`` then
+  ``OrderPaid`` per order, stock seeded for every SKU); the worker is SIGKILLed at
+  random points K times (restarted after each, on its own data dir). Before each
+  kill the group's committed offsets of ``OrderPaid`` are recorded: every life of
+  the worker must move them forward (a worker that never commits re-fetches its
+  whole backlog after each restart).
 * ``relay-kill`` — orders created and paid over HTTP (order service with
   ``RELAY_ENABLED=false``, SQLite) while a separate relay (fixed ``RELAY_ID``) is
   SIGKILLed K times.
@@ -20,13 +25,33 @@ injects one kind of fault and checks what came out:
 * ``poison-flood`` — good ``OrderPaid`` interleaved with as many poison records
   (not JSON, wrong types, unknown version, empty value, no key).
 
+No step waits for a quiet period. "Done" is always a condition: every expected
+effect seen at the gateway; the order service's outbox has nothing pending; and
+the worker's consumer group has committed every record in every topic it reads
+(:func:`drained` — the commit protocol acknowledges an offset only after the
+record's side effects and derived records, so after that the gateway's counts and
+the topics are final).
+
 Per scenario one row: produced (events that should have an effect), lost (no
-effect at the gateway), duplicate effects (gateway requests beyond the first per
-key + ``NotificationSent`` records beyond the first per key), dead-lettered
-(records in ``notifications.dlq``), seconds to drain (from the later of the last
-fault and the end of production until every expected effect was seen). The table
-goes to ``docs/reliability.md``; the exit code is 1 when a scenario lost anything
-(or failed one of its own checks, or crashed).
+effect — for ``worker-kill-storm`` also: not ``NOTIFIED`` on the worker, or no
+``NotificationSent``), duplicate effects (gateway requests beyond the first per key
++ ``NotificationSent`` records beyond the first per key), repeated events against
+their budget, dead-lettered, seconds to drain (from the later of the last fault
+and the end of production until every expected effect was seen).
+
+**Duplicate budget.** The commit protocol (streams/engine/pipeline.py) repeats at
+most one batch's side effects per crash of a worker, so an event's effects may be
+repeated at most ``worker kills × BATCH_SIZE`` times in a scenario (the worker's
+``BATCH_SIZE``, default 500; 0 for scenarios that kill no worker). An event
+repeated once repeats its gateway call *and* its ``NotificationSent``, so the
+count checked is, per key, the larger of its two repeats (summed over keys). In
+``broker-restart`` the worker's memory is wiped with the broker, so a second call
+for an order already notified before a restart (re-published by reconcile) is
+counted as *forgotten*, not against the budget. Exceeding the budget fails the
+scenario like a loss does.
+
+The table goes to ``docs/reliability.md``; the exit code is 1 when a scenario lost
+anything, exceeded its duplicate budget, failed one of its own checks, or crashed.
 
 Importing ``tests.support`` needs the repository root on ``sys.path``: run it from
 there (``python -m bench.chaos``).
@@ -62,15 +87,31 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker, free_port
-from streams.events import EVENT_TYPES, NotificationSent, OrderPaid
-from tests.support.events import paid
+from streams.events import (
+    EVENT_TYPES, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
+)
+from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS, SERVICES
+from streams.settings import WorkerSettings
+from tests.support.events import created, paid
 from tests.support.gateway import GatewayStub
-from tests.support.kafka import Consumed, read_topic
+from tests.support.kafka import Consumed, committed, end_offsets, read_topic, wait_consumed
 from tests.support.orders import OrdersClient, OrdersProcess
-from tests.support.worker import ROOT, WorkerProcess, http_get, metric_value
+from tests.support.outbox_waits import outbox_stats, wait_for
+from tests.support.worker import ROOT, WorkerProcess, metric_value
 
-PAID, SENT, DLQ = OrderPaid.topic(), NotificationSent.topic(), "notifications.dlq"
+PAID, CREATED, SENT, DLQ = OrderPaid.topic(), OrderCreated.topic(), NotificationSent.topic(), "notifications.dlq"
+DLQS = tuple(s.dlq for s in SERVICES)
 DEFAULT_DOC = ROOT / "docs" / "reliability.md"
+#: The worker's BATCH_SIZE when nothing sets it.
+DEFAULT_BATCH_SIZE: int = WorkerSettings.model_fields["batch_size"].default
+_TIERS = len(WorkerSettings.model_fields["retry_delays"].default)
+#: Every topic a worker running every service consumes, upstream before downstream
+#: (so one pass of :func:`drained` usually suffices; it repeats until nothing moved).
+WORKER_TOPICS: tuple[str, ...] = tuple(dict.fromkeys([
+    CREATED, INVENTORY_REQUESTS, INVENTORY_ANSWERS, InventoryReserved.topic(), InventoryRejected.topic(),
+    OrderCancelled.topic(), PAID, *(t for s in SERVICES for t in s.retry_topics(_TIERS)), SENT,
+    *(t for s in SERVICES for t in s.sources),
+]))
 
 
 # -- sizes -------------------------------------------------------------------------------
@@ -80,10 +121,12 @@ DEFAULT_DOC = ROOT / "docs" / "reliability.md"
 class Sizes:
     mode: str
     # worker-kill-storm
-    storm_events: int
-    storm_rate: float  # events/s
+    storm_orders: int  # each an OrderCreated and an OrderPaid
+    storm_rate: float  # orders/s
     storm_kills: int
-    storm_kill_after: tuple[float, float]  # seconds after the worker is ready again
+    # seconds after the worker is ready again; at least 2.5: a restarted worker's first
+    # commit comes ~1 s after ready (broker_commit_interval), and each life must commit
+    storm_kill_after: tuple[float, float]
     # relay-kill
     relay_orders: int
     relay_kills: int
@@ -108,7 +151,7 @@ class Sizes:
 
 SHORT = Sizes(
     mode="short",
-    storm_events=3000, storm_rate=150, storm_kills=2, storm_kill_after=(1.0, 4.0),
+    storm_orders=4500, storm_rate=150, storm_kills=2, storm_kill_after=(2.5, 5.0),
     relay_orders=3000, relay_kills=3, relay_kill_after=(0.5, 2.0),
     restart_orders=3000, restarts=1, restart_after=(2.0, 6.0), restart_downtime=2.0,
     poison_good=2000, poison_bad=2000, poison_rate=2000,
@@ -117,7 +160,7 @@ SHORT = Sizes(
 
 LONG = Sizes(
     mode="long",
-    storm_events=30_000, storm_rate=250, storm_kills=6, storm_kill_after=(1.0, 6.0),
+    storm_orders=20_000, storm_rate=200, storm_kills=6, storm_kill_after=(2.5, 6.0),
     relay_orders=20_000, relay_kills=10, relay_kill_after=(0.5, 4.0),
     restart_orders=10_000, restarts=2, restart_after=(3.0, 8.0), restart_downtime=3.0,
     poison_good=20_000, poison_bad=20_000, poison_rate=4000,
@@ -137,6 +180,15 @@ class Result:
     lost: int = 0
     gateway_duplicates: int = 0
     sent_duplicates: int = 0
+    #: events whose effects were repeated (per key: the larger of its gateway and
+    #: NotificationSent repeats), not counting those a wiped worker forgot
+    repeated: int = 0
+    #: gateway calls for orders already notified before a broker restart wiped the
+    #: worker's memory (broker-restart only; not against the budget)
+    forgotten: int = 0
+    #: SIGKILLs of a worker: the duplicate budget is worker_kills × batch_size
+    worker_kills: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
     dead_lettered: int = 0
     drain_seconds: float | None = None
     faults: str = ""
@@ -154,18 +206,37 @@ class Result:
         return self.gateway_duplicates + self.sent_duplicates
 
     @property
+    def duplicate_budget(self) -> int:
+        return self.worker_kills * self.batch_size
+
+    @property
+    def over_budget(self) -> bool:
+        return self.repeated > self.duplicate_budget
+
+    @property
     def ok(self) -> bool:
-        return self.error is None and self.lost == 0 and not self.failed_checks
+        return self.error is None and self.lost == 0 and not self.over_budget and not self.failed_checks
+
+    def budget_text(self) -> str:
+        text = (f"{self.repeated} repeated events / budget {self.duplicate_budget} "
+                f"({self.worker_kills} worker kills × BATCH_SIZE {self.batch_size})")
+        if self.forgotten:
+            text += f"; {self.forgotten} forgotten with the broker"
+        return text + (" OVER BUDGET" if self.over_budget else "")
 
     def line(self) -> str:
         drain = f"{self.drain_seconds:.1f}s" if self.drain_seconds is not None else "not drained"
         status = "OK" if self.ok else "FAIL"
         text = (f"{self.scenario:<18} {status:<4} produced={self.produced} lost={self.lost} "
                 f"duplicate effects={self.duplicates} (gateway {self.gateway_duplicates} + "
-                f"NotificationSent {self.sent_duplicates}) dead-lettered={self.dead_lettered} "
-                f"drain={drain} faults={self.faults or '-'} run={self.seconds:.0f}s")
+                f"NotificationSent {self.sent_duplicates}): {self.budget_text()}; "
+                f"dead-lettered={self.dead_lettered} drain={drain} faults={self.faults or '-'} "
+                f"run={self.seconds:.0f}s")
         if self.error:
             text += f"\n    error: {self.error}"
+        if self.over_budget:
+            text += (f"\n    failed: {self.repeated} events had their effects repeated, more than "
+                     f"{self.worker_kills} worker kills × BATCH_SIZE {self.batch_size} = {self.duplicate_budget}")
         for check in self.failed_checks:
             text += f"\n    failed: {check}"
         for note in self.notes:
@@ -251,14 +322,18 @@ async def start_ready(proc: WorkerProcess | OrdersProcess) -> None:
 async def kill_repeatedly(
     proc: WorkerProcess | OrdersProcess, times: int, after: tuple[float, float],
     load: asyncio.Task[Any], result: Result, rng: random.Random,
+    before_kill: Callable[[], Awaitable[None]] | None = None,
 ) -> float:
     """SIGKILL ``proc`` ``times`` times at random moments while ``load`` runs,
-    restarting it after each; returns the monotonic time of the last kill."""
+    restarting it after each (``before_kill`` runs just before each kill); returns
+    the monotonic time of the last kill."""
     last_fault = time.monotonic()
     for _ in range(times):
-        await asyncio.sleep(rng.uniform(*after))
+        await asyncio.sleep(rng.uniform(*after))  # pacing the fault, not waiting for quiet
         if load.done() and load.exception():
             break
+        if before_kill is not None:
+            await before_kill()
         proc.kill()
         last_fault = time.monotonic()
         result.faults_done += 1
@@ -312,6 +387,39 @@ async def produce_steady(
         await producer.stop()
 
 
+def lifecycle(order_id: str, sku: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """An order's ``OrderCreated`` (one unit of ``sku``) and ``OrderPaid`` records."""
+    return created(order_id, items=[{"sku": sku, "qty": 1}]), paid(order_id)
+
+
+async def produce_lifecycle(bootstrap: str, orders: Sequence[tuple[str, str]], *, rate: float,
+                            chunk: int = 25) -> float:
+    """For each (order id, SKU): ``OrderCreated``, then — once acknowledged — its
+    ``OrderPaid``, at about ``rate`` orders per second; returns the monotonic time the
+    last ack arrived."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for n in range(0, len(orders), chunk):
+            delay = started + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pairs = [lifecycle(o, sku) for o, sku in orders[n:n + chunk]]
+            await asyncio.gather(*[await producer.send(CREATED, key=k, value=v) for (k, v), _ in pairs])
+            await asyncio.gather(*[await producer.send(PAID, key=k, value=v) for _, (k, v) in pairs])
+        return time.monotonic()
+    finally:
+        await producer.stop()
+
+
+async def seed_stock(bootstrap: str, stock: dict[str, int]) -> None:
+    """What ``faust -A streams seed-stock FILE`` sends: a ``set`` command per SKU."""
+    await produce_steady(bootstrap, INVENTORY_REQUESTS,
+                         [(sku.encode(), json.dumps({"kind": "set", "sku": sku, "qty": qty}).encode())
+                          for sku, qty in stock.items()], rate=1e9)
+
+
 async def wait_effects(gateway: GatewayStub, wanted: set[str], since: float, timeout: float) -> float | None:
     """Seconds from ``since`` until every key in ``wanted`` was accepted by the gateway,
     or None after ``timeout`` seconds of waiting."""
@@ -324,58 +432,130 @@ async def wait_effects(gateway: GatewayStub, wanted: set[str], since: float, tim
         await asyncio.sleep(0.1)
 
 
-async def settle(gateway: GatewayStub, idle: float = 3.0, timeout: float = 30.0) -> None:
-    """Wait until the gateway got no request for ``idle`` seconds (late duplicates)."""
+async def drained(bootstrap: str, topics: Sequence[str] = WORKER_TOPICS, timeout: float = 180.0) -> int:
+    """Until the worker's group has committed every record of ``topics`` and no new
+    record appeared in them meanwhile (a derived record — a reservation's answer, a
+    release — lands in a topic the group also reads). The commit protocol acknowledges
+    a record only after its side effects and derived records are done, so then the
+    gateway's counts and every topic are final. Returns the records in ``topics``."""
     deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        total = sum(gateway.requests.values())
-        if total != last:
-            last, since = total, time.monotonic()
-        elif time.monotonic() - since >= idle:
-            return
-        await asyncio.sleep(0.2)
+
+    async def ends() -> dict[str, dict[int, int]]:
+        return {t: await end_offsets(bootstrap, t) for t in topics}
+
+    before = await ends()
+    while True:
+        await wait_consumed(bootstrap, topics, timeout=max(1.0, deadline - time.monotonic()))
+        after = await ends()
+        if after == before:
+            return sum(sum(p.values()) for p in after.values())
+        before = after
 
 
-def gateway_duplicates(gateway: GatewayStub) -> int:
-    return sum(n - 1 for n in gateway.requests.values() if n > 1)
+async def outbox_empty(api_url: str, timeout: float) -> dict[str, Any]:
+    """Until the order service has no pending outbox row (every row's record acknowledged)."""
+    return await wait_for(lambda: outbox_stats(api_url), lambda st: st["pending"] == 0,
+                          what="the outbox has no pending row", timeout=timeout, interval=0.2)
 
 
-async def read_sent(bootstrap: str, wanted: set[str] | None, timeout: float) -> list[Consumed]:
-    """``NotificationSent`` records; until every wanted key is there (if given), then 2 s idle."""
-    if wanted is None:
-        return await read_topic(bootstrap, SENT, idle=2, timeout=timeout)
-    keys = {k.encode() for k in wanted}
-    return await read_topic(bootstrap, SENT, until=lambda r: keys <= {x.key for x in r}, idle=2,
-                            timeout=timeout)
+def batch_size_of(worker: WorkerProcess) -> int:
+    """The worker's BATCH_SIZE: its own environment, else this process's, else the default."""
+    value = worker.env.get("BATCH_SIZE") or os.environ.get("BATCH_SIZE")
+    return int(value) if value else DEFAULT_BATCH_SIZE
 
 
-async def read_dlq(bootstrap: str, expect: int | None = None, timeout: float = 15.0) -> list[Consumed]:
-    return await read_topic(bootstrap, DLQ, expect=expect, idle=2 if expect else 1, timeout=timeout)
+def epoch_of(t: float, boundaries: Sequence[float]) -> int:
+    return sum(1 for b in boundaries if t >= b)
+
+
+def repeated_effects(gateway_times: dict[str, list[float]], sent: Counter[str],
+                     boundaries: Sequence[float] = ()) -> tuple[int, int]:
+    """(repeated, forgotten) from the gateway's request times per key, the number of
+    ``NotificationSent`` records per key and the moments the worker's memory was
+    wiped (``boundaries``: broker restarts). Per key, repeated = the larger of its
+    gateway calls beyond the first within one memory epoch and its NotificationSent
+    records beyond the first; forgotten = epochs with a call beyond the first."""
+    repeated = forgotten = 0
+    for key in set(gateway_times) | set(sent):
+        per_epoch = Counter(epoch_of(t, boundaries) for t in gateway_times.get(key, ()))
+        again = sum(n - 1 for n in per_epoch.values())
+        forgotten += max(0, len(per_epoch) - 1)
+        repeated += max(again, sent.get(key, 0) - 1, 0)
+    return repeated, forgotten
+
+
+def commit_progress(snapshots: Sequence[tuple[int, int]], final: tuple[int, int]) -> list[str]:
+    """Failed checks for the group's committed offsets of a topic: ``snapshots`` are
+    (committed, end) summed over partitions just before each kill, ``final`` after
+    the drain. Each life of the worker must commit something when there was
+    something to commit, and in the end everything must be committed."""
+    failed = []
+    prev = 0
+    for n, (done, end) in enumerate(snapshots, 1):
+        if prev < end and done <= prev:
+            failed.append(f"committed offsets of {PAID} did not advance before kill {n}: {prev} → {done} "
+                          f"of {end} records (the worker's life {n} committed nothing)")
+        prev = max(prev, done)
+    done, end = final
+    if done < end:
+        failed.append(f"committed offsets of {PAID}: {done} of {end} after the drain")
+    return failed
+
+
+async def read_dlqs(bootstrap: str, topics: Sequence[str] = DLQS) -> list[Consumed]:
+    """Every dead letter of ``topics`` (all services' DLQs by default), to their end."""
+    out: list[Consumed] = []
+    for topic in topics:
+        out.extend(await read_topic(bootstrap, topic, timeout=15))
+    return out
 
 
 def count_outcome(result: Result, gateway: GatewayStub, wanted: set[str], sent: list[Consumed] | None,
-                  dlq: list[Consumed]) -> None:
-    """Fill lost / duplicates / dead-lettered from the gateway, NotificationSent and the DLQ."""
+                  dlq: list[Consumed], *, boundaries: Sequence[float] = ()) -> None:
+    """Fill lost / duplicates / repeated / dead-lettered from the gateway,
+    NotificationSent and the DLQ. Call it after :func:`drained` (final counts)."""
     lost = wanted - gateway.accepted.keys()
     result.produced = len(wanted)
     result.lost = len(lost)
     if lost:
         result.notes.append(f"no effect for e.g. {sorted(lost)[:5]}")
-    result.gateway_duplicates = gateway_duplicates(gateway)
+    result.gateway_duplicates = sum(n - 1 for n in gateway.requests.values() if n > 1)
     stray = set(gateway.requests) - wanted
     if stray:
         result.failed_checks.append(f"{len(stray)} gateway requests for keys that should have no effect, "
                                     f"e.g. {sorted(stray)[:5]}")
     result.dead_lettered = len(dlq)
+    per_key: Counter[str] = Counter(r.key.decode() for r in sent or () if r.key is not None)
+    result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
     if sent is not None:
-        per_key = Counter(r.key.decode() for r in sent if r.key is not None)
-        result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
         missing = wanted - per_key.keys() - lost
         if missing:
             result.failed_checks.append(f"{len(missing)} orders had a gateway effect but no NotificationSent, "
                                         f"e.g. {sorted(missing)[:5]}")
-    result.details["gateway_requests"] = sum(gateway.requests.values())
+    result.repeated, result.forgotten = repeated_effects(gateway.times, per_key, boundaries)
+    result.details.update(gateway_requests=sum(gateway.requests.values()), repeated=result.repeated,
+                          forgotten=result.forgotten, duplicate_budget=result.duplicate_budget)
+
+
+async def order_views(worker_url: str, ids: Sequence[str], concurrency: int = 32) -> dict[str, Any]:
+    """``GET /orders/{id}`` on the worker for each id: the JSON body, or the HTTP status."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as session:
+        async def one(order_id: str) -> None:
+            async with sem, session.get(f"{worker_url}/orders/{order_id}") as resp:
+                out[order_id] = await resp.json() if resp.status == 200 else resp.status
+        await asyncio.gather(*(one(i) for i in ids))
+    return out
+
+
+async def stock_views(worker_url: str, skus: Iterable[str]) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        out: dict[str, Any] = {}
+        for sku in skus:
+            async with session.get(f"{worker_url}/inventory/{sku}") as resp:
+                out[sku] = await resp.json() if resp.status == 200 else resp.status
+        return out
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -397,28 +577,77 @@ def timed(scenario: Callable[[Sizes, Path, random.Random], Awaitable[Result]]):
 WORKER_ENV = {"park_timeout": "3600"}
 
 
+#: SKUs of the kill storm's orders, and the stock seeded for each (never runs out).
+STORM_SKUS, STORM_STOCK = 8, 1_000_000
+
+
+async def paid_offsets(bootstrap: str) -> tuple[int, int]:
+    """(committed by the worker's group, end) of ``OrderPaid``, summed over partitions."""
+    done, ends = await committed(bootstrap, PAID), await end_offsets(bootstrap, PAID)
+    return sum(done.values()), sum(ends.values())
+
+
 @timed
 async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("worker-kill-storm", faults=f"{sizes.storm_kills}× SIGKILL worker")
-    ids = [f"ks-{i}" for i in range(sizes.storm_events)]
+    orders = [(f"ks-{i}", f"sku-{i % STORM_SKUS}") for i in range(sizes.storm_orders)]
+    ids = [o for o, _ in orders]
+    skus = Counter(sku for _, sku in orders)
     async with Stack(workdir) as st:
         broker = await st.broker()
         gateway = await st.gateway(sizes.gateway_delay)
-        worker = st.worker(broker, "worker", notifier_url=gateway.url, **WORKER_ENV)
+        worker = st.worker(broker, "worker", notifier_url=gateway.url, **WORKER_ENV)  # every service
+        result.batch_size = batch_size_of(worker)
         await start_ready(worker)
-        feeder = st.background(produce_steady(broker.bootstrap, PAID, [paid(i) for i in ids],
-                                              rate=sizes.storm_rate))
-        last_fault = await kill_repeatedly(worker, sizes.storm_kills, sizes.storm_kill_after, feeder, result, rng)
+        await seed_stock(broker.bootstrap, {sku: STORM_STOCK for sku in skus})
+        feeder = st.background(produce_lifecycle(broker.bootstrap, orders, rate=sizes.storm_rate))
+        snapshots: list[tuple[int, int]] = []
+
+        async def before_kill() -> None:
+            snapshots.append(await paid_offsets(broker.bootstrap))
+
+        last_fault = await kill_repeatedly(worker, sizes.storm_kills, sizes.storm_kill_after, feeder, result, rng,
+                                           before_kill=before_kill)
+        result.worker_kills = result.faults_done
         produced_at = await feeder
         since = max(produced_at, last_fault)
         wanted = set(ids)
         result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
-        await settle(gateway)
-        sent = await read_sent(broker.bootstrap, wanted & gateway.accepted.keys(), 60)
-        dlq = await read_dlq(broker.bootstrap)
+        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
+        final = await paid_offsets(broker.bootstrap)
+        sent = await read_topic(broker.bootstrap, SENT)
+        dlq = await read_dlqs(broker.bootstrap)
         count_outcome(result, gateway, wanted, sent, dlq)
-        result.details["worker_starts"] = worker.starts
-        result.notes.append(f"{sizes.storm_rate:.0f} events/s; worker started {worker.starts} times")
+
+        # Every order: NOTIFIED and RESERVED on the worker, exactly as often in stock as ordered.
+        views = await order_views(worker.url, ids)
+        not_notified = {i for i, v in views.items() if not isinstance(v, dict) or v["status"] != "NOTIFIED"}
+        no_sent = wanted - {r.key.decode() for r in sent if r.key is not None}
+        lost = (wanted - gateway.accepted.keys()) | not_notified | no_sent
+        result.lost = len(lost)
+        if not_notified:
+            result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
+                                f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
+        not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
+        if not_reserved:
+            result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
+        stock = await stock_views(worker.url, skus)
+        wrong_stock = {sku: v for sku, v in stock.items()
+                       if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
+        if wrong_stock:
+            result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − orders: "
+                                        f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+        if dlq:
+            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+        result.failed_checks.extend(commit_progress(snapshots, final))
+
+        result.details.update(worker_starts=worker.starts, commits_before_kills=snapshots, commit_final=final,
+                              not_notified=len(not_notified), no_sent=len(no_sent))
+        result.notes.append(f"{sizes.storm_rate:.0f} orders/s (OrderCreated + OrderPaid, all services); "
+                            f"worker started {worker.starts} times")
+        result.notes.append("committed/end offsets of OrderPaid before each kill: "
+                            + ", ".join(f"{d}/{e}" for d, e in snapshots) + f"; after the drain {final[0]}/{final[1]}")
     return result
 
 
@@ -445,15 +674,14 @@ async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
         since = max(produced_at, last_fault)
         wanted = set(ids)
         result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
-        await settle(gateway)
-        stats = await client.get_json("/outbox/stats")
-        if stats.get("pending"):
-            result.failed_checks.append(f"outbox still pending after the drain: {stats}")
-        paid_records = await read_topic(broker.bootstrap, PAID, expect=len(ids), idle=1, timeout=30)
+        stats = await outbox_empty(api.url, timeout=sizes.drain_timeout)  # every row's record is in the broker
+        await drained(broker.bootstrap, timeout=sizes.drain_timeout)  # … and the worker is done with them
+        paid_records = await read_topic(broker.bootstrap, PAID, expect=len(ids))
         result.notes.append(f"{len(paid_records) - len(ids)} OrderPaid records published twice (relay killed "
-                            f"between ack and mark)")
-        sent = await read_sent(broker.bootstrap, wanted & gateway.accepted.keys(), 60)
-        dlq = await read_dlq(broker.bootstrap)
+                            f"between ack and mark); outbox {stats}")
+        sent = await read_topic(broker.bootstrap, SENT)
+        dlq = await read_dlqs(broker.bootstrap)
+        result.worker_kills, result.batch_size = 0, batch_size_of(worker)
         count_outcome(result, gateway, wanted, sent, dlq)
         result.details["relay_starts"] = relay.starts
         result.details["republished"] = len(paid_records) - len(ids)
@@ -462,7 +690,7 @@ async def relay_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
 
 async def diagnose(broker: EmbeddedBroker, worker: WorkerProcess, missing: set[str]) -> list[str]:
     """Where the orders without effect are: on the OrderPaid topic? read by the worker?"""
-    records = await read_topic(broker.bootstrap, PAID, idle=1, timeout=20)
+    records = await read_topic(broker.bootstrap, PAID, timeout=20)
     keys = {i.encode() for i in missing}
     mine = [r for r in records if r.key in keys]
     per_partition = Counter(r.partition for r in records)
@@ -476,32 +704,27 @@ async def diagnose(broker: EmbeddedBroker, worker: WorkerProcess, missing: set[s
              f"{missing_at}); worker notifications {statuses}; {'; '.join(lag)}")]
 
 
-def reconcile_cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+#: reconcile's exit codes (streams/commands.py): clean, a failure, mismatches found.
+RECONCILE_CLEAN, RECONCILE_FAILED, RECONCILE_MISMATCHES = 0, 1, 3
+
+
+def reconcile_cli(env: dict[str, str], *args: str, timeout: float = 180) -> tuple[int, str]:
+    """``faust -A streams reconcile ARGS``: (exit code, stdout). Exit 0 (clean) and 3
+    (mismatches found — with ``--repair`` too: the next run tells whether the repair
+    converged) are answers; anything else (1: the database or worker could not be
+    asked; 2: usage) raises."""
     done = subprocess.run(
         [sys.executable, "-m", "faust", "-A", "streams", "reconcile", *args],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False,
     )
-    if done.returncode != 0:
+    if done.returncode not in (RECONCILE_CLEAN, RECONCILE_MISMATCHES):
         raise RuntimeError(f"reconcile exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return done.stdout
+    return done.returncode, done.stdout
 
 
-async def quiesce(api_url: str, gateway: GatewayStub, idle: float, timeout: float) -> None:
-    """Until the outbox has nothing pending and the gateway got nothing new for ``idle`` s."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        total = sum(gateway.requests.values())
-        if total != last:
-            last, since = total, time.monotonic()
-        try:
-            code, body = await asyncio.to_thread(http_get, f"{api_url}/outbox/stats", 5)
-            pending = json.loads(body)["pending"] if code == 200 else 1
-        except (OSError, ValueError, KeyError):
-            pending = 1
-        if pending == 0 and time.monotonic() - since >= idle:
-            return
-        await asyncio.sleep(0.3)
+def reconcile_summary(out: str) -> str:
+    return ", ".join(line.strip() for line in out.splitlines()
+                     if "orders checked" in line or line.startswith("repair:"))
 
 
 async def create_event_topics(bootstrap: str, partitions: int = 4) -> None:
@@ -547,14 +770,16 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
         common = {"kafka_broker": broker.url, "database_url": db_url}
         api = st.orders("serve", "api", **common)  # API + relay in one process
         worker = st.worker(broker, "worker", notifier_url=gateway.url, database_url=db_url, **WORKER_ENV)
+        result.batch_size = batch_size_of(worker)
         await start_ready(api)
         await start_ready(worker)
         client = OrdersClient(api.url, concurrency=16)
         started = time.monotonic()
         burst = st.background(finished_at(paced_orders(client, sizes.restart_orders, sizes.order_rate)))
         last_fault = time.monotonic()
+        wiped: list[float] = []  # when the worker's memory went (gateway request times are monotonic)
         for n in range(sizes.restarts):
-            await asyncio.sleep(rng.uniform(*sizes.restart_after))
+            await asyncio.sleep(rng.uniform(*sizes.restart_after))  # pacing the fault
             if burst.done():
                 result.notes.append(f"restart {n + 1} came after the burst had ended")
             effects_before = len(gateway.accepted)
@@ -564,8 +789,10 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
             # The new broker is empty (memory store): the worker's table changelogs and
             # offsets are gone, so its local state must go too (Faust would refuse it).
             worker.kill()
+            result.worker_kills += 1
+            wiped.append(time.monotonic())
             shutil.rmtree(worker.data_dir, ignore_errors=True)
-            await asyncio.sleep(sizes.restart_downtime)
+            await asyncio.sleep(sizes.restart_downtime)  # the outage itself
             broker = await restart_with_topics(st, port, api)
             result.notes.append(f"broker SIGKILLed {last_fault - started:.1f}s into the burst "
                                 f"({len(client.statuses) // 2} orders answered, {effects_before} effects)")
@@ -576,17 +803,24 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
             result.failed_checks.append(f"order service answered {dict(bad)} during the burst")
         since = max(produced_at, last_fault)
         wanted = set(ids)
-        # 1. Let the restarted system converge on its own.
-        await quiesce(api.url, gateway, idle=3.0, timeout=sizes.drain_timeout)
+        # 1. The restarted system converges on its own: every outbox row's record is in
+        #    the new broker, and the worker has committed everything in its topics.
+        settle_started = time.monotonic()
+        await outbox_empty(api.url, timeout=sizes.drain_timeout)
+        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
+        result.details["settled_seconds"] = time.monotonic() - settle_started
+        result.notes.append(f"settled {result.details['settled_seconds']:.1f}s after the burst (outbox empty, "
+                            f"the worker's group committed every record on the new broker)")
         swallowed = wanted - gateway.accepted.keys()
         result.details["lost_before_reconcile"] = len(swallowed)
-        on_new = await read_topic(broker.bootstrap, PAID, idle=1, timeout=20)
+        on_new = await read_topic(broker.bootstrap, PAID)
         processed = metric_value(await asyncio.to_thread(worker.metrics), "event_processed_total",
                                  service="notifications")
         stranded = {r.key for r in on_new} & {i.encode() for i in swallowed}
-        if stranded:  # on the broker, yet no effect: not the broker's memory loss
+        result.details["stranded"] = len(stranded)
+        if stranded:  # on the broker and consumed, yet no effect: not the broker's memory loss
             result.failed_checks.append(f"{len(stranded)} orders' OrderPaid reached the new broker but had "
-                                        f"no effect before reconcile")
+                                        f"no effect before reconcile, e.g. {sorted(stranded)[:3]}")
         result.notes.append(f"{len(swallowed)} paid orders without effect before reconcile (acknowledged "
                             f"by the old broker, not yet read by the worker)")
         result.notes.append(f"new broker: {len(on_new)} OrderPaid before reconcile, worker processed "
@@ -594,19 +828,33 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
         # 2. What an operator does after losing a broker: reconcile from the source of truth.
         env = {"DATABASE_URL": db_url, "KAFKA_BROKER": broker.url,
                "DATA_DIR": str(workdir / "reconcile"), "PYTHONUNBUFFERED": "1"}
-        out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--worker-url", worker.url)
-        summary = [line for line in out.splitlines() if "orders checked" in line or line.startswith("repair:")]
-        result.notes.append("reconcile: " + ", ".join(summary))
+        code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--worker-url", worker.url)
+        result.details["reconcile_exit"] = code
+        result.notes.append(f"reconcile (exit {code}): {reconcile_summary(out)}")
+        if swallowed and code != RECONCILE_MISMATCHES:
+            result.failed_checks.append(f"reconcile exited {code} although {len(swallowed)} orders had no effect")
         result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
-        await settle(gateway)
+        await outbox_empty(api.url, timeout=sizes.drain_timeout)  # the repair's rows are in the broker
+        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
         if wanted - gateway.accepted.keys():
             result.notes.extend(await diagnose(broker, worker, wanted - gateway.accepted.keys()))
+        # 3. The next run tells whether the repair converged.
+        code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--worker-url", worker.url)
+        result.details["reconcile_again_exit"] = code
+        if code != RECONCILE_CLEAN:
+            result.failed_checks.append(f"reconcile after the repair exited {code}: {reconcile_summary(out)}")
         # NotificationSent of the first broker died with it: only the last broker's are read.
-        sent = await read_sent(broker.bootstrap, None, 60)
-        per_key = Counter(r.key for r in sent)
-        dlq = await read_dlq(broker.bootstrap)
-        count_outcome(result, gateway, wanted, None, dlq)
+        sent = await read_topic(broker.bootstrap, SENT)
+        dlq = await read_dlqs(broker.bootstrap)
+        count_outcome(result, gateway, wanted, None, dlq, boundaries=wiped)
+        per_key = Counter(r.key.decode() for r in sent if r.key is not None)
         result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
+        # Only the last broker's NotificationSent: with gateway calls of the last epoch.
+        result.repeated, result.forgotten = repeated_effects(gateway.times, per_key, wiped)
+        result.details.update(repeated=result.repeated, forgotten=result.forgotten)
+        if dlq:
+            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
     return result
 
 
@@ -649,9 +897,10 @@ async def poison_flood(sizes: Sizes, workdir: Path, rng: random.Random) -> Resul
         result.faults_done = len(poison)
         wanted = set(good)
         result.drain_seconds = await wait_effects(gateway, wanted, produced_at, sizes.drain_timeout)
-        await settle(gateway)
-        sent = await read_sent(broker.bootstrap, wanted & gateway.accepted.keys(), 60)
-        dlq = await read_dlq(broker.bootstrap, expect=len(poison), timeout=60)
+        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
+        sent = await read_topic(broker.bootstrap, SENT)
+        dlq = await read_topic(broker.bootstrap, DLQ, expect=len(poison))
+        result.worker_kills, result.batch_size = 0, batch_size_of(worker)
         count_outcome(result, gateway, wanted, sent, dlq)
 
         expected = {(k, v or b""): (kind, reason) for k, v, kind, reason in poison}
@@ -716,30 +965,46 @@ INTRO = """\
 # Reliability: chaos runs
 
 Generated by `python -m bench.chaos` (`bench/chaos.py`); the rows below are
-replaced by every run. Each scenario starts its own embedded broker on a free port,
-real processes (`faust -A streams worker`, `python -m orders serve|relay`) and an SMS
-gateway stub that counts requests per `Idempotency-Key`, injects one kind of fault,
-and counts the effects:
+replaced by every run, and each table's first line names the commit it ran (with
+the files that differed from it, if any). Each scenario starts its own embedded
+broker on a free port, real processes (`faust -A streams worker` running every
+consuming service — notifications, order-state, inventory — and `python -m orders
+serve|relay`) and an SMS gateway stub that counts requests per `Idempotency-Key`,
+injects one kind of fault, and counts the effects:
 
 | scenario | what it does |
 |---|---|
-| `worker-kill-storm` | `OrderPaid` events produced at a steady rate; the worker is SIGKILLed at random points K times and restarted on its own data dir after each |
+| `worker-kill-storm` | the full lifecycle at a steady rate — `OrderCreated`, then `OrderPaid`, per order, stock seeded for every SKU; the worker is SIGKILLed at random points K times (each at least 2.5 s after it was ready again) and restarted on its own data dir after each. Checks: every order `NOTIFIED` and `RESERVED` on the worker (`GET /orders/{id}`), exactly one `NotificationSent` per order or a counted duplicate, stock = seed − orders, no dead letter, and the group's committed offsets of `OrderPaid` move forward in every life of the worker (recorded before each kill) |
 | `relay-kill` | order service API (`RELAY_ENABLED=false`, SQLite) + a separate relay (fixed `RELAY_ID`) + worker; orders created and paid over HTTP while the relay is SIGKILLed K times |
-| `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; when the system is quiet, `faust -A streams reconcile --sla 0 --repair` (see the caveat below) |
+| `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; once the outbox has nothing pending and the worker has committed everything on the new broker, `faust -A streams reconcile --sla 0 --repair` (see the caveat below), then a second `reconcile` that must exit 0 |
 | `poison-flood` | good `OrderPaid` interleaved with as many poison records (not JSON, wrong types, unknown version, empty value, no key); every poison record must be in `notifications.dlq` exactly once with the right reason, every good event must have exactly one gateway request |
 
+Nothing waits for a quiet period. A scenario is over when conditions hold: every
+expected effect was accepted by the gateway, the order service's outbox has no
+pending row (`GET /outbox/stats`), and the worker's consumer group has committed
+every record in every topic it reads, with no new record appearing meanwhile. The
+commit protocol (`streams/engine/pipeline.py`) acknowledges a record only after its
+gateway call and derived records are done, so from then on the counts are final.
+
 Columns: **produced** — distinct orders/events that should have an effect;
-**lost** — of those, no request accepted by the gateway stub; **duplicate effects** —
-gateway requests beyond the first per key + `NotificationSent` records beyond the
-first per key; **dead-lettered** — records in `notifications.dlq`; **drain** — seconds
-from the later of the last fault and the end of production until every expected
-effect was seen at the gateway (it includes the restarted process's start-up and
-group rejoin, ~10–17 s for a worker here; for `broker-restart` also the reconcile).
-The gateway stub answers 200 after 50 ms (a real gateway is not instant either; the
-window between a call and its commit is what a kill replays). Duplicates are the
-price of at-least-once delivery: each carries the same `Idempotency-Key`, which a
-real gateway turns into a no-op. The run exits non-zero when a scenario lost
-anything, failed one of its own checks, or crashed.
+**lost** — of those, no request accepted by the gateway stub (`worker-kill-storm`:
+also not `NOTIFIED` on the worker, or without `NotificationSent`); **duplicate
+effects** — gateway requests beyond the first per key + `NotificationSent` records
+beyond the first per key; **repeated / budget** — events whose effects were repeated
+(per key the larger of its gateway and `NotificationSent` repeats: one replayed event
+repeats both) against the budget *worker kills × `BATCH_SIZE`* (500 by default): the
+commit protocol repeats at most one batch per crash, so a scenario that kills no
+worker may repeat nothing. Above the budget the scenario fails, as it does on a
+loss. **dead-lettered** — records in the services' DLQs (`poison-flood`:
+`notifications.dlq`); **drain** — seconds from the later of the last fault and the
+end of production until every expected effect was seen at the gateway (it includes
+the restarted process's start-up and group rejoin, ~10–20 s for a worker here; for
+`broker-restart` also the reconcile). The gateway stub answers 200 after 50 ms (a
+real gateway is not instant either; the window between a call and its commit is
+what a kill replays). Duplicates are the price of at-least-once delivery: each
+carries the same `Idempotency-Key`, which a real gateway turns into a no-op. The run
+exits non-zero when a scenario lost anything, went over its duplicate budget, failed
+one of its own checks, or crashed.
 
 **The broker caveat.** The embedded broker (Tansu, memory store) keeps everything in
 memory: when it stops, every topic, committed offset and table changelog is gone,
@@ -760,15 +1025,20 @@ restart still count. What the scenario does, step by step:
    the worker — measured here: 1,325 acknowledged `OrderPaid` records gone, and after
    the topics were created the worker's consumer skipped records written later. A
    real broker keeps its topics;
-3. the worker starts on the wiped data dir; when the outbox is empty and the gateway
-   quiet, paid orders still without effect are those whose `OrderPaid` the old broker
-   had acknowledged but the worker had not read (the notes give the number);
+3. the worker starts on the wiped data dir; once the outbox has nothing pending and
+   the worker's group has committed every record on the new broker, paid orders
+   still without effect are those whose `OrderPaid` the old broker had acknowledged
+   but the worker had not read (the notes give the number). An `OrderPaid` that *is*
+   on the new broker without an effect fails the scenario;
 4. `faust -A streams reconcile --sla 0 --repair` (the order service's database is
-   the source of truth) re-publishes what the workers' view lacks. The wiped worker no
-   longer knows the orders from before the restart, so reconcile re-publishes those
-   too: most of this scenario's duplicate effects come from the repair, each with the
-   order's `Idempotency-Key`. `NotificationSent` duplicates are counted on the last
-   broker only.
+   the source of truth; exit 3: mismatches found, which is expected here) re-publishes
+   what the workers' view lacks. The wiped worker no longer knows the orders from
+   before the restart, so reconcile re-publishes those too: most of this scenario's
+   duplicate effects come from the repair, each with the order's `Idempotency-Key`.
+   They are counted as *forgotten with the broker* (a second call for an order the
+   worker had notified before its memory was wiped), not against the budget.
+   `NotificationSent` duplicates are counted on the last broker only. When everything
+   has drained again, a second `reconcile --sla 0` must exit 0 (converged).
 
 On a real Kafka cluster (replication 3, `acks=all`) a broker restart loses no
 acknowledged record and needs none of this.
@@ -782,11 +1052,14 @@ python -m bench.chaos --short --scenario relay-kill # one scenario (repeatable o
 ```
 
 `tests/fault/test_chaos.py` (markers `kafka`, `slow`) runs the short version of each
-scenario and fails on any loss.
+scenario and fails on any loss, on repeated events above the budget, and on every
+scenario's own checks; `tests/fault/test_chaos_checks.py` shows, without a broker,
+that each of those checks fails when it should.
 """
 
 COLUMNS = ("scenario", "date", "produced", "lost", "duplicate effects (gateway + NotificationSent)",
-           "dead-lettered", "drain (s)", "faults", "run (s)", "notes")
+           "repeated / budget (worker kills × BATCH_SIZE)", "dead-lettered", "drain (s)", "faults", "run (s)",
+           "notes")
 
 
 def _cell(text: object) -> str:
@@ -799,16 +1072,26 @@ def table_row(result: Result, date: str) -> str:
     if result.error:
         notes.insert(0, f"CRASHED: {result.error}")
     notes[:0] = [f"FAILED: {c}" for c in result.failed_checks]
+    if result.over_budget:
+        notes.insert(0, f"FAILED: {result.repeated:,} repeated events, over the budget of "
+                        f"{result.duplicate_budget:,}")
+    budget = (f"{result.repeated:,} / {result.duplicate_budget:,} ({result.worker_kills} × {result.batch_size})"
+              + (f"; {result.forgotten:,} forgotten with the broker" if result.forgotten else ""))
     cells = [
         f"`{result.scenario}`", date, f"{result.produced:,}", f"**{result.lost:,}**",
         f"{result.duplicates:,} ({result.gateway_duplicates:,} + {result.sent_duplicates:,})",
-        f"{result.dead_lettered:,}", drain, result.faults, f"{result.seconds:.0f}", "; ".join(notes),
+        budget, f"{result.dead_lettered:,}", drain, result.faults, f"{result.seconds:.0f}", "; ".join(notes),
     ]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
 def _markers(mode: str) -> tuple[str, str]:
     return f"<!-- chaos-results:{mode} -->", f"<!-- /chaos-results:{mode} -->"
+
+
+def _split_row(line: str) -> list[str]:
+    """The cells of a Markdown table row (escaped ``\\|`` stays inside its cell)."""
+    return re.split(r"(?<!\\)\|", line.strip().strip("|"))
 
 
 def parse_doc(text: str) -> dict[str, tuple[str, dict[str, str]]]:
@@ -824,7 +1107,8 @@ def parse_doc(text: str) -> dict[str, tuple[str, dict[str, str]]]:
             if line.startswith(("Last run:", "Latest run:")):
                 last = line
             cell = re.match(r"\| `([a-z-]+)` \|", line)
-            if cell and cell.group(1) in SCENARIOS:
+            # rows of an older table layout are dropped (they lack today's columns and checks)
+            if cell and cell.group(1) in SCENARIOS and len(_split_row(line)) == len(COLUMNS):
                 rows[cell.group(1)] = line
         out[mode] = (last, rows)
     return out
@@ -842,6 +1126,9 @@ def render_doc(tables: dict[str, tuple[str, dict[str, str]]]) -> str:
             parts.append((last + "\n") if last else "")
             parts.append(header)
             parts.extend(rows[name] for name in SCENARIOS if name in rows)
+        elif last:
+            parts.append(f"No run with the current columns and checks yet. {last.rstrip('.')}, "
+                         f"had an older layout (its rows were dropped).")
         else:
             parts.append("No run yet.")
         parts.append(end + "\n")
@@ -864,15 +1151,21 @@ def update_doc(path: Path, results: Sequence[Result], sizes: Sizes, date: str, l
 
 
 def revision() -> str:
-    """The checked-out commit, ``+changes`` when the work tree differs from it."""
+    """The checked-out commit; when tracked files differ from it, ``+changes to`` and
+    which (the results document itself aside)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return head + ("+changes" if dirty else "")
+    changed = sorted(line[3:].strip() for line in status.splitlines()
+                     if line[3:].strip() != str(DEFAULT_DOC.relative_to(ROOT)))
+    if not changed:
+        return f"`{head}`"
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    return f"`{head}` +changes to {', '.join(changed[:5])}{more}"
 
 
 def machine() -> str:

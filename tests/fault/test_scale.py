@@ -1,13 +1,16 @@
-"""Scale 1 → 3 workers during a 20,000-event run, then SIGKILL one (issue 7)."""
+"""Scale 1 → 3 workers during a 20,000-event run, then SIGKILL one (issue 7): 0 lost,
+duplicates within one batch per worker per membership change."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections import Counter
 
 import pytest
 
+from bench.chaos import batch_size_of, drained
 from streams.events import NotificationSent, OrderCreated, OrderPaid
 from tests.support.events import created, paid
 from tests.support.kafka import produce, read_topic
@@ -52,6 +55,7 @@ async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker
             await asyncio.sleep(0.4)
 
     feeder = asyncio.create_task(feed())
+    # The sleeps below pace the faults (when to scale, when to kill); no step waits for quiet.
     await asyncio.sleep(3)
     await asyncio.to_thread(workers[1].start().wait_ready)
     await asyncio.sleep(3)
@@ -64,11 +68,14 @@ async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker
     takeover = await asyncio.to_thread(wait_all_assigned, survivors)
     await feeder
 
+    # The group has committed every record of every topic the workers read: every
+    # NotificationSent (duplicates too) and every order state is final.
+    await drained(broker.bootstrap, timeout=240)
+    sent = await read_topic(broker.bootstrap, NotificationSent.topic(), expect=len(ids))
     wanted = {i.encode() for i in ids}
-    sent = await read_topic(broker.bootstrap, NotificationSent.topic(),
-                            until=lambda r: wanted <= {x.key for x in r}, idle=3, timeout=240)
-    notified = {r.key for r in sent}
-    lost = wanted - notified
+    per_order = Counter(r.key for r in sent)
+    lost = wanted - set(per_order)
+    duplicates = sum(per_order.values()) - len(per_order)
 
     def lookups() -> dict[str, list]:
         out: dict[str, list] = {w.url: [] for w in survivors}
@@ -78,13 +85,14 @@ async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker
                 out[w.url].append(json.loads(body).get("status") if code == 200 else code)
         return out
 
-    for _ in range(60):
-        seen = await asyncio.to_thread(lookups)
-        if all(s == "NOTIFIED" for v in seen.values() for s in v):
-            break
-        await asyncio.sleep(1)
-    print(f"\nscale 1→3 then SIGKILL 1 of 3 over {len(ids)} OrderPaid: notified={len(notified)} "
-          f"lost={len(lost)} duplicates={len(sent) - len(notified)} takeover={takeover:.1f}s")
+    seen = await asyncio.to_thread(lookups)
+    # Each membership change may repeat the batch every worker then had in flight (a
+    # killed worker's, or one whose partitions changed hands): 1 + 2 + 3 batches.
+    budget = (1 + 2 + 3) * batch_size_of(workers[0])
+    print(f"\nscale 1→3 then SIGKILL 1 of 3 over {len(ids)} OrderPaid: notified={len(per_order)} "
+          f"lost={len(lost)} duplicates={duplicates} (budget {budget}) takeover={takeover:.1f}s")
     assert not lost, f"lost {len(lost)}, e.g. {sorted(lost)[:5]}"
+    assert set(per_order) == wanted
+    assert duplicates <= budget
     wrong = {url: [s for s in v if s != "NOTIFIED"] for url, v in seen.items()}
     assert all(not w for w in wrong.values()), {u: w[:5] for u, w in wrong.items()}

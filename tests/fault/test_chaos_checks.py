@@ -1,0 +1,179 @@
+"""The checks of bench/chaos.py fail when they should — without a broker (fast).
+
+tests/fault/test_chaos.py runs the scenarios; a check that can never fail would
+make those runs pass whatever the engine does. Here each check is fed the broken
+case it exists for: repeated effects over worker kills × BATCH_SIZE, a worker life
+that commits nothing, a drain that stops while derived records still arrive, an
+order without NotificationSent, reconcile's exit codes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+
+import pytest
+
+from bench import chaos
+from tests.support.gateway import GatewayStub
+from tests.support.kafka import Consumed
+
+
+def gateway_with(calls: dict[str, list[float]]) -> GatewayStub:
+    """A stub (not started) as if it had answered 200 to ``calls``: key → request times."""
+    g = GatewayStub()
+    for key, times in calls.items():
+        g.requests[key] = g.accepted[key] = len(times)
+        g.times[key] = list(times)
+    return g
+
+
+def sent(*keys: str) -> list[Consumed]:
+    return [Consumed(chaos.SENT, 0, n, k.encode(), b"{}", {}, 0) for n, k in enumerate(keys)]
+
+
+# -- duplicate budget ----------------------------------------------------------------------
+
+
+def test_one_replayed_event_counts_once_though_it_repeats_its_call_and_its_notification():
+    repeated, forgotten = chaos.repeated_effects({"a": [1.0, 2.0], "b": [1.0]}, Counter({"a": 2, "b": 1}))
+    assert (repeated, forgotten) == (1, 0)
+    # either kind alone counts too
+    assert chaos.repeated_effects({"a": [1.0, 2.0, 3.0]}, Counter({"a": 1}))[0] == 2
+    assert chaos.repeated_effects({"a": [1.0]}, Counter({"a": 3}))[0] == 2
+
+
+def test_a_call_after_the_workers_memory_was_wiped_is_forgotten_not_repeated():
+    wiped = [10.0]
+    assert chaos.repeated_effects({"a": [1.0, 11.0]}, Counter({"a": 1}), wiped) == (0, 1)
+    # a second call within the same memory is still a repeat
+    assert chaos.repeated_effects({"a": [1.0, 2.0, 11.0]}, Counter({"a": 1}), wiped) == (1, 1)
+    assert chaos.repeated_effects({"a": [11.0, 12.0]}, Counter(), wiped) == (1, 0)
+
+
+def test_repeated_events_over_kills_times_batch_size_fail_the_scenario():
+    calls = {f"k-{i}": [1.0, 2.0] for i in range(11)}
+    result = chaos.Result("worker-kill-storm", worker_kills=2, batch_size=5)
+    chaos.count_outcome(result, gateway_with(calls), set(calls), sent(*calls), [])
+    assert (result.lost, result.gateway_duplicates, result.repeated, result.duplicate_budget) == (0, 11, 11, 10)
+    assert result.over_budget and not result.ok
+    assert "OVER BUDGET" in result.line()
+    assert "FAILED: 11 repeated events, over the budget of 10" in chaos.table_row(result, "today")
+
+    within = chaos.Result("worker-kill-storm", worker_kills=3, batch_size=5)
+    chaos.count_outcome(within, gateway_with(calls), set(calls), sent(*calls), [])
+    assert not within.over_budget and within.ok
+
+
+def test_duplicate_notification_sent_records_count_against_the_budget_too():
+    calls = {"a": [1.0], "b": [1.0]}
+    result = chaos.Result("relay-kill", worker_kills=0)
+    chaos.count_outcome(result, gateway_with(calls), set(calls), sent("a", "a", "b"), [])
+    assert (result.gateway_duplicates, result.sent_duplicates, result.repeated) == (0, 1, 1)
+    assert result.duplicate_budget == 0 and not result.ok  # no worker killed: nothing may repeat
+
+
+def test_no_effect_no_notification_and_stray_calls_are_reported():
+    result = chaos.Result("worker-kill-storm", worker_kills=1)
+    g = gateway_with({"a": [1.0], "b": [1.0], "zz": [1.0]})
+    chaos.count_outcome(result, g, {"a", "b", "c"}, sent("a"), [])
+    assert result.lost == 1  # c: no gateway effect
+    assert any("1 orders had a gateway effect but no NotificationSent" in c for c in result.failed_checks)
+    assert any("gateway requests for keys that should have no effect" in c for c in result.failed_checks)
+    assert not result.ok
+
+
+def test_batch_size_is_the_workers_setting():
+    w = chaos.WorkerProcess("kafka://x:1", chaos.ROOT / "nowhere", chaos.ROOT / "nowhere.log", batch_size="7")
+    assert chaos.batch_size_of(w) == 7
+    assert chaos.DEFAULT_BATCH_SIZE == 500
+
+
+# -- committed offsets -----------------------------------------------------------------------
+
+
+def test_a_worker_life_that_commits_nothing_fails():
+    assert chaos.commit_progress([(200, 500), (700, 3000)], (3000, 3000)) == []
+    failed = chaos.commit_progress([(200, 500), (200, 3000), (900, 3000)], (3000, 3000))
+    assert len(failed) == 1 and "did not advance before kill 2: 200 → 200" in failed[0]
+    first = chaos.commit_progress([(0, 400)], (400, 400))
+    assert len(first) == 1 and "kill 1" in first[0]
+
+
+def test_a_life_with_nothing_left_to_commit_is_not_blamed():
+    assert chaos.commit_progress([(3000, 3000), (3000, 3000)], (3000, 3000)) == []
+
+
+def test_anything_left_uncommitted_after_the_drain_fails():
+    assert chaos.commit_progress([(100, 500)], (2999, 3000)) != []
+
+
+# -- drained: a condition, repeated until nothing moved -------------------------------------
+
+
+async def test_drained_waits_again_while_derived_records_keep_arriving(monkeypatch):
+    ends = iter([{0: 5}, {0: 8}, {0: 9}, {0: 9}])  # each wait lets a derived record land
+    waits: list[float] = []
+
+    async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+        return next(ends)
+
+    async def wait_consumed(bootstrap: str, topics, *, timeout: float) -> None:
+        waits.append(timeout)
+
+    monkeypatch.setattr(chaos, "end_offsets", end_offsets)
+    monkeypatch.setattr(chaos, "wait_consumed", wait_consumed)
+    assert await chaos.drained("b:1", ["t"], timeout=30) == 9
+    assert len(waits) == 3
+
+
+async def test_drained_fails_when_the_group_does_not_commit(monkeypatch):
+    async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+        return {0: 5}
+
+    async def wait_consumed(bootstrap: str, topics, *, timeout: float) -> None:
+        raise AssertionError("t: committed {0: 3}, end {0: 5}")
+
+    monkeypatch.setattr(chaos, "end_offsets", end_offsets)
+    monkeypatch.setattr(chaos, "wait_consumed", wait_consumed)
+    with pytest.raises(AssertionError, match="committed"):
+        await chaos.drained("b:1", ["t"], timeout=1)
+
+
+def test_every_topic_the_worker_reads_is_drained():
+    from streams.registry import SERVICES
+
+    for spec in SERVICES:
+        assert set(spec.sources) <= set(chaos.WORKER_TOPICS)
+        assert set(spec.retry_topics(3)) <= set(chaos.WORKER_TOPICS)
+
+
+# -- reconcile exit codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_reconcile_clean_or_mismatches_is_an_answer(monkeypatch, code):
+    monkeypatch.setattr(chaos.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, code, "3 orders checked: …\n", ""))
+    assert chaos.reconcile_cli({}, "--sla", "0") == (code, "3 orders checked: …\n")
+
+
+@pytest.mark.parametrize("code", [1, 2])
+def test_reconcile_failure_raises(monkeypatch, code):
+    monkeypatch.setattr(chaos.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, code, "", "worker unreachable"))
+    with pytest.raises(RuntimeError, match=f"reconcile exited {code}"):
+        chaos.reconcile_cli({}, "--sla", "0")
+
+
+# -- the document ------------------------------------------------------------------------------
+
+
+def test_rows_of_an_older_layout_are_dropped_not_mixed_in():
+    old = ("<!-- chaos-results:short -->\nLatest run: x.\n\n| a |\n|---|\n"
+           "| `relay-kill` | d | 1 | **0** | 0 (0 + 0) | 0 | 1.0 | f | 2 | n |\n<!-- /chaos-results:short -->")
+    assert chaos.parse_doc(old)["short"] == ("Latest run: x.", {})
+    row = chaos.table_row(chaos.Result("relay-kill"), "d")
+    assert len(chaos._split_row(row)) == len(chaos.COLUMNS)
+    new = f"<!-- chaos-results:short -->\nLatest run: y.\n{row}\n<!-- /chaos-results:short -->"
+    assert chaos.parse_doc(new)["short"] == ("Latest run: y.", {"relay-kill": row})
