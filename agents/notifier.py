@@ -84,9 +84,11 @@ class HttpNotifier:
     channel = "sms"
     concurrent = True
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, user_agent: str = "order-streams") -> None:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        #: names this worker (its canonical URL) to the gateway's logs
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -98,7 +100,7 @@ class HttpNotifier:
         body = {"order_id": notification.order_id, "user_id": notification.user_id, "text": notification.text}
         try:
             async with self._client().post(
-                self.url, json=body, headers={"Idempotency-Key": idempotency_key}
+                self.url, json=body, headers={"Idempotency-Key": idempotency_key, "User-Agent": self.user_agent}
             ) as resp:
                 status = resp.status
                 detail = (await resp.text())[:200] if status >= 300 else ""
@@ -118,5 +120,5 @@ class HttpNotifier:
             await self._session.close()
 
 
-def make_notifier(url: str, timeout: float) -> Notifier:
-    return HttpNotifier(url, timeout) if url else LogNotifier()
+def make_notifier(url: str, timeout: float, user_agent: str = "order-streams") -> Notifier:
+    return HttpNotifier(url, timeout, user_agent) if url else LogNotifier()

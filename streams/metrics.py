@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.engine.pipeline import DEAD_LETTER, DUPLICATE, PARKED, RETRY, SUCCESS
@@ -24,14 +24,15 @@ __all__ = ["Metrics", "SUCCESS", "DUPLICATE", "RETRY", "DEAD_LETTER", "PARKED"]
 
 
 class _Source(Collector):
-    """A gauge family read from a callable at scrape time."""
+    """A gauge (or counter) family read from a callable at scrape time."""
 
-    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
-        self.name, self.doc, self.labels = name, doc, labels
+    def __init__(self, name: str, doc: str, labels: list[str], *, counter: bool = False) -> None:
+        self.name, self.doc, self.labels, self.counter = name, doc, labels, counter
         self.source: Callable[[], Iterable[tuple]] = lambda: ()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        kind = CounterMetricFamily if self.counter else GaugeMetricFamily
+        family = kind(self.name, self.doc, labels=self.labels)
         for *labels, value in self.source():
             family.add_metric([str(v) for v in labels], value)
         yield family
@@ -117,6 +118,9 @@ class Metrics:
         self.consumer_lag = _Source("consumer_lag", "Records not yet read, per assigned partition",
                                     ["topic", "partition"])
         r.register(self.consumer_lag)
+        self.seek_backs = _Source("engine_seek_backs", "Fetched records sent back to the broker, by reason "
+                                  "(not_ready, hole, unprocessed, paused)", ["reason"], counter=True)
+        r.register(self.seek_backs)
         self.recovery_remaining = _Source(
             "table_recovery_records_remaining", "Changelog records still to read, per recovering table partition",
             ["table", "partition"])

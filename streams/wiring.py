@@ -103,7 +103,8 @@ def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str
     closers: list[Callable[[], Awaitable[None]]] = []
     for name in settings.services:
         if name == registry.NOTIFICATIONS.name:
-            notifier = make_notifier(settings.notifier_url, settings.notifier_timeout)
+            notifier = make_notifier(settings.notifier_url, settings.notifier_timeout,
+                                     f"order-streams worker {settings.web_url}")
             closers.append(notifier.close)
             services[name] = NotificationsService(notifier, concurrency=settings.handler_concurrency)
         elif name == registry.ORDER_STATE.name:
@@ -198,6 +199,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
 
     metrics.consumer_lag.source = lambda: consumer_lag(app)
     metrics.recovery_remaining.source = progress.rows
+    metrics.seek_backs.source = lambda: sorted(driver.seek_backs.items())
     for spec in specs:
         metrics.oldest_retry_age.labels(spec.name).set_function(
             lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))

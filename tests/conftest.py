@@ -21,8 +21,8 @@ def worker_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[
     """Make workers on this test's broker; every worker is stopped at the end."""
     made: list[WorkerProcess] = []
 
-    def make(name: str = "w1", **env: str) -> WorkerProcess:
-        w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", **env)
+    def make(name: str = "w1", *, app: str = "streams", **env: str) -> WorkerProcess:
+        w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", app=app, **env)
         made.append(w)
         return w
 

@@ -40,6 +40,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
@@ -106,6 +107,9 @@ class Driver:
         #: retry partitions paused until their head record is due: (due, failed at), epoch ms
         self.paused: dict[TP, tuple[int, int]] = {}
         self._last_maintenance = 0.0
+        #: seeks back by reason (rule 1: ``not_ready``; rule 2: ``hole``, ``unprocessed``;
+        #: retry tiers: ``paused``) — engine_seek_backs_total
+        self.seek_backs: Counter[str] = Counter()
 
     @property
     def topics(self) -> set[str]:
@@ -172,10 +176,11 @@ class Driver:
         nxt = self.next.get(tp) if self._generation == generation else None
         if nxt is None or not port.may_process():
             if tp in port.assigned():
-                await self._seek(port, tp, records[0].offset if nxt is None else min(nxt, records[0].offset))
+                await self._seek(port, tp, records[0].offset if nxt is None else min(nxt, records[0].offset),
+                                 "not_ready")
             return []
         if tp in self.paused:  # a retry partition fetched in flight while pausing
-            await self._seek(port, tp, nxt)
+            await self._seek(port, tp, nxt, "paused")
             return []
         fresh = [r for r in records if r.offset >= nxt]
         if not fresh:
@@ -188,7 +193,7 @@ class Driver:
                 self._probe.pop(tp, None)
             else:
                 self._probe[tp] = first
-                await self._seek(port, tp, nxt)
+                await self._seek(port, tp, nxt, "hole")
                 return []
         else:
             self._probe.pop(tp, None)
@@ -266,9 +271,10 @@ class Driver:
         assigned = port.assigned()
         for tp, left in work.items():
             if left and tp in assigned:
-                await self._seek(port, tp, left[0].offset)
+                await self._seek(port, tp, left[0].offset, "unprocessed")
 
-    async def _seek(self, port: ConsumerPort, tp: TP, offset: int) -> None:
+    async def _seek(self, port: ConsumerPort, tp: TP, offset: int, reason: str) -> None:
+        self.seek_backs[reason] += 1
         try:
             await port.seek(tp, offset)
         except asyncio.CancelledError:

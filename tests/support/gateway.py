@@ -26,6 +26,11 @@ class GatewayStub:
         self.requests: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.times: dict[str, list[float]] = {}
+        #: (idempotency key, User-Agent, loop time) of every request, in arrival order
+        self.agents: list[tuple[str, str, float]] = []
+        self.in_flight: Counter[str] = Counter()
+        #: keys that had two requests in flight at once
+        self.overlapping: set[str] = set()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -34,12 +39,19 @@ class GatewayStub:
 
     async def _handle(self, request: web.Request) -> web.Response:
         key = request.headers.get("Idempotency-Key", "")
+        self.agents.append((key, request.headers.get("User-Agent", ""), asyncio.get_running_loop().time()))
         await request.read()
         seen = self.requests[key]
         self.requests[key] += 1
         self.times.setdefault(key, []).append(asyncio.get_running_loop().time())
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.in_flight[key] += 1
+        if self.in_flight[key] > 1:
+            self.overlapping.add(key)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight[key] -= 1
         status = self.behaviour(key, seen)
         if status < 300:
             self.accepted[key] += 1

@@ -27,8 +27,10 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 class WorkerProcess:
     """``faust -A streams worker`` in a subprocess with its own port and data dir."""
 
-    def __init__(self, broker_url: str, data_dir: Path, log_path: Path, **env: str) -> None:
+    def __init__(self, broker_url: str, data_dir: Path, log_path: Path, *, app: str = "streams", **env: str) -> None:
         self.broker_url = broker_url
+        #: the ``-A`` app module (``tests.support.hazard_app`` causes a position hazard)
+        self.app = app
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = free_port()
@@ -56,7 +58,7 @@ class WorkerProcess:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams", "worker", "-l", "info",
+            [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
              "--web-port", str(self.port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
