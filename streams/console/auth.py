@@ -103,7 +103,9 @@ def see_other(location: str) -> aioweb.Response:
 
 def console_middleware(token: str) -> Callable[..., Awaitable[Any]]:
     """Outermost middleware for ``/console…``: a browser that is not signed in is sent to
-    the sign-in form (GET pages); security headers on every console answer."""
+    the sign-in form (GET pages; JSON under ``/console/api/`` and the ``…/live`` parts
+    the pages' script fetches get the auth middleware's 401 instead); security headers
+    on every console answer."""
 
     @aioweb.middleware
     async def console(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -111,7 +113,8 @@ def console_middleware(token: str) -> Callable[..., Awaitable[Any]]:
         if path != "/console" and not path.startswith("/console/"):
             return await handler(request)
         if (token and request.method in ("GET", "HEAD") and not path.startswith(LOGIN)
-                and not path.startswith("/console/api/") and not token_ok(request, token)):
+                and not path.startswith("/console/api/") and not path.endswith("/live")
+                and not token_ok(request, token)):
             response: Any = see_other(f"{LOGIN}?next={quote(request.path_qs, safe='')}")
         else:
             response = await handler(request)

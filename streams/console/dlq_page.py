@@ -18,6 +18,7 @@ from typing import Any
 
 from streams import dlq, registry
 from streams.console.html import e, hidden, table, url
+from streams.console.ledger import LedgerMarks
 from streams.console.letters import SUMMARY_HEADERS, summary_cells
 from streams.dlq import DeadLetter
 from streams.events import ID_PATTERN
@@ -125,15 +126,15 @@ async def find(bootstrap: str, f: Filter, *, after: str | None = None, limit: in
     return out
 
 
-async def load(bootstrap: str, f: Filter, *, after: str | None, limit: int,
+async def load(bootstrap: str, f: Filter, *, after: str | None, limit: int, ledger: LedgerMarks,
                client_kwargs: Mapping[str, Any] | None) -> tuple[Found, int, set[str]]:
-    """The page, the record count of the chosen DLQ topics and the ledger's ids, at once."""
-    found, total, *ledgers = await asyncio.gather(
+    """The page, the record count of the chosen DLQ topics and the ledgers' ids, at once."""
+    found, total, redriven = await asyncio.gather(
         find(bootstrap, f, after=after, limit=limit, client_kwargs=client_kwargs),
         dlq.record_count(bootstrap, f.services, client_kwargs=client_kwargs),
-        *(dlq.redriven_ids(bootstrap, s, client_kwargs=client_kwargs) for s in f.services),
+        ledger.redriven(f.services),
     )
-    return found, total, set().union(*ledgers)
+    return found, total, redriven
 
 
 def options(values: tuple[str, ...] | list[str], chosen: str, anything: str) -> str:

@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +33,8 @@ from streams.dlq import DeadLetter
 log = logging.getLogger(__name__)
 
 MAX_IDS = 500
-#: Outcomes a job keeps to show (counts are always complete).
-MAX_OUTCOMES = 1000
+#: Outcomes a job keeps to show, per kind (counts are always complete).
+MAX_OUTCOMES = 500
 KEEP_JOBS = 50
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,32}$")
 
@@ -101,8 +101,8 @@ class Job:
         return self.state in ("done", "failed")
 
     def note(self, outcome: dict[str, Any]) -> None:
-        self.counts[outcome["action"]] = self.counts.get(outcome["action"], 0) + 1
-        if len(self.outcomes) < MAX_OUTCOMES:
+        n = self.counts[outcome["action"]] = self.counts.get(outcome["action"], 0) + 1
+        if n <= MAX_OUTCOMES:
             self.outcomes.append(outcome)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,8 +113,10 @@ class Job:
 
 
 class Jobs:
-    def __init__(self, bootstrap: str, client_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, bootstrap: str, client_kwargs: Mapping[str, Any],
+                 on_redriven: Callable[[str, str], None] = lambda service, letter_id: None) -> None:
         self.bootstrap = bootstrap
+        self.on_redriven = on_redriven
         self.kafka = dict(client_kwargs)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -150,8 +152,13 @@ class Jobs:
             finally:
                 job.finished_ms = int(time.time() * 1000)
 
-    def _outcome(self, job: Job) -> Any:
-        return lambda o: job.note(o.to_dict())
+    def _outcome(self, job: Job) -> Callable[[dlq.Outcome], None]:
+        def note(outcome: dlq.Outcome) -> None:
+            job.note(outcome.to_dict())
+            if outcome.action == "redriven":
+                self.on_redriven(outcome.letter.service, outcome.letter.id)
+
+        return note
 
     async def _marked(self, job: Job, letters: AsyncIterator[DeadLetter] | Iterable[DeadLetter],
                       done_before: set[str], keep: Filter | None = None) -> AsyncIterator[DeadLetter]:
@@ -216,7 +223,8 @@ def confirm_form(job: Job, csrf: str) -> str:
     more = " (and any matching letter that arrived since)" if job.selection.mode == "filter" else ""
     return (
         '<form method="post" action="/console/dlq/redrive" class="card confirm">'
-        f'<p>Send {n:,} dead letter{"s" if n != 1 else ""}{e(more)} back to their source topics? Each is recorded in '
+        f'<p>Send {n:,} dead letter{"s" if n != 1 else ""}{e(more)} back to '
+        f'{"their source topics" if n != 1 else "its source topic"}? Each is recorded in '
         'its service\'s ledger and never redriven twice.</p>'
         f'{hidden("csrf", csrf)}{hidden("dry_run", "0")}{fields}'
         f'<button type="submit" class="danger confirm-redrive">Confirm: redrive {n:,} dead letter{"s" if n != 1 else ""}</button> '
@@ -241,8 +249,8 @@ def render_job(job: Job, csrf: str | None) -> str:
     error = f'<p class="notice bad">{text(job.error)}</p>' if job.error else ""
     rows = [outcome_row(o) for o in job.outcomes]
     listing = table(["dead letter", "outcome", "to", "why"], rows, empty="no dead letters (yet)", cls="outcomes")
-    if len(job.outcomes) >= MAX_OUTCOMES:
-        listing += f'<p class="muted">the first {MAX_OUTCOMES:,} are listed; the counts are complete</p>'
+    if any(n > MAX_OUTCOMES for n in c.values()):
+        listing += f'<p class="muted">the first {MAX_OUTCOMES:,} of each kind are listed; the counts are complete</p>'
     tail = ""
     if job.finished:
         tail = '<span data-final></span>'

@@ -26,6 +26,7 @@ from streams.console import auth, dlq_page, overview, redrive, state
 from streams.console.assets import CSS, JS
 from streams.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
 from streams.console.html import e, page
+from streams.console.ledger import LedgerMarks
 from streams.console.letters import letter_view
 from streams.events import ID_PATTERN
 from streams.web import read_value
@@ -58,8 +59,8 @@ def register_console(app: Any, worker: "Worker") -> None:
     bootstrap = bootstrap_of(settings.kafka_broker)
     kafka = dict(settings.aiokafka_kwargs())
     sampler = overview.Sampler()
-    jobs = redrive.Jobs(bootstrap, kafka)
-    worker.console_jobs = jobs  # type: ignore[attr-defined]
+    marks = LedgerMarks(bootstrap, kafka)
+    jobs = redrive.Jobs(bootstrap, kafka, on_redriven=marks.add)
     middleware = auth.console_middleware(token)
     previous_init = app.on_webserver_init
 
@@ -183,7 +184,8 @@ def register_console(app: Any, worker: "Worker") -> None:
             return show(request, "Dead letters", dlq_page.filter_form(dlq_page.Filter())
                         + f'<p class="notice bad">{e(exc)}</p>', 400, active="/console/dlq")
         try:
-            found, total, ledger = await dlq_page.load(bootstrap, f, after=after, limit=limit, client_kwargs=kafka)
+            found, total, ledger = await dlq_page.load(bootstrap, f, after=after, limit=limit, ledger=marks,
+                                                       client_kwargs=kafka)
         except dlq.DlqError as exc:
             return problem(request, "Dead letters", str(exc), 502)
         body = dlq_page.render(f, found, total, ledger, after=after, limit=limit, csrf=csrf_of(request))
@@ -208,7 +210,7 @@ def register_console(app: Any, worker: "Worker") -> None:
         if failed is not None:
             return failed
         try:
-            redriven = letter.id in await dlq.redriven_ids(bootstrap, letter.service, client_kwargs=kafka)
+            redriven = letter.id in await marks.redriven([letter.service])
         except dlq.DlqError as exc:
             return problem(request, "Dead letter", str(exc), 502)
         body = letter_view(letter, redriven=redriven, csrf=csrf_of(request))

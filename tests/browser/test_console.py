@@ -193,6 +193,7 @@ def test_redrive_one_letter_with_the_token_and_the_order_reaches_notified(broker
             assert not button.is_enabled()
             row.find_element(*by('input[type="checkbox"][name="id"]')).click()
             wait(driver, lambda d: button.is_enabled() and "1 selected" in button.text)
+            screenshot(driver, "dlq-select")
             button.click()
 
             # The dry run: a preview, then the confirmation
@@ -201,6 +202,7 @@ def test_redrive_one_letter_with_the_token_and_the_order_reaches_notified(broker
             assert driver.find_element(*by(".count-main")).text == "1"
             assert letter_id in driver.find_element(*by("table.outcomes")).text
             assert "would redrive" in driver.find_element(*by("table.outcomes")).text
+            screenshot(driver, "redrive-preview")
             confirm.click()
             wait(driver, stale_safe(lambda d: d.find_element(*by(".job")).get_attribute("data-state") == "done"))
             assert driver.find_element(*by(".job p")).text.startswith("Redrive of 1 selected dead letter")

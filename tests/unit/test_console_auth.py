@@ -123,7 +123,8 @@ async def test_signed_in_pages_pass_with_security_headers():
 
 
 @pytest.mark.parametrize("method,path", [("POST", "/console/dlq/redrive"), ("GET", "/console/api/overview"),
-                                         ("GET", "/console/login"), ("GET", "/orders/o-1")])
+                                         ("GET", "/console/overview/live"), ("GET", "/console/login"),
+                                         ("GET", "/orders/o-1")])
 async def test_the_middleware_leaves_refusals_to_the_auth_middleware(method, path):
     response, seen = await run_middleware(TOKEN, request(method, path))
     assert seen and response.status == 200
