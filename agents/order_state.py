@@ -85,7 +85,7 @@ class OrderStateService:
         if verdict is Verdict.PARK and len(incoming.value) > MAX_PARKED_VALUE:
             raise TooLarge(f"{incoming.type} of {len(incoming.value)} bytes cannot be parked "
                            f"(limit {MAX_PARKED_VALUE})")
-        if new != old:
+        if verdict is Verdict.APPLY or verdict is Verdict.PARK:  # a duplicate or illegal event changes nothing
             tx.set(key, orjson.dumps(new))  # raises TooLarge over STATE_MAX_BYTES
         if verdict is Verdict.PARK:
             # Indexed by when it was parked (so a changed PARK_TIMEOUT applies to it too);

@@ -88,30 +88,40 @@ class Verdict(enum.Enum):
     ILLEGAL = "illegal"
 
 
-@dataclass(frozen=True)
 class Incoming:
-    """An event as the machine keeps it: type, id, event time, and where it came from."""
+    """An event as the machine keeps it: type, id, event time, and where it came from.
+    (A plain slotted class: one is built per event, and a frozen dataclass's
+    ``__init__`` cost several times as much.)"""
 
-    type: str
-    event_id: str
-    occurred_at: str | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    #: the record's JSON text (kept so a parked event can be dead-lettered verbatim)
-    value: str
-    parked_at_ms: int = 0
+    __slots__ = ("type", "event_id", "occurred_at", "topic", "partition", "offset", "timestamp_ms",
+                 "value", "parked_at_ms")
+
+    def __init__(self, type: str, event_id: str, occurred_at: str | None, topic: str, partition: int,
+                 offset: int, timestamp_ms: int, value: str, parked_at_ms: int = 0) -> None:
+        self.type = type
+        self.event_id = event_id
+        self.occurred_at = occurred_at
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp_ms = timestamp_ms
+        #: the record's JSON text (kept so a parked event can be dead-lettered verbatim)
+        self.value = value
+        self.parked_at_ms = parked_at_ms
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Incoming) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"Incoming({self.type}, {self.event_id}, {self.topic}[{self.partition}]@{self.offset})"
 
     @classmethod
     def of(cls, event: Event, record: Record, now_ms: int) -> "Incoming":
-        return cls(
-            type=event.type_name(), event_id=str(event.event_id),
-            occurred_at=event.occurred_at.isoformat() if event.occurred_at else None,
-            topic=record.topic, partition=record.partition, offset=record.offset,
-            timestamp_ms=record.timestamp_ms, value=(record.value or b"").decode("utf-8", "replace"),
-            parked_at_ms=now_ms,
-        )
+        occurred = event.occurred_at
+        value = record.value
+        return cls(event.type_name(), str(event.event_id), occurred.isoformat() if occurred else None,
+                   record.topic, record.partition, record.offset, record.timestamp_ms,
+                   value.decode("utf-8", "replace") if value else "", now_ms)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.event_id, "at": self.occurred_at, "t": self.topic, "p": self.partition,
