@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web as aioweb
 
+from streams.console import register_console
 from streams.events import ID_PATTERN
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
@@ -79,6 +80,8 @@ def register_web(app: Any, worker: "Worker") -> None:
     token = settings.web_token.get_secret_value()
     if token:
         def on_webserver_init(web: Any) -> None:
+            if any(getattr(m, "__name__", "") == "require_token" for m in web.web_app.middlewares):
+                return  # Faust initialises its web server twice
             web.web_app.middlewares.append(auth_middleware(token, public_prefixes=("/console/login",)))
 
         app.on_webserver_init = on_webserver_init
@@ -133,4 +136,4 @@ def register_web(app: Any, worker: "Worker") -> None:
                 return web.json({"error": "the SKU's partition is not served here right now"}, status=503)
             return web.json({"sku": sku, "available": stock["available"], "reserved": stock["reserved"]})
 
-    from streams.console import register_console; register_console(app, worker)  # noqa: E702 - the /console routes
+    register_console(app, worker)
