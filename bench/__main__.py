@@ -1,7 +1,16 @@
-"""``python -m bench`` (or ``make bench``): every pair side by side, in one run.
+"""``python -m bench`` (or ``make bench``): every measurement side by side, in one run.
 
-Writes ``bench/results/<date>.json`` and ``docs/benchmarks.md`` (with
-``docs/benchmarks.png``) and prints every ratio. ``--quick`` uses smaller inputs.
+Each worker measurement is paired with a bare-loop run on its own fresh broker right
+before or after it (alternating, so a drifting machine favours neither side) and the
+ratio is computed within the pair; ``--repeat K`` runs every pair K times and reports
+the median ratio and the spread. Writes ``bench/results/<date>[-quick].json``,
+``docs/benchmarks.md`` and ``docs/benchmarks.png`` (only for a run of everything;
+``--only`` runs write the JSON alone unless ``--write-docs``).
+
+    python -m bench                    # full sizes (tens of minutes on 2 cores)
+    python -m bench --quick            # small inputs, labelled QUICK in the report
+    python -m bench --repeat 3         # every pair 3 times: median and spread
+    python -m bench --only headline,p2 # a subset (names below)
 """
 
 from __future__ import annotations
@@ -10,67 +19,219 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import platform
 import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import pairs
-from bench.report import GOALS, ratios, write_markdown, write_plot
+from bench.common import ROOT, git_commit, machine
+from bench.report import summarize, write_markdown, write_plot
 
-ROOT = Path(__file__).resolve().parents[1]
+#: --only names (and the old P-numbers as aliases)
+NAMES = ("headline", "paid", "paid-notifications", "quix", "parked", "recovery", "sweep", "relay", "latency", "retry")
+ALIASES = {"p1": ("paid", "paid-notifications", "quix"), "p2": ("recovery",), "p3": ("relay",),
+           "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
 
-async def run_all(quick: bool, only: set[str] | None) -> dict[str, Any]:
-    n, distinct = (20_000, 16_000) if quick else (100_000, 80_000)
+@dataclass
+class Sizes:
+    flood_events: int
+    flood_distinct: int
+    orders: int
+    parked: int
+    park_timeout: float
+    recovery_keys: int
+    sweep_live: tuple[int, int]
+    sweep_expired: int
+    relay_rows: int
+    latency_seconds: float
+    latency_rate: int = 1000
+    retry_keys: int = 20
+    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+FULL = Sizes(flood_events=100_000, flood_distinct=80_000, orders=20_000, parked=80_000, park_timeout=20.0,
+             recovery_keys=1_000_000, sweep_live=(100_000, 1_000_000), sweep_expired=10_000,
+             relay_rows=20_000, latency_seconds=15)
+QUICK = Sizes(flood_events=20_000, flood_distinct=16_000, orders=2_000, parked=10_000, park_timeout=20.0,
+              recovery_keys=100_000, sweep_live=(100_000, 1_000_000), sweep_expired=10_000,
+              relay_rows=5_000, latency_seconds=5)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+async def guarded(results: dict[str, Any], name: str, coro: Any) -> Any:
+    """Run one measurement; an error is recorded (and printed), the run goes on."""
+    t = time.perf_counter()
+    try:
+        out = await coro
+        log(f"  {name}: done in {time.perf_counter() - t:.0f}s")
+        return out
+    except Exception as exc:  # noqa: BLE001 - the report says what failed
+        log(f"  {name}: FAILED: {exc!r}")
+        results.setdefault("errors", {})[name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-3000:]
+        traceback.print_exc()
+        return None
+
+
+async def paired(results: dict[str, Any], name: str, r: int, worker: Any, bare: Any, *,
+                 flip: bool = False) -> dict[str, Any] | None:
+    """Worker and bare loop back to back (worker first on even repeats, bare first on
+    odd ones; ``flip`` the other way round); None when either side failed."""
+    worker_first = (r % 2 == 0) != flip
+    if worker_first:
+        w = await guarded(results, f"{name}[{r}] worker", worker())
+        b = await guarded(results, f"{name}[{r}] bare", bare()) if w else None
+    else:
+        b = await guarded(results, f"{name}[{r}] bare", bare())
+        w = await guarded(results, f"{name}[{r}] worker", worker()) if b else None
+    if not (w and b):
+        return None
+    return {"first": "worker" if worker_first else "bare", "worker": w, "bare": b,
+            "ratio": w["per_s"] / b["events_per_s"]}
+
+
+async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="order-streams-bench-"))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                    "platform": platform.platform()},
-        "inputs": {"events": n, "distinct": distinct, "quick": quick},
+        "quick": quick, "repeat": repeat, "only": sorted(only) if only != set(NAMES) else None,
+        "git": git_commit(), "machine": machine(), "sizes": asdict(sizes), "workdir": str(work),
+        "pairs": {}, "errors": {},
     }
+    log(f"bench: {'QUICK' if quick else 'full'} sizes, repeat {repeat}; logs under {work}")
+    n, distinct = sizes.flood_events, sizes.flood_distinct
 
-    def want(name: str) -> bool:
-        return only is None or name in only
+    def bare() -> Any:
+        return pairs.bare(n, distinct)
 
-    if want("p1") or want("p2"):
-        print("P1/P2: worker …", flush=True)
-        results.update(await pairs.p1_worker(n, distinct, work))
-        print("P1: bare aiokafka loop …", flush=True)
-        results["p1_bare"] = await pairs.p1_bare(n, distinct)
-        print("P1: Quix Streams …", flush=True)
-        results["p1_quix"] = await pairs.p1_quix(n, distinct)
-    if want("p3"):
-        print("P3: outbox relay vs raw producer …", flush=True)
-        results.update(await pairs.p3_relay(5_000 if quick else 20_000, work))
-    if want("p4"):
-        print("P4: end-to-end latency at 1,000 orders/s …", flush=True)
-        results["p4_latency"] = await pairs.p4_latency(1000, 5 if quick else 15, work)
-    if want("p5"):
-        print("P5: retry delays …", flush=True)
-        results["p5_retry"] = await pairs.p5_retry_delays((0.5, 1.0, 2.0), 20, work)
-    results["ratios"] = ratios(results)
+    quix_python = None
+    if "quix" in only:
+        from bench.quix import quix_python as find
+
+        log("Quix Streams: its own venv …")
+        quix_python, why = await asyncio.to_thread(find)
+        results["quix_status"] = {"available": quix_python is not None, "reason": why}
+        if why:
+            log(f"  Quix not available: {why}")
+
+    t_start = time.perf_counter()
+    for r in range(repeat):
+        if "headline" in only:
+            log(f"[{r + 1}/{repeat}] headline: whole worker, default SERVICES, {sizes.orders:,} orders, full lifecycle")
+            got = await paired(results, "headline", r, lambda: pairs.lifecycle(sizes.orders, work), bare)
+            results["pairs"].setdefault("headline", []).append(got)
+        if "paid" in only:
+            log(f"[{r + 1}/{repeat}] OrderPaid flood, default SERVICES ({n:,} over {distinct:,} ids)")
+            got = await paired(results, "paid", r,
+                               lambda: pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work), bare)
+            results["pairs"].setdefault("paid", []).append(got)
+        if "paid-notifications" in only or "quix" in only:
+            log(f"[{r + 1}/{repeat}] OrderPaid flood, SERVICES=notifications"
+                + (" (+ Quix Streams)" if quix_python else ""))
+            got = await paired(results, "paid-notifications", r,
+                               lambda: pairs.paid_flood(n, distinct, "notifications", work, name="paid-n"), bare)
+            if got and quix_python:
+                q = await guarded(results, f"quix[{r}]", pairs.quix(n, distinct, quix_python))
+                if q:
+                    got["quix"] = q
+                    got["worker_over_quix"] = got["worker"]["per_s"] / q["events_per_s"]
+                    got["quix_over_bare"] = q["events_per_s"] / got["bare"]["events_per_s"]
+            results["pairs"].setdefault("paid-notifications", []).append(got)
+        if "parked" in only:
+            log(f"[{r + 1}/{repeat}] parked flood: {sizes.parked:,} OrderPaid, no OrderCreated "
+                f"(PARK_TIMEOUT {sizes.park_timeout:g}s{' + the DLQ check' if r == 0 else ''})")
+            p = sizes.parked
+            check = pairs.dlq_check(p, sizes.park_timeout) if r == 0 else None
+            env = {"park_timeout": str(sizes.park_timeout)}
+            on = await paired(results, "parked-default", r,
+                              lambda: pairs.paid_flood(p, p, pairs.DEFAULT_SERVICES, work, env=env, after=check,
+                                                       name="parked-all"), bare)
+            off = await paired(results, "parked-off", r,
+                               lambda: pairs.paid_flood(p, p, "notifications,inventory", work, env=env,
+                                                        name="parked-off"), bare, flip=True)
+            got = None
+            if on and off:
+                got = {"default": on, "off": off, "raw_ratio": on["worker"]["per_s"] / off["worker"]["per_s"],
+                       "ratio": on["ratio"] / off["ratio"]}
+            results["pairs"].setdefault("parked", []).append(got)
+            if r == 0 and on and "dlq" in on["worker"]:
+                results["parked_dlq"] = on["worker"]["dlq"]
+        if "relay" in only:
+            log(f"[{r + 1}/{repeat}] P3 outbox relay vs raw producer ({sizes.relay_rows:,} rows)")
+            results.setdefault("relay", []).append(await guarded(results, f"relay[{r}]",
+                                                                 pairs.relay(sizes.relay_rows, work)))
+    if "recovery" in only:
+        log(f"P2 recovery: dedup table of {sizes.recovery_keys:,} keys, {repeat} round(s) of kept/wiped restarts")
+        results["recovery"] = await guarded(results, "recovery", pairs.recovery(sizes.recovery_keys, repeat, work))
+    if "sweep" in only:
+        from bench import sweep
+
+        log(f"sweep cost: {sizes.sweep_expired:,} expired keys over {sizes.sweep_live[0]:,} and "
+            f"{sizes.sweep_live[1]:,} live keys")
+        results["sweep"] = await guarded(results, "sweep", sweep.run(sizes.sweep_live, sizes.sweep_expired,
+                                                                     max(3, repeat)))
+    if "latency" in only:
+        for services in ("notifications", pairs.DEFAULT_SERVICES):
+            log(f"P4 latency at {sizes.latency_rate:,} orders/s, SERVICES={services}")
+            results.setdefault("latency", {})[services] = await guarded(
+                results, f"latency {services}",
+                pairs.latency(sizes.latency_rate, sizes.latency_seconds, services, work))
+    if "retry" in only:
+        log("P5 retry delays")
+        results["retry"] = await guarded(results, "retry", pairs.retry_delays(sizes.retry_delays, sizes.retry_keys, work))
+    results["seconds"] = time.perf_counter() - t_start
+    results["summary"] = summarize(results)
     return results
 
 
+def parse_only(value: str) -> set[str]:
+    if not value.strip():
+        return set(NAMES)
+    out: set[str] = set()
+    for name in (v.strip().lower() for v in value.split(",") if v.strip()):
+        if name in ALIASES:
+            out.update(ALIASES[name])
+        elif name in NAMES:
+            out.add(name)
+        else:
+            raise SystemExit(f"--only: unknown {name!r}; choose from {', '.join(NAMES + tuple(ALIASES))}")
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs (a few minutes)")
-    parser.add_argument("--only", default="", help="comma-separated subset: p1,p2,p3,p4,p5")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs (report labelled QUICK)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(NAMES)} "
+                                                   f"(aliases {', '.join(ALIASES)})")
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="run each worker/bare pair K times; report the median ratio and the spread")
+    parser.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md even with --only")
     args = parser.parse_args()
-    only = {p.strip() for p in args.only.split(",") if p.strip()} or None
-    results = asyncio.run(run_all(args.quick, only))
-    out = ROOT / "bench" / "results" / f"{results['date'][:10]}.json"
+    if args.repeat < 1:
+        parser.error("--repeat must be ≥ 1")
+    only = parse_only(args.only)
+    sizes = QUICK if args.quick else FULL
+    results = asyncio.run(run_all(sizes, args.quick, args.repeat, only))
+    suffix = ("-quick" if args.quick else "") + ("-only" if results["only"] else "")
+    out = ROOT / "bench" / "results" / f"{results['date'][:10]}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    write_plot(results, ROOT / "docs" / "benchmarks.png")
-    write_markdown(results, ROOT / "docs" / "benchmarks.md", out.relative_to(ROOT))
-    print(f"\nresults: {out.relative_to(ROOT)}; report: docs/benchmarks.md")
-    for name, r in results["ratios"].items():
-        goal = GOALS.get(name)
-        verdict = "" if r.get("value") is None or goal is None else ("  ok" if goal[1](r["value"]) else "  MISSED")
-        print(f"{name:32s} {r.get('value')!s:>10} (goal {goal[0] if goal else '-'}){verdict}")
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if results["only"] is None or args.write_docs:
+        write_plot(results, ROOT / "docs" / "benchmarks.png")
+        write_markdown(results, ROOT / "docs" / "benchmarks.md", out.relative_to(ROOT))
+        print(f"\nresults: {out.relative_to(ROOT)}; report: docs/benchmarks.md")
+    else:
+        print(f"\nresults: {out.relative_to(ROOT)} (docs/benchmarks.md left alone: --only)")
+    for row in results["summary"]:
+        print(f"{row['label'][:60]:60s} {row['shown']:>22s}  goal {row['goal']:<14s} {row['verdict']}")
+    if results["errors"]:
+        print(f"\n{len(results['errors'])} measurement(s) failed: {', '.join(results['errors'])}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 consume 500 at a time → ``json`` decode → rocksdict dedup → produce (``acks="all"``)
 → await the batch's acks → mark the batch in rocksdict → commit offsets.
 
-``python -m bench.bare_loop --bootstrap H:P --source T --sink T --expect-distinct N``
-prints one JSON line: events, forwarded, seconds (first record → last ack),
-cpu_seconds (of this process over that span).
+``python -m bench.bare_loop --bootstrap H:P --source T --sink T --expect-distinct N
+[--expect-events M]`` runs until it forwarded N ids and (when given) consumed M
+records, then prints one JSON line: events, forwarded, seconds (first record → the
+last batch's acks and commit), cpu_seconds (of this process over that span).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.common import self_cpu_seconds
 
 
-async def run(bootstrap: str, source: str, sink: str, expect: int, batch: int, timeout: float) -> dict:
+async def run(bootstrap: str, source: str, sink: str, expect: int, batch: int, timeout: float,
+              expect_events: int = 0) -> dict:
     db = rocksdict.Rdict(tempfile.mkdtemp(prefix="bare-dedup-"), options=rocksdict.Options(raw_mode=True))
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id="bare-loop",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -35,7 +37,7 @@ async def run(bootstrap: str, source: str, sink: str, expect: int, batch: int, t
     started_at = 0.0
     deadline = time.monotonic() + timeout
     try:
-        while forwarded < expect and time.monotonic() < deadline:
+        while (forwarded < expect or events < expect_events) and time.monotonic() < deadline:
             records = [r for rs in (await consumer.getmany(timeout_ms=200, max_records=batch)).values() for r in rs]
             if not records:
                 continue
@@ -57,13 +59,15 @@ async def run(bootstrap: str, source: str, sink: str, expect: int, batch: int, t
             db.write(wb)
             await consumer.commit()
             forwarded += len(fresh)
+        ended = time.perf_counter()
+        cpu_end = self_cpu_seconds()
     finally:
         await producer.stop()
         await consumer.stop()
         db.close()
     return {"events": events, "forwarded": forwarded, "started_at": started_at,
-            "seconds": time.perf_counter() - (started or time.perf_counter()),
-            "cpu_seconds": self_cpu_seconds() - (cpu0 or 0.0)}
+            "seconds": ended - (started or ended), "cpu_seconds": cpu_end - (cpu0 or cpu_end),
+            "timed_out": forwarded < expect or events < expect_events}
 
 
 def main() -> None:
@@ -72,10 +76,12 @@ def main() -> None:
     p.add_argument("--source", required=True)
     p.add_argument("--sink", required=True)
     p.add_argument("--expect-distinct", type=int, required=True)
+    p.add_argument("--expect-events", type=int, default=0)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--timeout", type=float, default=300)
     a = p.parse_args()
-    print(json.dumps(asyncio.run(run(a.bootstrap, a.source, a.sink, a.expect_distinct, a.batch, a.timeout))))
+    print(json.dumps(asyncio.run(run(a.bootstrap, a.source, a.sink, a.expect_distinct, a.batch, a.timeout,
+                                    a.expect_events))))
 
 
 if __name__ == "__main__":
