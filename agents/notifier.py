@@ -50,7 +50,7 @@ class Notifier(Protocol):
     concurrent: bool
 
     async def send(self, notification: Notification, idempotency_key: str) -> None:
-        """Deliver ``notification``; raise a :mod:`streams.errors` gateway error on failure."""
+        """Deliver ``notification``; raise a :mod:`streams.engine.errors` gateway error on failure."""
 
     async def close(self) -> None: ...
 

@@ -52,7 +52,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams import headers as H
 from streams import registry
-from streams.offsets import fetch_high_watermarks
+from streams.faust_compat import fetch_high_watermarks
 from streams.registry import dlq_topic, ledger_topic
 
 __all__ = [

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from streams.errors import DecodeError, ValidationFailed
+from streams.engine.errors import DecodeError, ValidationFailed
 from streams.events import (
     EVENT_BY_TOPIC,
     EVENT_TYPES,

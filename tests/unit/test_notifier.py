@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from agents.notifier import HttpNotifier, LogNotifier, Notification, make_notifier
-from streams.errors import GatewayRejected, GatewayUnavailable, TransientError, PermanentError
+from streams.engine.errors import GatewayRejected, GatewayUnavailable, TransientError, PermanentError
 
 NOTE = Notification("o-1001", "u-7", "Payment of 12.5 received for order o-1001. Thank you!")
 
