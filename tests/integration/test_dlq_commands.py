@@ -18,7 +18,7 @@ from streams import dlq
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import ROOT
 
 pytestmark = pytest.mark.kafka
@@ -76,7 +76,7 @@ async def test_redrive_after_gateway_recovers_processes_each_once_and_never_twic
         await asyncio.to_thread(worker.start().wait_ready)
         await produce(broker.bootstrap, PAID, [paid(f"o-{i}") for i in range(20)])
         await produce(broker.bootstrap, PAID, [(b"bad", b"not json")])
-        assert len(await read_topic(broker.bootstrap, DLQ, expect=21, idle=2)) == 21
+        assert len(await read_topic(broker.bootstrap, DLQ, expect=21)) == 21
 
         ls = await cli_json(broker.url, "ls", "--service", "notifications", "--reason", "max_attempts")
         assert ls["count"] == 20 and ls["more"] is False
@@ -99,7 +99,7 @@ async def test_redrive_after_gateway_recovers_processes_each_once_and_never_twic
         assert {(d["action"], d["target"], d["reason"]) for d in planned["letters"]} == {
             ("would_redrive", PAID, "max_attempts")}
         assert planned["services"]["notifications"]["would_redrive"] == 20
-        assert len(await read_topic(broker.bootstrap, PAID, idle=1)) == 21  # nothing sent
+        assert len(await read_topic(broker.bootstrap, PAID)) == 21  # nothing sent
 
         down["yes"] = False
         part = await cli(broker.url, "redrive", "--service", "notifications", "--reason", "max_attempts", "--limit", "5")
@@ -108,17 +108,19 @@ async def test_redrive_after_gateway_recovers_processes_each_once_and_never_twic
         rest = await cli(broker.url, "redrive", "--service", "notifications", "--reason", "max_attempts")
         assert "notifications: redriven 15, already redriven 5" in rest.stdout
 
-        sent = await read_topic(broker.bootstrap, SENT, expect=20, idle=2)
+        await wait_consumed(broker.bootstrap, [PAID])
+        sent = await read_topic(broker.bootstrap, SENT, expect=20)
         assert sorted(Counter(r.key for r in sent).values()) == [1] * 20
 
         again = await cli(broker.url, "redrive", "--service", "notifications", "--reason", "max_attempts")
         assert "notifications: redriven 0, already redriven 20" in again.stdout
-        source = await read_topic(broker.bootstrap, PAID, idle=1)
+        source = await read_topic(broker.bootstrap, PAID)
         redriven = [r for r in source if "x-redriven-from" in r.headers]
         assert len(redriven) == 20 and len(source) == 41
         assert all(r.headers["x-redriven-from"].startswith(b"notifications.dlq:") for r in redriven)
         assert all("x-attempt" not in r.headers for r in redriven)
-        assert len(await read_topic(broker.bootstrap, SENT, idle=2)) == 20
+        await wait_consumed(broker.bootstrap, [PAID])
+        assert len(await read_topic(broker.bootstrap, SENT)) == 20
     finally:
         await gateway.stop()
 
@@ -141,15 +143,15 @@ async def test_redrive_never_sends_a_letter_to_a_topic_outside_its_services_sour
     assert (f"refused {evil_id}: x-source-topic 'inventory.requests' is not a source topic of notifications"
             in done.stdout)
     assert "notifications: redriven 1, already redriven 0, refused 1" in done.stdout
-    assert await read_topic(broker.bootstrap, "inventory.requests", idle=0.5, timeout=3) == []
-    redriven = await read_topic(broker.bootstrap, PAID, expect=1, idle=1)
+    assert await read_topic(broker.bootstrap, "inventory.requests", timeout=3) == []
+    redriven = await read_topic(broker.bootstrap, PAID, expect=1)
     assert [(r.key, r.headers["x-redriven-from"]) for r in redriven] == [(b"o-good", good_id.encode())]
-    ledger = await read_topic(broker.bootstrap, f"{DLQ}.redriven", expect=1, idle=1)
+    ledger = await read_topic(broker.bootstrap, f"{DLQ}.redriven", expect=1)
     assert [r.key for r in ledger] == [good_id.encode()]
 
     again = await cli(broker.url, "redrive", "--service", "notifications")
     assert "notifications: redriven 0, already redriven 1, refused 1" in again.stdout
-    assert await read_topic(broker.bootstrap, "inventory.requests", idle=0.5, timeout=3) == []
+    assert await read_topic(broker.bootstrap, "inventory.requests", timeout=3) == []
 
 
 async def test_show_and_ls_escape_a_letters_control_characters(broker):

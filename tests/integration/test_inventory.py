@@ -15,7 +15,7 @@ import pytest
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated
 from tests.support.events import created
 from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.worker import ROOT, http_get, metric_value
 
 pytestmark = pytest.mark.kafka
@@ -48,16 +48,13 @@ async def test_200_orders_over_20_skus_with_limited_stock(broker, worker_factory
     events = [created(o, items=items) for o, items in orders.items()]
     await produce(broker.bootstrap, OrderCreated.topic(), events)
 
-    async def decided() -> tuple[list, list]:
-        for _ in range(120):
-            res = await read_topic(broker.bootstrap, RESERVED, idle=0.3, timeout=5)
-            rej = await read_topic(broker.bootstrap, REJECTED, idle=0.3, timeout=5)
-            if len({r.key for r in res} | {r.key for r in rej}) >= len(orders):
-                return res, rej
-            await asyncio.sleep(0.5)
-        return res, rej
-
-    reserved, rejected = await decided()
+    # Every stage done: OrderCreated, the requests (releases of rejected orders'
+    # other SKUs included) and the answers all committed.
+    stages = [OrderCreated.topic(), "inventory.requests", "inventory.answers"]
+    await wait_consumed(broker.bootstrap, stages)
+    await wait_consumed(broker.bootstrap, stages)  # the answers' releases, requested by the first pass
+    reserved = await read_topic(broker.bootstrap, RESERVED)
+    rejected = await read_topic(broker.bootstrap, REJECTED)
     res_ids, rej_ids = Counter(r.key for r in reserved), Counter(r.key for r in rejected)
     assert len(res_ids) + len(rej_ids) == 200 and not set(res_ids) & set(rej_ids)
     assert set(res_ids.values()) <= {1} and set(rej_ids.values()) <= {1}
@@ -71,15 +68,7 @@ async def test_200_orders_over_20_skus_with_limited_stock(broker, worker_factory
     def stock_views() -> dict[str, dict]:
         return {s: json.loads(http_get(f"{worker.url}/inventory/{s}")[1]) for s in skus}
 
-    async def settled() -> dict[str, dict]:
-        for _ in range(60):  # releases of rejected orders' other SKUs may still be on their way
-            views = await asyncio.to_thread(stock_views)
-            if all(v["reserved"] == held[s] for s, v in views.items()):
-                return views
-            await asyncio.sleep(0.5)
-        return views
-
-    views = await settled()
+    views = await asyncio.to_thread(stock_views)
     for s in skus:
         assert views[s]["available"] >= 0
         assert views[s]["reserved"] == held[s]
@@ -90,15 +79,12 @@ async def test_200_orders_over_20_skus_with_limited_stock(broker, worker_factory
     dup_before = metric_value(text, "event_processed_total", service="inventory", type="StockCommand", status="duplicate")
     commands = sum(len(items) for items in orders.values())
     await produce(broker.bootstrap, OrderCreated.topic(), events)
-    for _ in range(120):
-        text = await asyncio.to_thread(worker.metrics)
-        dup = metric_value(text, "event_processed_total", service="inventory", type="StockCommand", status="duplicate")
-        if dup - dup_before >= commands:
-            break
-        await asyncio.sleep(0.5)
+    await wait_consumed(broker.bootstrap, stages)
+    await wait_consumed(broker.bootstrap, stages)
+    text = await asyncio.to_thread(worker.metrics)
+    dup = metric_value(text, "event_processed_total", service="inventory", type="StockCommand", status="duplicate")
     assert dup - dup_before == commands
-    await asyncio.sleep(1)
-    again = [*await read_topic(broker.bootstrap, RESERVED, idle=1), *await read_topic(broker.bootstrap, REJECTED, idle=1)]
+    again = [*await read_topic(broker.bootstrap, RESERVED), *await read_topic(broker.bootstrap, REJECTED)]
     assert len(again) == 200  # no new inventory event
     assert await asyncio.to_thread(stock_views) == views
 
@@ -111,7 +97,7 @@ async def test_hanging_search_times_out_is_counted_and_never_holds_up_reservatio
         await asyncio.to_thread(seed, broker.url, {"s-1": 10_000}, tmp_path / "stock.json")
         ids = [f"o-{i}" for i in range(100)]
         await produce(broker.bootstrap, OrderCreated.topic(), [created(i) for i in ids])
-        reserved = await read_topic(broker.bootstrap, RESERVED, expect=100, idle=1)
+        reserved = await read_topic(broker.bootstrap, RESERVED, expect=100)
         assert {r.key.decode() for r in reserved} == set(ids)
 
         async def counted() -> tuple[float, float, float]:
