@@ -195,7 +195,8 @@ def write_plot(r: dict[str, Any], path: Path) -> None:
         vals += [statistics.median(x["kept_to_healthy_s"] for x in rounds),
                  statistics.median(x["wiped_to_healthy_s"] for x in rounds)]
     for s in _dig(r, "sweep", "sizes") or []:
-        labels.append(f"sweep {s['live_keys'] // 1000:,}k live (×10)")
+        live = s["live_keys"]
+        labels.append(f"sweep {live / 1e6:g}M live (×10)" if live >= 1_000_000 else f"sweep {live // 1000:,}k live (×10)")
         vals.append(s["median_s"] * 10)
     ax.bar(labels, vals, color=["#55a868", "#dd8452", "#8172b3", "#8172b3"][: len(vals)])
     ax.set_title("seconds (P2 to healthy; sweep ×10)")
@@ -462,14 +463,18 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     out.append("")
     if any(lat.values()):
         out.append("Order committed (outbox row, SQLite, relay in the committing process) → `NotificationSent` "
-                   "on the broker; worker with `FETCH_MAX_WAIT=0.01`; `OrderPaid` only.")
+                   "on the broker; worker with `FETCH_MAX_WAIT=0.01`; `OrderPaid` only. One order per "
+                   "transaction while the generator keeps up; when a commit takes longer than 1 ms, the orders "
+                   "due by then share a transaction (at most 10), so the offered rate holds, and each order's "
+                   "latency counts from its transaction's commit.")
         out.append("")
-        out.append("| `SERVICES` | offered/s | orders | received | p50 ms | p99 ms | max ms | relay p50/p99 ms | "
-                   "worker p50/p99 ms |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append("| `SERVICES` | offered/s | orders | orders per transaction | received | p50 ms | p99 ms | max ms | "
+                   "relay p50/p99 ms | worker p50/p99 ms |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for services, x in lat.items():
             if x:
-                out.append(f"| {services} | {_fmt(x['offered_per_s'])} | {_fmt(x['orders'])} | {_fmt(x['received'])} | "
+                out.append(f"| {services} | {_fmt(x['offered_per_s'])} | {_fmt(x['orders'])} | "
+                           f"{_fmt(x.get('orders_per_transaction'), 2)} | {_fmt(x['received'])} | "
                            f"{_fmt(x['p50_ms'], 1)} | {_fmt(x['p99_ms'], 1)} | {_fmt(x['max_ms'], 1)} | "
                            f"{_fmt(x['relay_p50_ms'], 1)} / {_fmt(x['relay_p99_ms'], 1)} | "
                            f"{_fmt(x['worker_p50_ms'], 1)} / {_fmt(x['worker_p99_ms'], 1)} |")
