@@ -11,6 +11,7 @@ the median ratio and the spread. Writes ``bench/results/<date>[-quick].json``,
     python -m bench --quick            # small inputs, labelled QUICK in the report
     python -m bench --repeat 3         # every pair 3 times: median and spread
     python -m bench --only headline,p2 # a subset (names below)
+    python -m bench --render bench/results/<file>.json   # the report again, nothing measured
 """
 
 from __future__ import annotations
@@ -212,9 +213,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, metavar="K",
                         help="run each worker/bare pair K times; report the median ratio and the spread")
     parser.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md even with --only")
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="measure nothing: write docs/benchmarks.md and .png again from a results file")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be ≥ 1")
+    if args.render:
+        source = Path(args.render).resolve()
+        results = json.loads(source.read_text())
+        results["summary"] = summarize(results)
+        write_plot(results, ROOT / "docs" / "benchmarks.png")
+        write_markdown(results, ROOT / "docs" / "benchmarks.md", source.relative_to(ROOT))
+        print(f"docs/benchmarks.md and docs/benchmarks.png written from {source.relative_to(ROOT)}")
+        return
     only = parse_only(args.only)
     sizes = QUICK if args.quick else FULL
     results = asyncio.run(run_all(sizes, args.quick, args.repeat, only))
