@@ -196,7 +196,9 @@ def git_commit() -> dict[str, Any]:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line[3:]]
+    outputs = ("docs/benchmarks.md", "docs/benchmarks.png", "bench/results/")  # what a run writes
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+             if line[3:] and not line[3:].startswith(outputs)]
     return {"commit": git("rev-parse", "HEAD").strip(), "subject": git("log", "-1", "--format=%s").strip()[:120],
             "dirty_files": dirty}
 
