@@ -209,6 +209,7 @@ HOME = {"OrderPaid": PAID, "OrderCreated": CREATED, "OrderCancelled": CANCELLED,
 natural_topics = {shape: st.sampled_from([home, home, *(t for s in registry.SERVICES if home in s.sources
                                                           for t in s.retry_topics(TIERS))])
                   for shape, home in HOME.items()}
+attempt_values = st.sampled_from(HOSTILE_NUMBERS).map(str.encode)
 paid_topics = st.sampled_from([PAID, PAID, *registry.NOTIFICATIONS.retry_topics(TIERS)])
 other_keys = st.one_of(st.none(), st.binary(max_size=40), st.just(b""))
 partitions = st.one_of(st.none(), st.integers(0, PARTITIONS - 1))
@@ -290,6 +291,8 @@ def hostile_record(draw: st.DrawFn) -> Hostile:
         key = encode(order_id)
         value = json.dumps(_valid_body(draw, "OrderPaid", order_id)).encode()
         topic = draw(paid_topics)
+        if draw(st.booleans()):  # a forged attempt count that, if believed, would pick the retry topic
+            headers = headers + (("x-attempt", draw(attempt_values)),)
         if topic != PAID:
             headers = headers + (("x-source-topic", PAID.encode()),)
     else:  # a replay of a good event, with hostile headers, to its topic or a retry tier reading it

@@ -23,8 +23,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker
-from streams.publisher import key_partition
 from streams.events import NotificationSent, OrderCreated, OrderPaid
+from streams.publisher import key_partition
 from tests.support.events import created, paid
 from tests.support.hostile import (
     Gateway, HealthProbe, broker_topics, changelog, faust_cli, foreign_topics, health, listening,
@@ -81,7 +81,7 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def headers_of(record) -> dict[str, str]:
-    return {k: v.decode("utf-8", "replace") for k, v in record.headers.items()}
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers.items()}
 
 
 def by_key(records) -> dict[bytes | None, list]:
