@@ -152,10 +152,16 @@ def aiokafka_client(consumer: Any) -> Any:
 
 
 def to_records(records: Sequence[Any]) -> list[Record]:
-    """aiokafka ``ConsumerRecord`` s → engine :class:`Record` s."""
+    """aiokafka ``ConsumerRecord`` s → engine :class:`Record` s. A header with a null
+    value (Kafka allows it) becomes an empty one: it once crashed every send of its
+    batch, and the partition stalled."""
     return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0,
-                   dict(r.headers) if r.headers else NO_HEADERS)
+                   _headers(r.headers) if r.headers else NO_HEADERS)
             for r in records]
+
+
+def _headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, bytes]:
+    return {k: (v if v is not None else b"") for k, v in headers}
 
 
 # -- end offsets from a Fetch (the embedded broker's ListOffsets is short) ---------------
@@ -274,6 +280,10 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
             if monitor is not None and monitor.stream_inbound_time is not None:
                 monitor.stream_inbound_time[real] = time.monotonic()
 
+        def partition_count(self, topic: str) -> int | None:
+            count = self.topic_partitions(topic)
+            return int(count) if count else None
+
         def _tp(self, tp: Any) -> Any:
             return FaustTP(tp.topic, tp.partition)  # Faust's own sets hold only its TP type
 
@@ -281,6 +291,9 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
         async def _wait_next_records(self, timeout: float) -> Any:
             async with self.engine_lock:
                 await self._guarded(driver.tick(self), "maintenance")
+            due = driver.seconds_until_due()
+            if due is not None:  # wake up for the next retry that falls due
+                timeout = max(0.005, min(timeout, due))
             records, active = await super()._wait_next_records(timeout)
             if not records or self.should_stop:
                 return records, active

@@ -121,6 +121,9 @@ class Metrics:
         self.seek_backs = _Source("engine_seek_backs", "Fetched records sent back to the broker, by reason "
                                   "(not_ready, hole, unprocessed, paused)", ["reason"], counter=True)
         r.register(self.seek_backs)
+        self.rerouted = _Source("engine_rerouted_records", "Records that arrived on a partition their key "
+                                "does not map to, sent on to their key's partition", ["topic"], counter=True)
+        r.register(self.rerouted)
         self.recovery_remaining = _Source(
             "table_recovery_records_remaining", "Changelog records still to read, per recovering table partition",
             ["table", "partition"])

@@ -11,7 +11,6 @@ pass by waiting are translated to the engine's permanent errors.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiokafka.errors import (
 )
 
 from streams.engine.errors import TooLarge, UnknownDestination, Unserializable
+from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher
 from streams.engine.records import Ack, Outgoing
 from streams.faust_compat import aiokafka_producer
@@ -30,38 +30,6 @@ PERMANENT: dict[type[BaseException], type[Exception]] = {
     InvalidTopicError: UnknownDestination,
     TopicAuthorizationFailedError: UnknownDestination,
 }
-
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data`` (the default partitioner's hash), 4 bytes at a time."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    n4 = length >> 2
-    if n4:
-        for k in struct.unpack_from(f"<{n4}I", data):
-            k = (k * _M) & _MASK
-            k = ((k ^ (k >> 24)) * _M) & _MASK
-            h = ((h * _M) & _MASK) ^ k
-    rest = length & 3
-    if rest:
-        i = n4 << 2
-        if rest == 3:
-            h ^= data[i + 2] << 16
-        if rest >= 2:
-            h ^= data[i + 1] << 8
-        h = ((h ^ data[i]) * _M) & _MASK
-    h = ((h ^ (h >> 13)) * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-def key_partition(key: bytes | None, count: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` among ``count`` (a
-    record without a key goes to partition 0 here: ours always have keys)."""
-    return (murmur2(key) & 0x7FFFFFFF) % count if key is not None else 0
 
 
 def translate(exc: BaseException) -> BaseException:

@@ -171,7 +171,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         for service in services.values()
     ]
     driver = Driver(pipelines, batch_size=settings.batch_size, health=health,
-                    maintenance_interval=settings.maintenance_interval)
+                    maintenance_interval=settings.maintenance_interval, publisher=publisher)
     indexers = index_builders(services, pipelines)
     for name, indexer in indexers.items():
         tables[name].engine_indexer = indexer
@@ -200,6 +200,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     metrics.consumer_lag.source = lambda: consumer_lag(app)
     metrics.recovery_remaining.source = progress.rows
     metrics.seek_backs.source = lambda: sorted(driver.seek_backs.items())
+    metrics.rerouted.source = lambda: sorted(driver.rerouted.items())
     for spec in specs:
         metrics.oldest_retry_age.labels(spec.name).set_function(
             lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))

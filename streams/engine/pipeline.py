@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
 from streams.engine import routing
+from streams.engine.routing import MAX_CLOCK_SKEW_MS
 from streams.engine.delivery import deliver
 from streams.engine.errors import StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
@@ -54,9 +55,6 @@ from streams.registry import ServiceSpec, dlq_topic
 log = logging.getLogger(__name__)
 
 SUCCESS, DUPLICATE, RETRY, DEAD_LETTER, PARKED = "success", "duplicate", "retry", "dead_letter", "parked"
-#: A record's time is its broker timestamp, but never more than this ahead of the
-#: worker's clock: one record stamped 9999-12-31 once expired a partition's markers.
-MAX_CLOCK_SKEW_MS = 60_000
 #: Index entries (TTL, timeouts) handled per table partition per maintenance tick.
 MAINTENANCE_LIMIT = 5_000
 
@@ -391,10 +389,14 @@ class Pipeline:
         for item in items:
             if item.status == SUCCESS and item.error is None:
                 tx = batch.tx(table, item.partition)
-                tx.set(item.key, str(item.time_ms).encode())
+                # Stamped with the record's time, but never older than now: a copy
+                # stamped hours ago once left a marker that the same event, produced
+                # now, already saw as expired (processed twice).
+                marked = max(item.time_ms, batch.now_ms)
+                tx.set(item.key, str(marked).encode())
                 # Indexed by the marker's time (a changed DEDUP_TTL applies to it too);
                 # local only: recovery rebuilds this index from the markers' values.
-                tx.schedule(item.time_ms, item.key, durable=False)
+                tx.schedule(marked, item.key, durable=False)
 
     def _sweep(self, batch: Batch, partitions: Sequence[int]) -> None:
         """Dedup TTL: markers older than the partition's newest record time − TTL go,

@@ -48,9 +48,15 @@ from streams import headers as H
 from streams.engine import routing
 from streams.engine.health import Health
 from streams.engine.pipeline import Pipeline, Superseded
-from streams.engine.records import TP, Record
+from streams.engine.delivery import deliver
+from streams.engine.keys import key_partition
+from streams.engine.ports import Publisher
+from streams.engine.records import TP, Outgoing, Record
 
 log = logging.getLogger(__name__)
+
+#: The header a rerouted copy carries: the partition and offset it first arrived at.
+REROUTED_FROM = "x-rerouted-from"
 
 
 class ConsumerPort(Protocol):
@@ -73,6 +79,9 @@ class ConsumerPort(Protocol):
     def acknowledge(self, tp: TP, first: int, last: int) -> None:
         """Offsets ``first..last`` of ``tp`` are done (committed by the consumer later)."""
 
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` (None: not known yet)."""
+
 
 class Driver:
     def __init__(
@@ -83,8 +92,12 @@ class Driver:
         health: Health | None = None,
         maintenance_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        publisher: Publisher | None = None,
     ) -> None:
         self.pipelines = list(pipelines)
+        #: sends records that arrived on a partition their key does not map to back to
+        #: their key's partition (None: they are processed where they are)
+        self.publisher = publisher
         self.batch_size = batch_size
         self.health = health
         self.maintenance_interval = maintenance_interval
@@ -110,6 +123,8 @@ class Driver:
         #: seeks back by reason (rule 1: ``not_ready``; rule 2: ``hole``, ``unprocessed``;
         #: retry tiers: ``paused``) — engine_seek_backs_total
         self.seek_backs: Counter[str] = Counter()
+        #: records sent on to their key's partition, by topic — engine_rerouted_records_total
+        self.rerouted: Counter[str] = Counter()
 
     @property
     def topics(self) -> set[str]:
@@ -247,10 +262,12 @@ class Driver:
     async def _run(self, port: ConsumerPort, topic: str, batch: list[Record], generation: int) -> bool:
         """One batch through every pipeline of ``topic``, then its offsets acknowledged (rule 4)."""
         still_owner: Callable[[], bool] = lambda: port.generation() == generation  # noqa: E731
+        here = await self._reroute(port, topic, batch)
         try:
             decoded: dict = {}  # services reading one topic decode each record once
-            await asyncio.gather(*(p.process(batch, still_owner=still_owner, decoded=decoded)
-                                   for p in self.routes[topic]))
+            if here:
+                await asyncio.gather(*(p.process(here, still_owner=still_owner, decoded=decoded)
+                                       for p in self.routes[topic]))
         except Superseded as exc:
             log.info("%s; %d records will be processed again", exc, len(batch))
             return False
@@ -267,6 +284,34 @@ class Driver:
             self.health.progressed()
         return True
 
+    async def _reroute(self, port: ConsumerPort, topic: str, batch: list[Record]) -> list[Record]:
+        """Records on a partition their key does not map to go on to the key's
+        partition (same topic, acks awaited) instead of being processed here: the state
+        of a key lives in its key's partition, and a copy of an event on another
+        partition was once processed a second time (another SMS). Returns the records
+        to process here; the offsets of the rerouted ones are acknowledged with them."""
+        count = port.partition_count(topic) if self.publisher is not None else None
+        if not count:
+            return batch
+        here: list[Record] = []
+        away: list[Outgoing] = []
+        for r in batch:
+            if r.key is None or key_partition(r.key, count) == r.partition:
+                here.append(r)
+            else:
+                hdrs = (*r.headers.items(), (REROUTED_FROM, f"{r.partition}:{r.offset}".encode()))
+                away.append(Outgoing(topic, r.key, r.value, hdrs, key_partition(r.key, count)))
+        if away:
+            assert self.publisher is not None
+            _, rejected = await deliver(self.publisher, away, allowed=self.routes.__contains__, health=self.health)
+            if rejected:  # cannot be copied (too large for our producer): processed where they are
+                stuck = {(m.key, dict(m.headers)[REROUTED_FROM]) for m in (away[i] for i, _ in rejected)}
+                here += [r for r in batch if (r.key, f"{r.partition}:{r.offset}".encode()) in stuck]
+            self.rerouted[topic] += len(away) - len(rejected)
+            log.info("%s: %d records on partitions their keys do not map to, sent on to their keys' partitions",
+                     topic, len(away) - len(rejected))
+        return here
+
     async def _seek_back(self, port: ConsumerPort, work: Mapping[TP, list[Record]]) -> None:
         assigned = port.assigned()
         for tp, left in work.items():
@@ -281,6 +326,14 @@ class Driver:
             raise
         except Exception as exc:  # revoked meanwhile: the new owner starts at the committed offset
             log.info("seek %s[%d] → %d failed: %r", tp.topic, tp.partition, offset, exc)
+
+    def seconds_until_due(self) -> float | None:
+        """How long until the first paused retry partition's head is due (None: none
+        waits). The consumer bounds its fetch wait by it, so a 0.5 s retry tier is not
+        held up by a 1 s fetch timeout."""
+        if not self.paused:
+            return None
+        return max(0.0, (min(due for due, _ in self.paused.values()) - self.clock() * 1000) / 1000)
 
     def oldest_waiting_ms(self, service: str) -> int | None:
         """When the oldest retry still waiting in ``service``'s paused tiers failed."""

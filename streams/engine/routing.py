@@ -77,13 +77,22 @@ def origin_of(record: Record, spec: ServiceSpec, policy: RetryPolicy, now_ms: in
     return Origin(source, record.partition, offset, min(tier, policy.tiers), first_failed)
 
 
+#: A record timestamp this far ahead of the worker's clock is not believed: one record
+#: stamped 9999-12-31 once expired a partition's dedup markers.
+MAX_CLOCK_SKEW_MS = 60_000
+
+
 def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> int:
     """When a retry record of ``tier`` may run: its ``x-not-before``, but never later
-    than the tier's delay from now (a forged year-9999 header cannot park a partition)."""
+    than the tier's delay after the record was written — a fixed point, so a forged
+    year-9999 header (or broker timestamp) cannot park a retry partition: a record
+    stamped in the future is due at once."""
     delay_ms = int((policy.delays[tier - 1] if 1 <= tier <= policy.tiers else 0) * 1000)
-    fallback = record.timestamp_ms + delay_ms
-    wanted = H.integer(record.headers, H.NOT_BEFORE, fallback)
-    return min(wanted, now_ms + delay_ms)
+    written = record.timestamp_ms
+    if written <= 0 or written > now_ms + MAX_CLOCK_SKEW_MS:
+        return now_ms
+    latest = written + delay_ms
+    return min(H.integer(record.headers, H.NOT_BEFORE, latest), latest)
 
 
 def _passthrough(record: Record) -> tuple[tuple[str, bytes], ...]:

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderPaid
-from streams.publisher import key_partition
+from streams.engine.keys import key_partition
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub, always
 from tests.support.kafka import committed, produce, read_topic, wait_consumed

@@ -199,6 +199,8 @@ class FakeConsumer:
         self.seeks: list[tuple[TP, int]] = []
         self.paused: set[TP] = set()
         self.acks: list[tuple[TP, int, int]] = []
+        #: topic → partition count (none known: no record is rerouted)
+        self.partitions: dict[str, int] = {}
 
     def generation(self) -> int:
         return self.gen
@@ -220,6 +222,9 @@ class FakeConsumer:
 
     def acknowledge(self, tp: TP, first: int, last: int) -> None:
         self.acks.append((tp, first, last))
+
+    def partition_count(self, topic: str) -> int | None:
+        return self.partitions.get(topic)
 
     def acked_offsets(self, tp: TP) -> list[int]:
         return [o for t, first, last in self.acks if t == tp for o in range(first, last + 1)]

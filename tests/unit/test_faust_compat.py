@@ -15,7 +15,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from streams import faust_compat
 from streams.engine.records import TP
-from streams.publisher import key_partition, murmur2
+from streams.engine.keys import key_partition, murmur2
 from streams.settings import WorkerSettings
 
 
@@ -149,3 +149,14 @@ def test_engine_tp_equals_faust_tp() -> None:
     from faust.types import TP as FaustTP
 
     assert TP("t", 1) == FaustTP("t", 1) and hash(TP("t", 1)) == hash(FaustTP("t", 1))
+
+
+def test_a_header_with_a_null_value_becomes_empty() -> None:
+    """Regression (found by the fuzzer): a header with a null value crashed every send
+    of its batch (len(None)) and stalled the partition."""
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(topic="t", partition=0, offset=1, key=b"k", value=b"v", timestamp=5,
+                             headers=[("a", None), ("b", b"x")])
+    [converted] = faust_compat.to_records([record])
+    assert dict(converted.headers) == {"a": b"", "b": b"x"}

@@ -84,7 +84,7 @@ async def test_success_sends_derived_event_to_the_source_partition_and_marks_key
     assert (out.key, out.partition) == (b"o-1", 3)
     sent = NotificationSent.model_validate_json(out.value or b"")
     assert sent.order_id == "o-1" and str(sent.causation_id) == eid
-    assert h.markers(3) == {b"o-1": rec.timestamp_ms}
+    assert h.markers(3) == {b"o-1": NOW_MS}  # the record's time, never older than now
     assert h.processed("success") == 1
 
 
@@ -187,7 +187,7 @@ async def test_marker_older_than_ttl_relative_to_the_record_is_absent() -> None:
     record_ms = NOW_MS - 1000
     h = Harness(markers={0: {b"o-1": record_ms - TTL_MS - 1}})
     assert await h.process([paid_record("o-1", timestamp_ms=record_ms)]) == Counter(success=1)
-    assert h.markers() == {b"o-1": record_ms}
+    assert h.markers() == {b"o-1": NOW_MS}
 
 
 async def test_marker_younger_than_ttl_is_a_duplicate_even_for_an_older_record() -> None:
@@ -198,7 +198,8 @@ async def test_marker_younger_than_ttl_is_a_duplicate_even_for_an_older_record()
 async def test_ttl_sweep_removes_what_is_due_through_the_index_only() -> None:
     h = Harness(ttl_ms=10_000)
     await h.process([paid_record(f"o-{i}", offset=i, timestamp_ms=NOW_MS - 60_000) for i in range(3)])
-    await h.process([paid_record("o-new", offset=3, timestamp_ms=NOW_MS)])
+    h.clock.now += 60  # a minute later, newer records move the watermark past the TTL
+    await h.process([paid_record("o-new", offset=3, timestamp_ms=NOW_MS + 60_000)])
     assert sorted(h.markers()) == [b"o-0", b"o-1", b"o-2", b"o-new"]
     h.store.reads.clear()
     assert await h.pipeline.maintain([0]) > 0
@@ -212,13 +213,26 @@ async def test_ttl_sweep_removes_what_is_due_through_the_index_only() -> None:
 
 
 async def test_sweep_keeps_a_marker_renewed_after_its_index_entry() -> None:
+    from streams.engine.ports import index_key
+
     h = Harness(ttl_ms=10_000)
-    await h.process([paid_record("o-1", timestamp_ms=NOW_MS - 60_000)])
-    h.pipeline.ttl_ms = 10_000
-    h.store.table(DEDUP, 0)[b"o-1"] = str(NOW_MS).encode()  # renewed by a later event
     await h.process([paid_record("o-2", offset=1, timestamp_ms=NOW_MS)])
+    table = h.store.table(DEDUP, 0)
+    table[index_key(NOW_MS - 60_000, b"o-1")] = b"1"  # an old index entry …
+    table[b"o-1"] = str(NOW_MS).encode()  # … of a marker renewed by a later event
     await h.pipeline.maintain([0])
     assert b"o-1" in h.markers()
+    assert index_key(NOW_MS - 60_000, b"o-1") not in table
+
+
+async def test_a_copy_stamped_long_ago_leaves_a_marker_of_now() -> None:
+    """Regression (found by the fuzzer): a copy stamped two hours ago was processed
+    first and its marker took that old time; the same event produced now then saw the
+    marker as expired and was processed again (two SMS)."""
+    h = Harness(ttl_ms=3_600_000)
+    await h.process([paid_record("o-1", timestamp_ms=NOW_MS - 7_200_000)])
+    assert await h.process([paid_record("o-1", offset=1, timestamp_ms=NOW_MS)]) == Counter(duplicate=1)
+    assert h.notifier.keys() == ["o-1"]
 
 
 async def test_sweep_needs_a_watermark() -> None:

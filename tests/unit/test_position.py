@@ -248,3 +248,56 @@ async def test_maintenance_runs_on_ready_partitions_only() -> None:
     d.sought(consumer.generation(), {P1: 0})
     await d.tick(consumer)
     assert p.maintained == [[1]]
+
+
+async def test_a_retry_record_stamped_in_the_future_is_due_at_once() -> None:
+    """Regression (found by the fuzzer): a year-9999 x-not-before or broker timestamp
+    on a retry record parked its partition for good (the clamp moved with the clock)."""
+    clock = Clock(NOW)
+    p = Recording(delays=(5.0,))
+    d = make(p, clock=clock)
+    consumer = FakeConsumer({RETRY_1})
+    d.sought(consumer.generation(), {RETRY_1: 0})
+    future = Record(RETRY_1.topic, 0, 0, b"k", b"{}", 253402214400000, {H.NOT_BEFORE: b"253402214400000"})
+    await d.on_fetch(consumer, {RETRY_1: [future]})
+    assert p.offsets(RETRY_1) == [0]
+    assert d.seconds_until_due() is None
+
+
+async def test_the_fetch_wait_is_bounded_by_the_next_due_retry() -> None:
+    clock = Clock(NOW)
+    p = Recording(delays=(0.5,))
+    d = make(p, clock=clock)
+    consumer = FakeConsumer({RETRY_1})
+    d.sought(consumer.generation(), {RETRY_1: 0})
+    waiting = Record(RETRY_1.topic, 0, 0, b"k", b"{}", NOW_MS, {H.NOT_BEFORE: str(NOW_MS + 300).encode()})
+    await d.on_fetch(consumer, {RETRY_1: [waiting]})
+    assert d.seconds_until_due() == 0.3
+
+
+async def test_records_on_a_partition_their_key_does_not_map_to_are_sent_on_not_processed() -> None:
+    """Regression (found by the fuzzer): the same OrderPaid written to a partition its
+    key does not map to was processed a second time (dedup state is per partition)."""
+    from streams.engine.keys import key_partition
+    from streams.engine.position import REROUTED_FROM
+    from tests.unit.fakes import FakePublisher
+
+    publisher = FakePublisher()
+    p = Recording()
+    d = Driver([p], batch_size=500, clock=Clock(NOW), publisher=publisher)
+    consumer = FakeConsumer({P0})
+    consumer.partitions[PAID] = 4
+    d.sought(consumer.generation(), {P0: 0})
+    keys = [f"o-{i}".encode() for i in range(40)]
+    records = [Record(PAID, 0, i, k, b"{}", NOW_MS) for i, k in enumerate(keys)]
+    await d.on_fetch(consumer, {P0: records})
+    home = [r for r in records if key_partition(r.key, 4) == 0]
+    away = [r for r in records if key_partition(r.key, 4) != 0]
+    assert home and away
+    assert p.offsets(P0) == [r.offset for r in home]
+    assert sorted((m.key, m.partition) for m in publisher.sent) == sorted(
+        (r.key, key_partition(r.key, 4)) for r in away)
+    assert all(dict(m.headers)[REROUTED_FROM] == f"0:{r.offset}".encode()
+               for m, r in zip(publisher.sent, away))
+    assert consumer.acked_offsets(P0) == list(range(40))  # the rerouted ones are done here
+    assert d.rerouted[PAID] == len(away)
