@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.engine.errors import DecodeError, ValidationFailed
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch, Item
+from streams.engine.ports import INDEX_PREFIX, index_key
 from streams.engine.records import Outgoing, Record
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderItem, decode_event, validation_summary
 from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
@@ -128,9 +129,12 @@ class InventoryService:
         if changed:
             tx.set(cmd.sku.encode(), orjson.dumps(new_stock))
             if dkey is not None and new_decision is not None:
-                tx.set(dkey, orjson.dumps(new_decision))
-                if decision is None:  # a decision expires DEDUP_TTL after it was made
-                    tx.schedule(batch.now_ms, dkey)
+                # a decision expires DEDUP_TTL after it was made ("t"); the time index is
+                # local (recovery rebuilds it from "t"), so it costs no changelog record
+                decided_at = int(decision["t"]) if decision and "t" in decision else batch.now_ms
+                tx.set(dkey, orjson.dumps({**new_decision, "t": decided_at}))
+                if decision is None:
+                    tx.schedule(decided_at, dkey, durable=False)
         out = []
         if announce is not None and cmd.order_id is not None:
             answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=announce)  # type: ignore[arg-type]
@@ -147,7 +151,8 @@ class InventoryService:
         result = outcome(new) if changed else None
         out: list[Outgoing] = []
         if old is None and changed:  # an order's answers are forgotten DEDUP_TTL after the first
-            tx.schedule(batch.now_ms, key)
+            new["t"] = batch.now_ms
+            tx.schedule(batch.now_ms, key, durable=False)
         if result is not None:
             out = self._outcome_messages(msg.order_id, new, result, item.partition)
             new = settled(new, result)
@@ -175,6 +180,16 @@ class InventoryService:
                     for sku, d in order["answers"].items() if d == "reserved"]
         return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), (), partition)] + [
             Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
+
+    def index_entries(self, key: bytes, value: bytes) -> list[bytes]:
+        """The local time-index entry of a decision (``<sku>\x00<order>``) or an order's
+        answers, at the time it was first written ("t"), rebuilt by recovery."""
+        if key.startswith(INDEX_PREFIX) or b'"t"' not in value:
+            return []
+        try:
+            return [index_key(int(orjson.loads(value)["t"]), key)]
+        except (ValueError, KeyError, TypeError):
+            return []
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
         """Forget decisions and settled orders older than ``DEDUP_TTL``."""

@@ -227,6 +227,9 @@ def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[
     order_state = services.get(registry.ORDER_STATE.name)
     if order_state is not None:
         out["order-state"] = order_state.index_entries
+    inventory = services.get(registry.INVENTORY.name)
+    if inventory is not None:
+        out["inventory-stock"] = out["inventory-orders"] = inventory.index_entries
     return out
 
 

@@ -148,5 +148,8 @@ def outcome(order: State) -> str | None:
 
 def settled(order: State, result: str) -> State:
     """What is kept of an order once decided: the outcome and answers, not the items."""
-    return {"items": None, "skus": order["skus"], "causation_id": order["causation_id"],
+    kept = {"items": None, "skus": order["skus"], "causation_id": order["causation_id"],
             "answers": order["answers"], "outcome": result}
+    if "t" in order:
+        kept["t"] = order["t"]
+    return kept

@@ -338,9 +338,12 @@ class Pipeline:
         replaced by a dead letter (and a dead letter too large by a shrunk one)."""
         messages: list[Outgoing] = []
         owners: list[Item | None] = []
+        # failed-at and not-before are taken after the handlers ran, not at the batch's
+        # start: a retry once ran 6 ms before its delay had passed since the failed call
+        failed_ms = int(self.clock() * 1000)
         for item in items:
             if item.error is not None:
-                messages.append(self._route(item, batch.now_ms))
+                messages.append(self._route(item, failed_ms))
                 owners.append(item)
             else:
                 messages.extend(item.out)
@@ -378,7 +381,7 @@ class Pipeline:
                 rerouted.add(id(owner))
                 owner.out.clear()
                 owner.error = error
-                again.append(self._route(owner, batch.now_ms))
+                again.append(self._route(owner, failed_ms))
                 again_owners.append(owner)
             messages, owners = again, again_owners
 

@@ -23,12 +23,13 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
    it ran writes no state and acknowledges nothing (it is processed again by the
    new owner: at most one batch of duplicates).
 4. **Offsets are acknowledged per batch** (at most ``BATCH_SIZE`` records, shared
-   fairly by the fetch's partitions), after every service that reads the topic
-   finished the batch — never per fetch (fetches reach 16 MiB per partition) and
-   never for a record that was not processed.
+   fairly by the fetch's partitions of every topic), after every service that reads
+   a record of the batch finished it — never per fetch (fetches reach 16 MiB per
+   partition) and never for a record that was not processed.
 5. **One key is never in flight in two pipelines at once**: the driver runs one
    batch at a time — main topics, retry tiers and periodic maintenance alike — and
-   only services with separate state (a topic several services read) share a batch.
+   each service processes its share of a batch in one pipeline call; only services
+   with separate state (a topic several services read) work on a batch at once.
 6. **The stored changelog offset is the last record written** (the state store's
    contract, :meth:`streams.engine.ports.StateStore.write`), so recovery re-reads
    nothing a batch wrote.
@@ -168,14 +169,13 @@ class Driver:
         done = 0
         upto: dict[TP, int] = {}  # last offset processed per partition
         try:
-            for topic, batch in self._batches(work):
+            for batch in self._rounds(work):
                 if port.generation() != generation or not port.may_process():
                     break  # rule 3
-                if topic in self.tiers:
-                    batch = self._due_only(port, topic, batch)
-                    if not batch:
-                        continue
-                if not await self._run(port, topic, batch, generation):
+                batch = self._due_only(port, batch)
+                if not batch:
+                    continue
+                if not await self._run(port, batch, generation):
                     break
                 done += len(batch)
                 for r in batch:
@@ -214,39 +214,42 @@ class Driver:
             self._probe.pop(tp, None)
         return fresh
 
-    def _batches(self, work: Mapping[TP, list[Record]]) -> Iterator[tuple[str, list[Record]]]:
-        """Batches of at most ``batch_size`` records of one topic, each partition of the
-        topic taking a fair share (so no partition starves behind another's backlog)."""
-        by_topic: dict[str, list[TP]] = {}
-        for tp in work:
-            by_topic.setdefault(tp.topic, []).append(tp)
+    def _rounds(self, work: dict[TP, list[Record]]) -> Iterator[list[Record]]:
+        """Batches of at most ``batch_size`` records across every topic of the fetch,
+        each partition taking a fair share (so none starves behind another's backlog).
+        Every service processes its topics' records of a batch in one go — one send
+        and one state write per service and batch, however many topics the fetch had
+        (the full lifecycle touches ten: per-topic batches were mostly a few records
+        each, and their fixed cost and round trips dominated)."""
         cursors = {tp: 0 for tp in work}
-        topics = list(by_topic)
-        while topics:
-            for topic in list(topics):
-                live = [tp for tp in by_topic[topic] if cursors[tp] < len(work[tp])]
-                if not live:
-                    topics.remove(topic)
-                    continue
-                share = max(1, math.ceil(self.batch_size / len(live)))
-                batch: list[Record] = []
-                for tp in live:
-                    take = min(share, self.batch_size - len(batch))
-                    if take <= 0:
-                        break
-                    start = cursors[tp]
-                    batch.extend(work[tp][start:start + take])
-                    cursors[tp] = start + len(work[tp][start:start + take])
-                yield topic, batch
+        while True:
+            live = [tp for tp in work if tp not in self.paused and cursors[tp] < len(work[tp])]
+            if not live:
+                return
+            share = max(1, math.ceil(self.batch_size / len(live)))
+            batch: list[Record] = []
+            for tp in live:
+                take = min(share, self.batch_size - len(batch))
+                if take <= 0:
+                    break
+                start = cursors[tp]
+                part = work[tp][start:start + take]
+                batch.extend(part)
+                cursors[tp] = start + len(part)
+            yield batch
 
-    def _due_only(self, port: ConsumerPort, topic: str, batch: list[Record]) -> list[Record]:
-        """Retry records that are due; a partition whose head is not due is paused
-        until it is (its records go back to the broker by rule 2)."""
-        pipeline, tier = self.tiers[topic]
+    def _due_only(self, port: ConsumerPort, batch: list[Record]) -> list[Record]:
+        """The batch without retry records that are not due; a retry partition whose
+        head is not due is paused until it is (its records go back by rule 2)."""
         now_ms = int(self.clock() * 1000)
         out: list[Record] = []
         stopped: set[TP] = set()
         for r in batch:
+            tier_of = self.tiers.get(r.topic)
+            if tier_of is None:
+                out.append(r)
+                continue
+            pipeline, tier = tier_of
             if r.tp in stopped or r.tp in self.paused:
                 continue
             due = routing.due_at_ms(r, tier, pipeline.policy, now_ms)
@@ -259,15 +262,19 @@ class Driver:
             out.append(r)
         return out
 
-    async def _run(self, port: ConsumerPort, topic: str, batch: list[Record], generation: int) -> bool:
-        """One batch through every pipeline of ``topic``, then its offsets acknowledged (rule 4)."""
+    async def _run(self, port: ConsumerPort, batch: list[Record], generation: int) -> bool:
+        """One batch through every pipeline that reads its records (each its own share,
+        concurrently), then its offsets acknowledged (rule 4)."""
         still_owner: Callable[[], bool] = lambda: port.generation() == generation  # noqa: E731
-        here = await self._reroute(port, topic, batch)
+        here = await self._reroute(port, batch)
+        shares: dict[int, list[Record]] = {}
+        for r in here:
+            for p in self.routes[r.topic]:
+                shares.setdefault(id(p), []).append(r)
         try:
             decoded: dict = {}  # services reading one topic decode each record once
-            if here:
-                await asyncio.gather(*(p.process(here, still_owner=still_owner, decoded=decoded)
-                                       for p in self.routes[topic]))
+            await asyncio.gather(*(p.process(shares[id(p)], still_owner=still_owner, decoded=decoded)
+                                   for p in self.pipelines if id(p) in shares))
         except Superseded as exc:
             log.info("%s; %d records will be processed again", exc, len(batch))
             return False
@@ -284,32 +291,37 @@ class Driver:
             self.health.progressed()
         return True
 
-    async def _reroute(self, port: ConsumerPort, topic: str, batch: list[Record]) -> list[Record]:
+    async def _reroute(self, port: ConsumerPort, batch: list[Record]) -> list[Record]:
         """Records on a partition their key does not map to go on to the key's
         partition (same topic, acks awaited) instead of being processed here: the state
         of a key lives in its key's partition, and a copy of an event on another
         partition was once processed a second time (another SMS). Returns the records
         to process here; the offsets of the rerouted ones are acknowledged with them."""
-        count = port.partition_count(topic) if self.publisher is not None else None
-        if not count:
+        if self.publisher is None:
             return batch
+        counts: dict[str, int | None] = {}
         here: list[Record] = []
         away: list[Outgoing] = []
         for r in batch:
-            if r.key is None or key_partition(r.key, count) == r.partition:
+            count = counts.get(r.topic, -1)
+            if count == -1:
+                count = counts[r.topic] = port.partition_count(r.topic)
+            if not count or r.key is None or key_partition(r.key, count) == r.partition:
                 here.append(r)
             else:
                 hdrs = (*r.headers.items(), (REROUTED_FROM, f"{r.partition}:{r.offset}".encode()))
-                away.append(Outgoing(topic, r.key, r.value, hdrs, key_partition(r.key, count)))
+                away.append(Outgoing(r.topic, r.key, r.value, hdrs, key_partition(r.key, count)))
         if away:
             assert self.publisher is not None
             _, rejected = await deliver(self.publisher, away, allowed=self.routes.__contains__, health=self.health)
             if rejected:  # cannot be copied (too large for our producer): processed where they are
                 stuck = {(m.key, dict(m.headers)[REROUTED_FROM]) for m in (away[i] for i, _ in rejected)}
                 here += [r for r in batch if (r.key, f"{r.partition}:{r.offset}".encode()) in stuck]
-            self.rerouted[topic] += len(away) - len(rejected)
-            log.info("%s: %d records on partitions their keys do not map to, sent on to their keys' partitions",
-                     topic, len(away) - len(rejected))
+            sent = [m for i, m in enumerate(away) if i not in {j for j, _ in rejected}]
+            for m in sent:
+                self.rerouted[m.topic] += 1
+            log.info("%d records on partitions their keys do not map to, sent on to their keys' partitions",
+                     len(sent))
         return here
 
     async def _seek_back(self, port: ConsumerPort, work: Mapping[TP, list[Record]]) -> None:

@@ -71,16 +71,19 @@ async def test_restart_on_old_data_dir_does_not_trip_consistency_check(broker, w
 
 async def test_ttl_sweep_tombstones_do_not_come_back_after_recovery(broker, worker_factory):
     """An expired key is deleted with a changelog tombstone: after a wiped-dir
-    recovery the key is still gone, so the same event is processed once more. Record
-    time is the broker timestamp (an hour apart here: past the 60 s TTL)."""
-    worker = worker_factory("w1", dedup_ttl="60")
+    recovery the key is still gone, so the same event is processed once more. A marker
+    is as old as the moment it was written; it expires once records stamped more than
+    DEDUP_TTL (20 s) later arrived (here: stamped 45 s ahead, within the 60 s the
+    worker believes)."""
+    worker = worker_factory("w1", dedup_ttl="20")
     await asyncio.to_thread(worker.start().wait_ready)
     now_ms = int(time.time() * 1000)
     old = [paid(f"old-{i}") for i in range(20)]
-    await produce(broker.bootstrap, PAID, old, timestamp_ms=now_ms - 3_600_000)
+    await produce(broker.bootstrap, PAID, old, timestamp_ms=now_ms)
     await read_topic(broker.bootstrap, SENT, expect=20)
+    later_ms = int(time.time() * 1000) + 45_000
     # Newer records on every partition advance the watermarks.
-    await produce(broker.bootstrap, PAID, [paid(f"new-{i}") for i in range(40)], timestamp_ms=now_ms)
+    await produce(broker.bootstrap, PAID, [paid(f"new-{i}") for i in range(40)], timestamp_ms=later_ms)
     await read_topic(broker.bootstrap, SENT, expect=60)
 
     async def expired() -> float:
@@ -95,8 +98,8 @@ async def test_ttl_sweep_tombstones_do_not_come_back_after_recovery(broker, work
     await asyncio.to_thread(worker.stop)
     shutil.rmtree(worker.data_dir)
     await asyncio.to_thread(worker.start().wait_ready)
-    await produce(broker.bootstrap, PAID, old, timestamp_ms=now_ms - 3_600_000)
-    await produce(broker.bootstrap, PAID, [paid("new-0")], timestamp_ms=now_ms)
+    await produce(broker.bootstrap, PAID, old, timestamp_ms=now_ms)
+    await produce(broker.bootstrap, PAID, [paid("new-0")], timestamp_ms=later_ms)
     await wait_consumed(broker.bootstrap, [PAID])
     sent = Counter(r.key for r in await read_topic(broker.bootstrap, SENT, expect=80))
     assert all(sent[f"old-{i}".encode()] == 2 for i in range(20)), "expired keys came back"
