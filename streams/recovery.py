@@ -143,7 +143,9 @@ class BulkLoader:
                 for atp, records in batch.items():
                     tp = tps[atp]
                     end = todo[tp][1]
-                    last = self._apply(tp, [r for r in records if r.offset < end])
+                    if records and records[-1].offset >= end:
+                        records = [r for r in records if r.offset < end]
+                    last = self._apply(tp, records)
                     if last is not None:
                         reached[tp] = last
                         self._remaining(tp, end - 1 - last)
@@ -171,14 +173,30 @@ class BulkLoader:
         name, table = self.by_changelog[tp.topic]
         indexer = self.indexers.get(name)
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for r in records:
-            if r.value is None:
-                batch.delete(r.key)
+        put, delete = batch.put, batch.delete  # the per-record loop is the loader's cost
+        if indexer is None:
+            for r in records:
+                value = r.value
+                if value is None:
+                    delete(r.key)
+                else:
+                    put(r.key, value)
+        else:
+            many = getattr(indexer, "many", None)
+            for r in records:
+                value = r.value
+                if value is None:
+                    delete(r.key)
+                else:
+                    put(r.key, value)
+            if many is not None:  # the index of a whole fetch at once (no call per record)
+                for index in many(records):
+                    put(index, b"1")
             else:
-                batch.put(r.key, r.value)
-                if indexer is not None:
-                    for index in indexer(r.key, r.value):
-                        batch.put(index, b"1")
+                for r in records:
+                    if r.value is not None:
+                        for index in indexer(r.key, r.value):
+                            put(index, b"1")
         last = records[-1].offset
         batch.put(offset_key(table), str(last).encode())
         partition_db(table, tp.partition).write(batch)

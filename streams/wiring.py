@@ -223,7 +223,8 @@ def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[
     out: dict[str, Any] = {}
     for pipeline in pipelines:
         if pipeline.service.dedup_table:
-            out[pipeline.service.dedup_table] = pipeline.dedup_index
+            indexer = pipeline.dedup_index
+            out[pipeline.service.dedup_table] = _with_many(indexer, pipeline.dedup_index_many)
     order_state = services.get(registry.ORDER_STATE.name)
     if order_state is not None:
         out["order-state"] = order_state.index_entries
@@ -231,6 +232,15 @@ def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[
     if inventory is not None:
         out["inventory-stock"] = out["inventory-orders"] = inventory.index_entries
     return out
+
+
+def _with_many(indexer: Any, many: Any) -> Any:
+    """An indexer the bulk loader can call once per fetch (``indexer.many(records)``)."""
+    def index(key: bytes, value: bytes) -> Any:
+        return indexer(key, value)
+
+    index.many = many  # type: ignore[attr-defined]
+    return index
 
 
 def bootstrap_of(kafka_broker: str) -> str:

@@ -216,15 +216,23 @@ class Pipeline:
         await self._flush(batch)  # 5
         return self._observe(items, batch, started)
 
-    def dedup_index(self, key: bytes, value: bytes) -> list[bytes]:
+    def dedup_index_many(self, records: Sequence[Any]) -> list[bytes]:
+        """:meth:`dedup_index` of a whole fetch of changelog records (``.key``, ``.value``)."""
+        try:
+            return [INDEX_PREFIX + int(r.value).to_bytes(8, "big") + r.key for r in records
+                    if r.value is not None and r.key[:2] != INDEX_PREFIX]
+        except (ValueError, OverflowError):  # a value that is not a time: one by one
+            return [i for r in records if r.value is not None for i in self.dedup_index(r.key, r.value)]
+
+    def dedup_index(self, key: bytes, value: bytes) -> tuple[bytes, ...]:
         """The local index entry of a dedup marker (rebuilt by recovery: markers come
         back from the changelog, their index entries are never in it)."""
-        if key.startswith(INDEX_PREFIX):
-            return []
+        if key[:2] == INDEX_PREFIX:
+            return ()
         try:
-            return [index_key(int(value), key)]
-        except ValueError:
-            return []
+            return (INDEX_PREFIX + int(value).to_bytes(8, "big") + key,)
+        except (ValueError, OverflowError):
+            return ()
 
     async def maintain(self, partitions: Sequence[int], *,
                        still_owner: Callable[[], bool] = lambda: True) -> int:
