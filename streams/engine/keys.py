@@ -37,7 +37,23 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+#: key → murmur2, for the keys seen lately: one order's id is hashed for each of its
+#: events on every topic (six to ten times over its lifecycle), and a hash costs ~3 µs.
+_HASHES: dict[bytes, int] = {}
+_HASHES_MAX = 200_000
+_CACHED_KEY_MAX = 64  # bytes: bounds the cache to ~30 MB whatever the keys are
+
+
 def key_partition(key: bytes | None, count: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``count`` (a
     record without a key goes to partition 0 here: ours always have keys)."""
-    return (murmur2(key) & 0x7FFFFFFF) % count if key is not None else 0
+    if key is None:
+        return 0
+    if len(key) > _CACHED_KEY_MAX:  # a hostile key's size must not grow the cache
+        return (murmur2(key) & 0x7FFFFFFF) % count
+    h = _HASHES.get(key)
+    if h is None:
+        if len(_HASHES) >= _HASHES_MAX:
+            _HASHES.clear()
+        h = _HASHES[key] = murmur2(key) & 0x7FFFFFFF
+    return h % count
