@@ -34,7 +34,6 @@ Rules next to it:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -174,21 +173,14 @@ class BulkLoader:
         indexer = self.indexers.get(name)
         batch = rocksdict.WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete  # the per-record loop is the loader's cost
-        if indexer is None:
-            for r in records:
-                value = r.value
-                if value is None:
-                    delete(r.key)
-                else:
-                    put(r.key, value)
-        else:
+        for r in records:
+            value = r.value
+            if value is None:
+                delete(r.key)
+            else:
+                put(r.key, value)
+        if indexer is not None:
             many = getattr(indexer, "many", None)
-            for r in records:
-                value = r.value
-                if value is None:
-                    delete(r.key)
-                else:
-                    put(r.key, value)
             if many is not None:  # the index of a whole fetch at once (no call per record)
                 for index in many(records):
                     put(index, b"1")

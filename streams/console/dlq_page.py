@@ -195,7 +195,7 @@ def render(f: Filter, found: Found, total: int, ledger: set[str], *, after: str 
     select_all = '<label class="muted"><input type="checkbox" data-select-all> select all on this page</label>'
     return (
         filter_form(f) + summary + scanned
-        + f'<form method="post" action="/console/dlq/redrive" data-selection class="redrive-form">'
+        + '<form method="post" action="/console/dlq/redrive" data-selection class="redrive-form">'
         + hidden("csrf", csrf) + hidden("dry_run", "1") + filt + actions + select_all + listing + "</form>"
         + f'<p class="actions">{" ".join(nav)}</p>'
     )

@@ -48,7 +48,7 @@ from streams.engine.routing import MAX_CLOCK_SKEW_MS
 from streams.engine.delivery import deliver
 from streams.engine.errors import StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
-from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction, index_key
+from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction
 from streams.engine.records import Outgoing, Record
 from streams.registry import ServiceSpec, dlq_topic
 
