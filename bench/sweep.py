@@ -36,6 +36,7 @@ from streams.engine.pipeline import MAINTENANCE_LIMIT, Pipeline
 from streams.engine.ports import BatchState, Publisher, StateStore, Writes
 from streams.engine.records import Ack, Outgoing
 from streams.engine.routing import RetryPolicy
+from streams.stores import RdictStore
 
 TABLE = NotificationsService.dedup_table
 PARTITIONS = (0, 1, 2, 3)
@@ -43,10 +44,10 @@ NOW_MS = 1_800_000_000_000
 TTL_MS = 86_400_000
 
 
-class RocksStore(StateStore):
-    """Tables of bytes in one rocksdict per (table, partition): multi-get reads,
-    iterator scans, one write batch per partition (durable and local writes alike);
-    no changelog."""
+class RocksStore(RdictStore):
+    """Tables of bytes in one rocksdict per (table, partition), read and scanned as
+    :class:`~streams.stores.TableStore` reads them; one write batch per partition
+    (durable and local writes alike); no changelog."""
 
     def __init__(self, root: Path, *, max_value_bytes: int = 256 * 1024) -> None:
         self.root = root
@@ -60,21 +61,6 @@ class RocksStore(StateStore):
             path.mkdir(parents=True, exist_ok=True)
             found = self._dbs[(table, partition)] = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
         return found
-
-    def read(self, table: str, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
-        return list(self.db(table, partition).get(list(keys)))
-
-    def scan(self, table: str, partition: int, start: bytes, stop: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        it = self.db(table, partition).iter()
-        it.seek(start)
-        out: list[tuple[bytes, bytes]] = []
-        while it.valid() and len(out) < limit:
-            key = it.key()
-            if key >= stop:
-                break
-            out.append((key, it.value()))
-            it.next()
-        return out
 
     async def write(self, writes: Sequence[Writes]) -> None:
         for w in writes:

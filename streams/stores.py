@@ -33,19 +33,12 @@ from streams.engine.ports import Publisher, StateStore, Writes
 from streams.faust_compat import changelog_topic, offset_key, partition_db
 
 
-class TableStore(StateStore):
-    def __init__(self, tables: Mapping[str, Any], publisher: Publisher, *, max_value_bytes: int) -> None:
-        self.tables = dict(tables)
-        self.publisher = publisher
-        self.max_value_bytes = max_value_bytes
-        self._changelogs = {name: changelog_topic(t) for name, t in self.tables.items()}
-        self._offset_keys = {name: offset_key(t) for name, t in self.tables.items()}
-
-    def changelog(self, table: str) -> str:
-        return self._changelogs[table]
+class RdictStore(StateStore):
+    """Reads and scans over one rocksdict per (table, partition): multi-get reads,
+    iterator scans; :meth:`db` says which handle, subclasses say how to write."""
 
     def db(self, table: str, partition: int) -> Any:
-        return partition_db(self.tables[table], partition)
+        raise NotImplementedError
 
     def read(self, table: str, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
         return list(self.db(table, partition).get(list(keys)))
@@ -62,6 +55,21 @@ class TableStore(StateStore):
             out.append((key, it.value()))
             it.next()
         return out
+
+
+class TableStore(RdictStore):
+    def __init__(self, tables: Mapping[str, Any], publisher: Publisher, *, max_value_bytes: int) -> None:
+        self.tables = dict(tables)
+        self.publisher = publisher
+        self.max_value_bytes = max_value_bytes
+        self._changelogs = {name: changelog_topic(t) for name, t in self.tables.items()}
+        self._offset_keys = {name: offset_key(t) for name, t in self.tables.items()}
+
+    def changelog(self, table: str) -> str:
+        return self._changelogs[table]
+
+    def db(self, table: str, partition: int) -> Any:
+        return partition_db(self.tables[table], partition)
 
     async def write(self, writes: Sequence[Writes]) -> None:
         acks = []
