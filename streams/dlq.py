@@ -553,6 +553,16 @@ def decide(spec: registry.ServiceSpec, letter: DeadLetter, done_before: set[str]
     return "send", target, ""
 
 
+async def each(letters: AsyncIterable[DeadLetter] | Iterable[DeadLetter]) -> AsyncIterator[DeadLetter]:
+    """``letters`` as one async iterator, whether they are streamed or listed."""
+    if isinstance(letters, AsyncIterable):
+        async for d in letters:
+            yield d
+    else:
+        for d in letters:
+            yield d
+
+
 async def redrive_letters(
     bootstrap: str,
     service: str,
@@ -574,16 +584,8 @@ async def redrive_letters(
     result = RedriveResult(service)
     producer: AIOKafkaProducer | None = None
 
-    async def each() -> AsyncIterator[DeadLetter]:
-        if isinstance(letters, AsyncIterable):
-            async for d in letters:
-                yield d
-        else:
-            for d in letters:
-                yield d
-
     try:
-        async with aclosing(each()) as stream:
+        async with aclosing(each(letters)) as stream:
             async for d in stream:
                 if limit is not None and result.redriven + result.planned >= limit:
                     break

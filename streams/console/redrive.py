@@ -163,15 +163,7 @@ class Jobs:
     async def _marked(self, job: Job, letters: AsyncIterator[DeadLetter] | Iterable[DeadLetter],
                       done_before: set[str], keep: Filter | None = None) -> AsyncIterator[DeadLetter]:
         """``letters`` (filtered by key when ``keep``), noting those the ledger has."""
-        async def each() -> AsyncIterator[DeadLetter]:
-            if isinstance(letters, AsyncIterator):
-                async for d in letters:
-                    yield d
-            else:
-                for d in letters:
-                    yield d
-
-        async with aclosing(each()) as stream:
+        async with aclosing(dlq.each(letters)) as stream:
             async for d in stream:
                 if keep is not None and keep.key and d.key != keep.key.encode():
                     continue
