@@ -75,6 +75,19 @@ def read_value(worker: "Worker", table_name: str, key: bytes) -> tuple[int, Any]
     return (200, orjson.loads(raw)) if raw is not None else (404, None)
 
 
+def table_page(app: Any, worker: "Worker", path: str, table_name: str, match_info: str,
+               *, name: str) -> Callable[[Any], Any]:
+    """Registers a page at ``path`` keyed by ``match_info``: routed to the worker that
+    holds the key's partition where this worker runs ``table_name`` (Faust's
+    ``table_route``), served here as it is otherwise."""
+    def register(handler: Any) -> Any:
+        if table_name in worker.tables:
+            handler = app.table_route(table=worker.tables[table_name], match_info=match_info)(handler)
+        return app.page(path, name=name)(handler)
+
+    return register
+
+
 def register_web(app: Any, worker: "Worker") -> None:
     settings = worker.settings
     token = settings.web_token.get_secret_value()
@@ -106,34 +119,26 @@ def register_web(app: Any, worker: "Worker") -> None:
         }
         return web.json(body, status=200 if ready and not problems else 503)
 
+    def lookup(path: str, table_name: str, param: str, noun: str, label: str,
+               project: Callable[[str, Any], Any]) -> None:
+        """``GET path`` → ``project(id, value)`` of ``table_name``'s value for the id
+        (``noun``: what the id names; ``label``: what the id is called)."""
+        @table_page(app, worker, path, table_name, param, name=f"get_{param}")
+        async def get(web: Any, request: Any, **match: str) -> Any:
+            key = match[param]
+            if not _ID.match(key):
+                return web.json({"error": f"invalid {label}"}, status=400)
+            status, value = read_value(worker, table_name, key.encode())
+            if status == 404:
+                return web.json({"error": f"unknown {noun}", param: key}, status=404)
+            if status != 200:
+                return web.json({"error": f"the {noun}'s partition is not served here right now"}, status=503)
+            return web.json(project(key, value))
+
     if ORDER_TABLE in worker.tables:
-        order_table = worker.tables[ORDER_TABLE]
-
-        @app.page("/orders/{order_id}")
-        @app.table_route(table=order_table, match_info="order_id")
-        async def get_order(web: Any, request: Any, order_id: str) -> Any:
-            if not _ID.match(order_id):
-                return web.json({"error": "invalid order id"}, status=400)
-            status, state = read_value(worker, ORDER_TABLE, order_id.encode())
-            if status == 404:
-                return web.json({"error": "unknown order", "order_id": order_id}, status=404)
-            if status != 200:
-                return web.json({"error": "the order's partition is not served here right now"}, status=503)
-            return web.json(public_view(state))
-
+        lookup("/orders/{order_id}", ORDER_TABLE, "order_id", "order", "order id", lambda _, state: public_view(state))
     if STOCK_TABLE in worker.tables:
-        stock_table = worker.tables[STOCK_TABLE]
-
-        @app.page("/inventory/{sku}")
-        @app.table_route(table=stock_table, match_info="sku")
-        async def get_stock(web: Any, request: Any, sku: str) -> Any:
-            if not _ID.match(sku):
-                return web.json({"error": "invalid sku"}, status=400)
-            status, stock = read_value(worker, STOCK_TABLE, sku.encode())
-            if status == 404:
-                return web.json({"error": "unknown sku", "sku": sku}, status=404)
-            if status != 200:
-                return web.json({"error": "the SKU's partition is not served here right now"}, status=503)
-            return web.json({"sku": sku, "available": stock["available"], "reserved": stock["reserved"]})
+        lookup("/inventory/{sku}", STOCK_TABLE, "sku", "SKU", "sku",
+               lambda sku, stock: {"sku": sku, "available": stock["available"], "reserved": stock["reserved"]})
 
     register_console(app, worker)

@@ -29,7 +29,7 @@ from streams.console.html import e, page
 from streams.console.ledger import LedgerMarks
 from streams.console.letters import letter_view
 from streams.events import ID_PATTERN
-from streams.web import read_value
+from streams.web import read_value, table_page
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
 from tables.order_state import public_view
@@ -152,25 +152,13 @@ def register_console(app: Any, worker: "Worker") -> None:
             return problem(request, f"Stock of {sku}", NOT_HERE, 503)
         return show(request, f"Stock of {sku}", state.render_stock(sku, value))
 
-    if ORDER_TABLE in worker.tables:
-        @app.page("/console/orders/{order_id}", name="console_order")
-        @app.table_route(table=worker.tables[ORDER_TABLE], match_info="order_id")
-        async def console_order(web: Any, request: Any, order_id: str) -> Any:
-            return await order_page(request, order_id)
-    else:
-        @app.page("/console/orders/{order_id}", name="console_order")
-        async def console_order_absent(web: Any, request: Any, order_id: str) -> Any:
-            return await order_page(request, order_id)
+    @table_page(app, worker, "/console/orders/{order_id}", ORDER_TABLE, "order_id", name="console_order")
+    async def console_order(web: Any, request: Any, order_id: str) -> Any:
+        return await order_page(request, order_id)
 
-    if STOCK_TABLE in worker.tables:
-        @app.page("/console/inventory/{sku}", name="console_stock")
-        @app.table_route(table=worker.tables[STOCK_TABLE], match_info="sku")
-        async def console_stock(web: Any, request: Any, sku: str) -> Any:
-            return await stock_page(request, sku)
-    else:
-        @app.page("/console/inventory/{sku}", name="console_stock")
-        async def console_stock_absent(web: Any, request: Any, sku: str) -> Any:
-            return await stock_page(request, sku)
+    @table_page(app, worker, "/console/inventory/{sku}", STOCK_TABLE, "sku", name="console_stock")
+    async def console_stock(web: Any, request: Any, sku: str) -> Any:
+        return await stock_page(request, sku)
 
     # -- dead letters --------------------------------------------------------------------
     @app.page("/console/dlq", name="console_dlq")
