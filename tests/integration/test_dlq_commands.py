@@ -12,13 +12,12 @@ from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams import dlq
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic, wait_consumed
+from tests.support.kafka import create_topic, produce, read_topic, wait_consumed
 from tests.support.worker import ROOT
 
 pytestmark = pytest.mark.kafka
@@ -57,15 +56,6 @@ async def cli_json(broker_url: str, *args: str) -> dict:
 def letter_headers(source: str, reason: str = "max_attempts", **extra: bytes) -> list[tuple[str, bytes]]:
     return [("x-source-topic", source.encode()), ("x-dlq-reason", reason.encode()), ("x-attempt", b"3"),
             ("x-source-partition", b"0"), ("x-source-offset", b"1"), *extra.items()]
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 async def test_redrive_after_gateway_recovers_processes_each_once_and_never_twice(broker, worker_factory):

@@ -20,7 +20,6 @@ import uuid
 from collections import Counter
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker
 from streams.events import NotificationSent, OrderCreated, OrderPaid
@@ -30,7 +29,7 @@ from tests.support.hostile import (
     Gateway, HealthProbe, broker_topics, changelog, faust_cli, foreign_topics, health, listening,
     non_loopback_address, samples, wait_caught_up, wait_for,
 )
-from tests.support.kafka import produce, read_topic, wait_consumed
+from tests.support.kafka import create_topic, produce, read_topic, wait_consumed
 from tests.support.worker import WorkerProcess, http_get
 
 pytestmark = pytest.mark.kafka
@@ -69,15 +68,6 @@ async def started(worker_factory, name: str = "w1", **env: str):
 async def assert_registry_topics_only(bootstrap: str, tiers: int = TIERS) -> None:
     topics = await broker_topics(bootstrap)
     assert not foreign_topics(topics, tiers), sorted(foreign_topics(topics, tiers))
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 def headers_of(record) -> dict[str, str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.faust_compat import fetch_high_watermarks
 
@@ -31,6 +32,16 @@ class Consumed:
     value: bytes | None
     headers: dict[str, bytes]
     timestamp_ms: int
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Creates ``topic`` (replication 1), as a test that needs its own topic does."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 async def produce(
