@@ -107,7 +107,7 @@ def exported_metric_names() -> set[str]:
 
 
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "max", "min", "avg", "histogram_quantile", "le",
-                "topic", "partition", "status", "service", "type", "tier", "reason", "target", "outcome"}
+                "topic", "partition", "status", "service", "type", "tier", "reason", "target", "outcome", "table"}
 
 
 def test_dashboard_queries_name_metrics_the_code_exports():
@@ -124,7 +124,8 @@ def test_dashboard_queries_name_metrics_the_code_exports():
                 used.add(word)
     assert used - exported == set()
     wanted = {"event_processed_total", "retry_scheduled_total", "dead_letter_total", "outbox_pending_rows",
-              "outbox_oldest_pending_age_seconds", "consumer_lag", "rpc_calls_total"}
+              "outbox_oldest_pending_age_seconds", "consumer_lag", "rpc_calls_total",
+              "table_recovery_records_remaining", "engine_seek_backs_total", "engine_rerouted_records_total"}
     assert wanted <= used
 
 
