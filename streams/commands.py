@@ -27,10 +27,11 @@ from typing import Any, ClassVar, NoReturn
 
 import click
 from faust.cli import argument, option
-from faust.cli.base import AppCommand, _apply_options
+from faust.cli.base import AppCommand
 from faust.cli.base import cli as faust_cli
 
 from streams import dlq
+from streams.faust_compat import apply_click_options
 from streams import registry
 
 #: Exit codes (documented in the README's Commands section).
@@ -142,7 +143,7 @@ class OpsCommand(AppCommand):
         parent = cls.click_group if cls.click_group is not None else faust_cli
         name = cls.click_name or cls.__name__.replace("_", "-")
         command = parent.command(name=name, cls=OneLineCommand, help=cls.__doc__)(_inner)
-        return _apply_options(cls.options or [])(command)
+        return apply_click_options(cls.options or [])(command)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         path = self.ctx.command_path

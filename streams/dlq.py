@@ -52,7 +52,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams import headers as H
 from streams import registry
-from streams.faust_compat import fetch_high_watermarks
+from streams.faust_compat import aiokafka_client, fetch_high_watermarks
 from streams.registry import dlq_topic, ledger_topic
 
 __all__ = [
@@ -314,20 +314,20 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, bootstrap: str) ->
     """The topic's partitions, [] when it does not exist (never auto-creates it: the
     metadata request names no topic). The consumer is then assigned them all and its
     metadata covers the topic (leaders, for :func:`_ends`)."""
-    cluster = await _within(consumer._client.fetch_all_metadata(), "a metadata request", bootstrap)
+    cluster = await _within(aiokafka_client(consumer).fetch_all_metadata(), "a metadata request", bootstrap)
     parts = sorted(cluster.partitions_for_topic(topic) or ())
     if parts:
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         consumer.pause(*tps)  # no prefetch of every partition at once; _scan assigns one at a time
-        await _within(consumer._client.force_metadata_update(), "a metadata request", bootstrap)
+        await _within(aiokafka_client(consumer).force_metadata_update(), "a metadata request", bootstrap)
     return parts
 
 
 async def _ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition], bootstrap: str) -> dict[TopicPartition, int]:
     # The embedded broker's ListOffsets is wrong; fetch_high_watermarks reads the true end.
     listed = await _within(consumer.end_offsets(tps), "ListOffsets", bootstrap)
-    return await _within(fetch_high_watermarks(consumer._client, tps, listed), "a fetch", bootstrap)
+    return await _within(fetch_high_watermarks(aiokafka_client(consumer), tps, listed), "a fetch", bootstrap)
 
 
 async def _scan(

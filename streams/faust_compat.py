@@ -24,7 +24,9 @@ What the worker leans on, and why:
 - **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
   rocksdict handles), ``Store.offset_key``, and ``Store.apply_changelog_batch``
   (:class:`EngineStore` writes the engine's index entries for what Faust applies);
-- **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch).
+- **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch);
+- **the CLI** — ``faust.cli.base._apply_options`` (a command's options applied to
+  its click command, as Faust's own commands get them).
 """
 
 from __future__ import annotations
@@ -144,6 +146,13 @@ def commit_due(consumer: Any) -> bool:
 def read_offset(consumer: Any, tp: Any) -> int | None:
     """The last offset of ``tp`` processed (Faust's ``_read_offset``)."""
     return consumer._read_offset.get(tp)
+
+
+def apply_click_options(options: Sequence[Any]) -> Any:
+    """Faust's decorator that applies a command's ``options`` to its click command."""
+    from faust.cli.base import _apply_options
+
+    return _apply_options(options)
 
 
 def aiokafka_client(consumer: Any) -> Any:

@@ -50,7 +50,8 @@ async def test_shuffled_lifecycle_events_end_notified_with_in_order_versions(bro
     await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in ids if i in early])
     await produce(broker.bootstrap, NotificationSent.topic(),
                   [notification_sent(i) for i in ids if i in early and rng.random() < 0.5])
-    await asyncio.sleep(1.0)  # let them arrive first and park
+    # They arrive first and park: the group has committed them (their state written).
+    await wait_consumed(broker.bootstrap, [OrderPaid.topic(), NotificationSent.topic()])
     await produce(broker.bootstrap, OrderCreated.topic(), [created(i) for i in ids])
     await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in ids if i not in early])
     await produce(broker.bootstrap, NotificationSent.topic(), [notification_sent(i) for i in ids])

@@ -125,6 +125,15 @@ async def test_producer_and_client_names() -> None:
     assert consumer._fetch_max_wait_ms == 1234 and consumer._client is faust_compat.aiokafka_client(consumer)
 
 
+def test_apply_click_options_adds_the_options_to_a_click_command() -> None:
+    import click
+    from faust.cli import option
+
+    command = faust_compat.apply_click_options([option("--limit", type=int, default=3)])(
+        click.command()(lambda limit: None))
+    assert [p.name for p in command.params] == ["limit"] and command.params[0].default == 3
+
+
 def test_faust_settings_the_web_surface_relies_on(app: Any) -> None:
     conf = app.conf
     assert conf.web_bind == "127.0.0.1" and conf.web_host == "127.0.0.1"
