@@ -7,7 +7,7 @@ the median ratio and the spread. Writes ``bench/results/<date>[-quick].json``,
 ``docs/benchmarks.md`` and ``docs/benchmarks.png`` (only for a run of everything;
 ``--only`` runs write the JSON alone unless ``--write-docs``).
 
-    python -m bench                    # full sizes (tens of minutes on 2 cores)
+    python -m bench                    # full sizes (~9 minutes on 2 cores)
     python -m bench --quick            # small inputs, labelled QUICK in the report
     python -m bench --repeat 3         # every pair 3 times: median and spread
     python -m bench --only headline,p2 # a subset (names below)
