@@ -19,4 +19,4 @@ USER app
 # The worker; compose overrides the command for the order service and the relay.
 ENV WEB_HOST=0.0.0.0 DATA_DIR=/app/data END_OFFSETS_FROM_FETCH=false
 EXPOSE 6066 8000 8001
-CMD ["faust", "-A", "streams", "worker", "-l", "info"]
+CMD ["faust", "--quiet", "-A", "streams", "worker", "-l", "info"]

@@ -25,7 +25,8 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 class WorkerProcess:
-    """``faust -A streams worker`` in a subprocess with its own port and data dir."""
+    """``faust --quiet -A streams worker`` (the README's command) in a subprocess with its
+    own port and data dir."""
 
     def __init__(self, broker_url: str, data_dir: Path, log_path: Path, *, app: str = "streams", **env: str) -> None:
         self.broker_url = broker_url
@@ -58,7 +59,7 @@ class WorkerProcess:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
+            [sys.executable, "-m", "faust", "--quiet", "-A", self.app, "worker", "-l", "info",
              "--web-port", str(self.port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
