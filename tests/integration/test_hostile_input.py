@@ -315,7 +315,10 @@ async def test_a_future_timestamp_cannot_expire_dedup_markers(broker, worker_fac
     """One OrderPaid stamped 9999-12-31 once made the next TTL sweep delete the
     partition's dedup markers; replayed events were processed again (duplicate SMS)."""
     async with Gateway() as gateway:
-        worker = await started(worker_factory, notifier_url=gateway.url, dedup_ttl="3600")
+        # DEDUP_SWEEP_INTERVAL: the sweep period of the engine before this one (60 s by
+        # default, longer than this test); today's engine sweeps every 0.2 s and ignores it.
+        worker = await started(worker_factory, notifier_url=gateway.url, dedup_ttl="3600",
+                               dedup_sweep_interval="0.2")
         orders = [paid(f"o-{i}") for i in range(20)]
         for partition in range(4):
             await produce(broker.bootstrap, PAID, orders[partition::4], partition=partition)
