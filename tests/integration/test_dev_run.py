@@ -98,6 +98,15 @@ def survivors(procs: dict[int, str]) -> list[str]:
     return left
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT as a terminal leaves it (default), whatever this test process inherited: a
+    runner started in the background (``cmd &`` in a script, nohup) passes SIGINT down
+    *ignored*, and a shell cannot trap a signal ignored at its start — dev-run's Ctrl-C
+    handling would then be untestable here (seen: this test failed when it ran first in
+    such a runner, and passed when an earlier test had installed a SIGINT handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DevRun:
     """``scripts/dev-run`` (or ``make run``) in its own session, output to a log file."""
 
@@ -129,7 +138,8 @@ class DevRun:
     def start(self) -> "DevRun":
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=as_from_a_terminal)
         return self
 
     def output(self) -> str:
