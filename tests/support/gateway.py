@@ -60,7 +60,8 @@ class GatewayStub:
     async def start(self) -> "GatewayStub":
         app = web.Application()
         app.router.add_post("/sms", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # In-flight requests (a stub that hangs on purpose) get 1 s at stop, not aiohttp's 60 s.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self
