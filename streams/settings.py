@@ -20,6 +20,10 @@ from streams.kafka_security import KafkaSecurity
 from streams.registry import SERVICE_NAMES
 
 
+#: Shortest ``WEB_TOKEN`` accepted (issue 23: any length was).
+MIN_TOKEN_CHARS = 32
+
+
 class WorkerSettings(KafkaSecurity, BaseSettings):
     """Environment of ``faust -A streams worker`` (names are the upper-cased fields)."""
 
@@ -80,6 +84,10 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     stall_timeout: float = Field(120.0, gt=0)
     #: Bearer token for every worker route except /health and /metrics (empty: none).
     web_token: SecretStr = SecretStr("")
+    #: More names a request's ``Host`` may give when there is no ``WEB_TOKEN``
+    #: (comma-separated; the worker's own names are always allowed): anything else is
+    #: refused, so a DNS-rebinding page cannot read the console.
+    web_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     #: Faust's generic /table/… and /router/… views (raw table values): off unless set.
     web_table_views: bool = False
     #: Take table-recovery end offsets from a Fetch response's high watermark instead
@@ -108,6 +116,25 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
         if unknown or not value:
             raise ValueError(f"unknown or no services {unknown}; choose from {', '.join(SERVICE_NAMES)}")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("web_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip().lower() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("web_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr) -> SecretStr:
+        """A token is guessed online at the sign-in form: at least :data:`MIN_TOKEN_CHARS`."""
+        secret = value.get_secret_value()
+        if secret and len(secret) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters (it has {len(secret)}); make one with "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        if secret != secret.strip() or any(not c.isprintable() for c in secret):
+            raise ValueError("must be printable characters without leading or trailing spaces")
+        return value
 
     @field_validator("retry_delays", mode="before")
     @classmethod

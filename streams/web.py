@@ -10,12 +10,31 @@ The web surface is what the README lists, on the address it names:
 - with ``WEB_TOKEN`` set, every route except ``/health`` and ``/metrics`` needs
   ``Authorization: Bearer <token>`` (or the console's session cookie);
 - ids in paths are validated (400); views return their documented fields only.
+
+Sessions (the console's cookie) are never the token itself (:class:`Sessions`): a
+cookie is ``v1.<session id>.<expiry>.<mac>``, the MAC an HMAC-SHA256 over id and
+expiry with a key derived from ``WEB_TOKEN`` (so every worker of a deployment accepts
+it, and changing the token ends every session). It expires after
+:data:`SESSION_SECONDS`; signing out revokes its id in this worker's revocation set
+(kept until the session would have expired anyway; another worker that also serves
+this console learns nothing of it — restart it or change ``WEB_TOKEN`` to end every
+session everywhere).
+
+Without ``WEB_TOKEN`` (:func:`host_middleware`) a request must name this worker in
+its ``Host`` header — ``127.0.0.1``, ``localhost``, ``::1``, ``WEB_HOST``, the host of
+``CANONICAL_URL``, this machine's name and address when bound to every interface,
+or one of ``WEB_ALLOWED_HOSTS`` — else 421: a page of another site that rebinds its
+DNS name to this worker's address sends its own name as ``Host`` and is refused.
+``/health`` and ``/metrics`` answer any ``Host`` (they are open with a token too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +56,99 @@ OPEN_ROUTES = ("/health", "/metrics")
 SESSION_COOKIE = "order_streams_session"
 
 
+#: Seconds a console session lasts.
+SESSION_SECONDS = 12 * 3600
+#: Sessions revoked (signed out) that this worker remembers at most; beyond it the
+#: oldest revocations are dropped early — and every session older than the oldest
+#: one kept is refused, so none is let back in.
+MAX_REVOKED = 100_000
+
+
+class Sessions:
+    """Signed, expiring, revocable session cookies for one ``WEB_TOKEN``.
+
+    Rule: a cookie is valid when its MAC (HMAC-SHA256 over ``v1.<id>.<expiry>`` with
+    the key HMAC(token, "order-streams session key v1")) is right, its expiry is in
+    the future (and at most :data:`SESSION_SECONDS` away), and its id was not revoked
+    here. The token is never in the cookie; a stolen cookie dies at its expiry or at
+    sign-out."""
+
+    def __init__(self, token: str, *, lifetime: float = SESSION_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.key = hmac.new(token.encode(), b"order-streams session key v1", hashlib.sha256).digest()
+        self.lifetime = lifetime
+        self.clock = clock
+        #: session id -> its expiry (forgotten once expired)
+        self.revoked: dict[str, int] = {}
+        #: sessions issued before this time are refused (set when revocations overflow)
+        self.not_before = 0
+
+    def _mac(self, sid: str, expiry: int, issued: int) -> str:
+        return hmac.new(self.key, f"v1.{sid}.{expiry}.{issued}".encode(), hashlib.sha256).hexdigest()
+
+    def issue(self) -> str:
+        now = int(self.clock())
+        sid, expiry = secrets.token_hex(16), now + int(self.lifetime)
+        return f"v1.{sid}.{expiry}.{now}.{self._mac(sid, expiry, now)}"
+
+    def _parse(self, cookie: str) -> tuple[str, int, int] | None:
+        parts = cookie.split(".")
+        if len(parts) != 5 or parts[0] != "v1" or len(cookie) > 200:
+            return None
+        _, sid, expiry_s, issued_s, mac = parts
+        if not (expiry_s.isdigit() and issued_s.isdigit() and len(expiry_s) <= 12 and len(issued_s) <= 12):
+            return None
+        expiry, issued = int(expiry_s), int(issued_s)
+        if not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(sid, expiry, issued).encode()):
+            return None
+        return sid, expiry, issued
+
+    def valid(self, cookie: str) -> bool:
+        parsed = self._parse(cookie)
+        if parsed is None:
+            return False
+        sid, expiry, issued = parsed
+        now = self.clock()
+        return (now < expiry <= now + self.lifetime + 60 and issued >= self.not_before
+                and sid not in self.revoked)
+
+    def revoke(self, cookie: str) -> bool:
+        """Sign-out: the cookie's session is refused from now on (True if it was valid)."""
+        parsed = self._parse(cookie)
+        if parsed is None:
+            return False
+        sid, expiry, _ = parsed
+        now = self.clock()
+        for old in [s for s, exp in self.revoked.items() if exp <= now]:
+            del self.revoked[old]
+        self.revoked[sid] = expiry
+        while len(self.revoked) > MAX_REVOKED:
+            oldest = next(iter(self.revoked))
+            del self.revoked[oldest]
+            self.not_before = int(now)  # refuse everything issued up to now instead
+        return True
+
+
+_SESSIONS: dict[str, Sessions] = {}
+
+
+def sessions_of(token: str) -> Sessions:
+    """This process's :class:`Sessions` for ``token`` (one revocation set per token)."""
+    if token not in _SESSIONS:
+        _SESSIONS[token] = Sessions(token)
+    return _SESSIONS[token]
+
+
 def token_ok(request: Any, token: str) -> bool:
-    """``Authorization: Bearer <token>`` or the console's session cookie carries ``token``."""
+    """``Authorization: Bearer <token>``, or the console's session cookie a valid
+    session of ``token`` (:class:`Sessions`)."""
+    if not token:
+        return False
     header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else request.cookies.get(SESSION_COOKIE, "")
-    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+    if header.startswith("Bearer "):
+        return hmac.compare_digest(header[7:].encode("utf-8", "surrogateescape"), token.encode())
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    return bool(cookie) and sessions_of(token).valid(cookie)
 
 
 def auth_middleware(token: str, open_paths: tuple[str, ...] = OPEN_ROUTES,
@@ -55,6 +162,47 @@ def auth_middleware(token: str, open_paths: tuple[str, ...] = OPEN_ROUTES,
                                     status=401, headers={"WWW-Authenticate": "Bearer"})
 
     return require_token
+
+
+def host_name(host: str) -> str:
+    """``Host`` header → the lower-cased name without port (``[::1]:6066`` → ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def own_hosts(settings: Any) -> frozenset[str]:
+    """The names a request may give in ``Host`` when there is no ``WEB_TOKEN``."""
+    from urllib.parse import urlsplit
+
+    names = {"127.0.0.1", "localhost", "::1", settings.web_host}
+    if settings.canonical_url:
+        names.add(urlsplit(settings.canonical_url).hostname or "")
+    if settings.web_host in ("0.0.0.0", "::"):
+        import socket
+
+        try:
+            names.add(socket.gethostname())
+            names.add(socket.gethostbyname(socket.gethostname()))
+        except OSError:
+            pass
+    names.update(getattr(settings, "web_allowed_hosts", ()))
+    return frozenset(host_name(n) for n in names if n)
+
+
+def host_middleware(allowed: frozenset[str], open_paths: tuple[str, ...] = OPEN_ROUTES) -> Any:
+    """Without ``WEB_TOKEN``: refuse (421) a request whose ``Host`` is not one of
+    ``allowed`` — what a DNS-rebinding page sends (see the module's docstring)."""
+    @aioweb.middleware
+    async def require_own_host(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        path = request.path.rstrip("/") or "/"
+        if path in open_paths or host_name(request.headers.get("Host", "")) in allowed:
+            return await handler(request)
+        return aioweb.json_response({"error": "misdirected request: this worker does not serve that Host "
+                                     "(add it to WEB_ALLOWED_HOSTS, or set WEB_TOKEN)"}, status=421)
+
+    return require_own_host
 
 
 def owned_partition(app: Any, table: Any, key: bytes) -> int | None:
@@ -91,13 +239,14 @@ def table_page(app: Any, worker: "Worker", path: str, table_name: str, match_inf
 def register_web(app: Any, worker: "Worker") -> None:
     settings = worker.settings
     token = settings.web_token.get_secret_value()
-    if token:
-        def on_webserver_init(web: Any) -> None:
-            if any(getattr(m, "__name__", "") == "require_token" for m in web.web_app.middlewares):
-                return  # Faust initialises its web server twice
-            web.web_app.middlewares.append(auth_middleware(token, public_prefixes=("/console/login",)))
+    guard = (auth_middleware(token, public_prefixes=("/console/login",)) if token
+             else host_middleware(own_hosts(settings)))
 
-        app.on_webserver_init = on_webserver_init
+    def on_webserver_init(web: Any) -> None:
+        if guard not in web.web_app.middlewares:  # Faust initialises its web server twice
+            web.web_app.middlewares.append(guard)
+
+    app.on_webserver_init = on_webserver_init
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
@@ -107,8 +256,9 @@ def register_web(app: Any, worker: "Worker") -> None:
     async def health(web: Any, request: Any) -> Any:
         recovered = app.tables.recovery.completed.is_set()
         ready = recovered and not app.rebalancing
-        problems = worker.health.problems(lag=worker.engine_lag(), stall_timeout=settings.stall_timeout,
-                                          send_budget=settings.send_budget) if ready else []
+        # also while not ready: a lost broker is named, not just "starting"
+        problems = worker.health.problems(lag=worker.engine_lag() if ready else 0,
+                                          stall_timeout=settings.stall_timeout, send_budget=settings.send_budget)
         body = {
             "status": "ok" if ready and not problems else ("unhealthy" if problems else "starting"),
             "recovered": recovered,

@@ -70,7 +70,9 @@ def register_console(app: Any, worker: "Worker") -> None:
             web.web_app.middlewares.insert(0, middleware)
 
     app.on_webserver_init = on_webserver_init
-    auth.register_auth(app, token)
+    metrics = getattr(worker, "metrics", None)
+    auth.register_auth(app, token, canonical_url=settings.canonical_url,
+                       metrics_registry=getattr(metrics, "registry", None))
 
     def csrf_of(request: Any) -> str | None:
         """The CSRF token for a page's forms; None when this request may not write."""
@@ -217,7 +219,7 @@ def register_console(app: Any, worker: "Worker") -> None:
     class ConsoleRedrive(View):
         async def post(self, request: Any) -> Any:
             form = await request.post()
-            refusal = write_refusal(request, token, form)
+            refusal = write_refusal(request, token, form, settings.canonical_url)
             if refusal is not None:
                 status, why = refusal
                 if wants_json(request):

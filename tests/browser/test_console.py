@@ -12,7 +12,7 @@ import re
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from streams.web import SESSION_COOKIE
+from streams.web import SESSION_COOKIE, sessions_of
 from tests.browser.chrome import browser, screenshot, wait
 from tests.browser.support import GatewayThread, post
 from tests.support.events import created, paid
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.kafka
 CREATED, PAID, SENT = OrderCreated.topic(), OrderPaid.topic(), NotificationSent.topic()
 DLQ = "notifications.dlq"
 SCRIPT = b"<script>alert(1)</script>"
-TOKEN = "console-test-token"
+TOKEN = "console-test-token-of-32-characters-or-more"
 
 
 def by(css: str) -> tuple[str, str]:
@@ -162,10 +162,10 @@ def test_redrive_one_letter_with_the_token_and_the_order_reaches_notified(broker
         status, _ = post(f"{base}/console/dlq/redrive", {"mode": "filter", "dry_run": "0"}, headers={"Origin": base})
         assert status == 401
         status, body = post(f"{base}/console/dlq/redrive", {"mode": "filter", "dry_run": "0"},
-                            headers={"Origin": base, "Cookie": f"{SESSION_COOKIE}={TOKEN}"})
+                            headers={"Origin": base, "Cookie": f"{SESSION_COOKIE}={sessions_of(TOKEN).issue()}"})
         assert status == 403 and "CSRF" in body  # the cookie alone is not enough
         status, body = post(f"{base}/console/dlq/redrive", {"mode": "filter", "dry_run": "0"},
-                            headers={"Origin": "http://evil.example", "Cookie": f"{SESSION_COOKIE}={TOKEN}"})
+                            headers={"Origin": "http://evil.example", "Cookie": f"{SESSION_COOKIE}={sessions_of(TOKEN).issue()}"})
         assert status == 403 and "cross-site" in body
 
         driver = browser()

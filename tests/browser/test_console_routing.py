@@ -13,16 +13,18 @@ import urllib.request
 import pytest
 
 from streams.events import OrderCreated
-from streams.web import SESSION_COOKIE
+from streams.web import SESSION_COOKIE, sessions_of
 from tests.support.events import created
 from tests.support.kafka import produce
 
 pytestmark = pytest.mark.kafka
 
-TOKEN = "console-routing-token"
+TOKEN = "console-routing-token-of-32-characters-or-more"
+#: A signed session of TOKEN (what the sign-in form sets; every worker of the token accepts it).
+SESSION = sessions_of(TOKEN).issue()
 
 
-def get(url: str, cookie: str | None = TOKEN) -> tuple[int, str]:
+def get(url: str, cookie: str | None = SESSION) -> tuple[int, str]:
     headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:

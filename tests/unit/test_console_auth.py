@@ -14,10 +14,12 @@ from multidict import CIMultiDict, MultiDict, MultiDictProxy
 from streams.console import auth, redrive
 from streams.console.auth import csrf_token, safe_next, write_refusal
 from streams.settings import WorkerSettings
-from streams.web import SESSION_COOKIE
+from streams.web import SESSION_COOKIE, sessions_of
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-at-least-32-characters"
 HOST = "127.0.0.1:6066"
+#: A signed session of TOKEN, as the sign-in form sets it.
+SESSION = sessions_of(TOKEN).issue()
 
 
 def request(method: str = "POST", path: str = "/console/dlq/redrive", *, cookie: str | None = None,
@@ -63,7 +65,7 @@ def test_without_the_token_a_write_is_401(kwargs):
 
 @pytest.mark.parametrize("form", [{}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": TOKEN}])
 def test_a_cookie_session_needs_the_csrf_token(form):
-    status, why = write_refusal(request(cookie=TOKEN), TOKEN, form)
+    status, why = write_refusal(request(cookie=SESSION), TOKEN, form)
     assert status == 403 and "CSRF" in why
 
 
@@ -72,14 +74,14 @@ def test_a_cookie_session_needs_the_csrf_token(form):
     (None, "cross-site"), (None, "same-site"), ("http://127.0.0.1:6067", "same-site"),
 ])
 def test_a_cross_site_write_is_refused_even_with_the_csrf_token(origin, fetch_site):
-    req = request(cookie=TOKEN, origin=origin, fetch_site=fetch_site)
+    req = request(cookie=SESSION, origin=origin, fetch_site=fetch_site)
     status, why = write_refusal(req, TOKEN, good_form())
     assert status == 403 and "cross-site" in why
 
 
 def test_a_same_origin_write_with_cookie_and_csrf_is_allowed():
-    assert write_refusal(request(cookie=TOKEN), TOKEN, good_form()) is None
-    assert write_refusal(request(cookie=TOKEN, origin=None, fetch_site=None), TOKEN, good_form()) is None
+    assert write_refusal(request(cookie=SESSION), TOKEN, good_form()) is None
+    assert write_refusal(request(cookie=SESSION, origin=None, fetch_site=None), TOKEN, good_form()) is None
 
 
 def test_the_bearer_header_is_no_ambient_credential_and_needs_no_csrf():
@@ -116,7 +118,7 @@ async def test_a_browser_without_the_token_is_sent_to_the_sign_in_form():
 
 
 async def test_signed_in_pages_pass_with_security_headers():
-    response, seen = await run_middleware(TOKEN, request("GET", "/console/dlq", cookie=TOKEN))
+    response, seen = await run_middleware(TOKEN, request("GET", "/console/dlq", cookie=SESSION))
     assert response.status == 200 and seen
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -179,7 +181,8 @@ async def test_sign_in_sets_an_httponly_samesite_strict_cookie(monkeypatch):
         request(path="/console/login", form={"token": TOKEN, "next": "/console/dlq"}))
     assert response.status == 303 and response.headers["Location"] == "/console/dlq"
     cookie = response.cookies[SESSION_COOKIE]
-    assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert TOKEN not in cookie.value and sessions_of(TOKEN).valid(cookie.value)
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
     assert cookie["path"] == "/console"
 
 
@@ -201,8 +204,8 @@ async def test_redrive_post_is_refused_without_web_token(monkeypatch):
 
 @pytest.mark.parametrize("kwargs,form,status", [
     ({}, good_form(), 401),
-    ({"cookie": TOKEN}, good_form(csrf="forged"), 403),
-    ({"cookie": TOKEN, "origin": "http://evil.example", "fetch_site": "cross-site"}, good_form(), 403),
+    ({"cookie": SESSION}, good_form(csrf="forged"), 403),
+    ({"cookie": SESSION, "origin": "http://evil.example", "fetch_site": "cross-site"}, good_form(), 403),
 ])
 async def test_redrive_post_refusals(monkeypatch, kwargs, form, status):
     app, started = console(TOKEN, monkeypatch)
@@ -212,7 +215,7 @@ async def test_redrive_post_refusals(monkeypatch, kwargs, form, status):
 
 async def test_redrive_post_with_cookie_and_csrf_starts_a_dry_run_and_redirects(monkeypatch):
     app, started = console(TOKEN, monkeypatch)
-    response = await app.pages["/console/dlq/redrive"].post(request(cookie=TOKEN, form=good_form(dry_run="1")))
+    response = await app.pages["/console/dlq/redrive"].post(request(cookie=SESSION, form=good_form(dry_run="1")))
     assert response.status == 303 and response.headers["Location"] == "/console/dlq/redrive/job-id-1234"
     [(selection, dry_run)] = started
     assert dry_run is True and selection.ids == ("notifications.dlq:0:1",)
@@ -231,7 +234,7 @@ async def test_redrive_post_rejects_bad_selections(monkeypatch, form):
 async def test_order_ids_in_paths_are_validated(monkeypatch):
     app, _ = console(TOKEN, monkeypatch)
     view = app.pages["/console/orders/{order_id}"]
-    response = await view.get(request("GET", "/console/orders/x", cookie=TOKEN), order_id="<script>")
+    response = await view.get(request("GET", "/console/orders/x", cookie=SESSION), order_id="<script>")
     assert response.status == 400 and "<script>" not in response.text
-    find = await app.pages["/console/orders"].get(request("GET", "/console/orders?id=a%20b", cookie=TOKEN))
+    find = await app.pages["/console/orders"].get(request("GET", "/console/orders?id=a%20b", cookie=SESSION))
     assert find.status == 400
