@@ -10,6 +10,16 @@ caller that wants to add to it. Standard library only.
   ``partition``, ``offset``, ``event_type`` …) and ``exception`` when there is one.
 
     log.warning("row failed", extra={"order_id": "o-1", "topic": "events.order.paid.v1"})
+
+Secrets never reach a log line through a library's echo (:class:`RedactSecrets`, on the
+handler of every configuration built here): aiohttp logs a malformed request at ERROR
+with the offending request or header line verbatim in the exception's message — an
+``Authorization: Bearer …`` or the console's session cookie included. Rule: every
+record of a logger under :data:`REDACTED_LOGGERS` is rendered (message and traceback)
+and passed through :func:`redact` before any formatter sees it: the values of
+``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie``, anything
+after ``Bearer``/``Basic``, and every secret registered with :func:`add_secrets`
+(the worker registers its settings' secrets at start-up) become ``***``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +39,63 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 #: Loggers of libraries that are chatty at INFO and say nothing an operator needs there.
 QUIET_LOGGERS: Mapping[str, str] = {"aiokafka": "ERROR", "aiohttp.access": "WARNING"}
+
+
+#: Loggers whose records are redacted (libraries that echo what a client sent).
+REDACTED_LOGGERS = ("aiohttp", "faust.web")
+#: Header names whose values are credentials.
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie)(\s*:\s*|\s*=\s*)"
+    r"((?:(?!\\r|\\n|\\x0[0-9a-f])[^\r\n'\"])*)")
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[^\s'\"\\]+")
+_SESSION = re.compile(r"(order_streams_session=)[^;\s'\"\\]*")
+#: Secret values registered at start-up (the settings' secrets).
+_SECRETS: set[str] = set()
+
+
+def add_secrets(*values: str | None) -> None:
+    """Values never to appear in a redacted record (e.g. ``WEB_TOKEN``, a password)."""
+    for value in values:
+        if value and len(value) >= 4:
+            _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with credential header values, ``Bearer``/``Basic`` credentials, the
+    session cookie and every registered secret replaced by ``***``."""
+    text = _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _SESSION.sub(r"\1***", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Renders and redacts records of :data:`REDACTED_LOGGERS` (see the module's docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(REDACTED_LOGGERS) and not _SECRETS:
+            return True
+        if not record.name.startswith(REDACTED_LOGGERS):
+            message = record.getMessage()
+            if any(secret in message for secret in _SECRETS):
+                record.msg, record.args = redact(message), ()
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep the template only
+            message = str(record.msg)
+        record.msg, record.args = redact(message), ()
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -93,8 +161,10 @@ def build_config(
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": f"{__name__}.{formatter.__name__}", "service": service}},
+        "filters": {"redact": {"()": f"{__name__}.RedactSecrets"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr",
+                       "filters": ["redact"]},
         },
         "loggers": {name: {"level": lvl} for name, lvl in loggers.items()},
         "root": {"level": level.upper(), "handlers": ["stderr"]},

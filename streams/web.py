@@ -43,6 +43,7 @@ from aiohttp import web as aioweb
 
 from streams.console import register_console
 from streams.events import ID_PATTERN
+from streams.logs import add_secrets
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
 from tables.order_state import public_view
@@ -236,8 +237,26 @@ def table_page(app: Any, worker: "Worker", path: str, table_name: str, match_inf
     return register
 
 
+def settings_secrets(settings: Any) -> list[str]:
+    """Every secret of ``settings``: its ``SecretStr`` fields and URL passwords
+    (``scheme://user:password@host``, up to the last ``@``) — for :func:`streams.logs.add_secrets`."""
+    from pydantic import SecretStr
+
+    out = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr):
+            out.append(value.get_secret_value())
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            userinfo = value.split("://", 1)[1].rpartition("@")[0]
+            if ":" in userinfo:
+                out.append(userinfo.split(":", 1)[1])
+    return [s for s in out if s]
+
+
 def register_web(app: Any, worker: "Worker") -> None:
     settings = worker.settings
+    add_secrets(*settings_secrets(settings))
     token = settings.web_token.get_secret_value()
     guard = (auth_middleware(token, public_prefixes=("/console/login",)) if token
              else host_middleware(own_hosts(settings)))
