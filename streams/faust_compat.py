@@ -20,7 +20,7 @@ What the worker leans on, and why:
   taken from a Fetch's high watermark on the embedded broker), chosen by
   ``Consumer._new_consumer_thread`` — subclasses for this app, no class patches;
 - **the producer** — ``Producer._ensure_producer`` (the aiokafka producer, for
-  record batches);
+  record batches, and its client for :func:`broker_round_trip`, the health probe);
 - **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
   rocksdict handles), ``Store.offset_key``, and ``Store.apply_changelog_batch``
   (:class:`EngineStore` writes the engine's index entries for what Faust applies);
@@ -55,6 +55,32 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 def aiokafka_producer(app: Any) -> Any:
     """The app's ``AIOKafkaProducer`` (Faust ``Producer._ensure_producer``)."""
     return app.producer._ensure_producer()
+
+
+async def broker_round_trip(app: Any) -> int:
+    """One request a broker must answer: Metadata for no topics (v1+: no topic list in
+    the answer, so it costs the same on any cluster) through the app's producer client
+    (the consumer's runs on Faust's consumer thread), to each known broker in turn
+    until one answers. Returns the node that answered; raises if none did or the
+    producer is not started. Bound it with a timeout: a frozen broker never answers."""
+    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    client = aiokafka_producer(app).client
+    nodes = [b.nodeId for b in client.cluster.brokers()]
+    if not nodes:
+        raise KafkaConnectionError("no broker known yet (not bootstrapped)")
+    error: BaseException | None = None
+    for node in nodes:
+        try:
+            await client.send(node, MetadataRequest([]))
+            return int(node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 # -- stores ----------------------------------------------------------------------------

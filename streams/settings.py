@@ -82,6 +82,9 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     send_budget: float = Field(60.0, gt=0)
     #: Seconds without an acknowledged batch, while records wait, before /health says 503.
     stall_timeout: float = Field(120.0, gt=0)
+    #: Seconds without an answer from the broker (a probe every few seconds) before
+    #: /health says 503; it says 200 again by itself once the broker answers.
+    broker_loss_timeout: float = Field(30.0, ge=1, le=3600)
     #: Bearer token for every worker route except /health and /metrics (empty: none).
     web_token: SecretStr = SecretStr("")
     #: More names a request's ``Host`` may give when there is no ``WEB_TOKEN``

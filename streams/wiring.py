@@ -26,7 +26,8 @@ from agents.notifications import NotificationsService
 from agents.notifier import make_notifier
 from agents.order_state import OrderStateService
 from streams import registry
-from streams.engine.health import Health
+from streams.engine.health import Health, watch_broker
+from streams.faust_compat import broker_round_trip
 from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
@@ -157,7 +158,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         logging_config=build_config(settings.log_format, settings.log_level, "worker", loggers=WORKER_QUIET),
     )
     metrics = Metrics()
-    health = Health()
+    health = Health(broker_loss_timeout=settings.broker_loss_timeout)
     services, closers = build_services(settings, metrics)
     specs = [registry.service(name) for name in services]
     tables = {name: define_table(app, name, partitions) for spec in specs for name in spec.tables}
@@ -191,6 +192,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
     async def announce() -> None:
         log.info("worker web server on %s (WEB_HOST=%s): /health /metrics%s", settings.web_url, settings.web_host,
                  "".join(f" {r}" for r in ("/orders/{id}", "/inventory/{sku}", "/console")))
+
+    @app.task
+    async def watch_broker_round_trips() -> None:
+        """/health: 503 after BROKER_LOSS_TIMEOUT without an answer from the broker."""
+        await watch_broker(health, lambda: broker_round_trip(app))
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:

@@ -169,3 +169,43 @@ def test_a_header_with_a_null_value_becomes_empty() -> None:
                              headers=[("a", None), ("b", b"x")])
     [converted] = faust_compat.to_records([record])
     assert dict(converted.headers) == {"a": b"", "b": b"x"}
+
+
+async def test_broker_round_trip_asks_each_known_broker_for_no_topics_until_one_answers() -> None:
+    """The health probe: the producer's public ``client`` (``send``, ``cluster.brokers()``),
+    reached through Faust's private ``_ensure_producer``; a Metadata request for no topics
+    (v1+ carries an empty topic list: the answer holds no topics on any cluster)."""
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
+    from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v1
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(producer.client, AIOKafkaClient)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.send) and callable(producer.client.cluster.brokers)
+    assert MetadataRequest([]).build(MetadataRequest_v1).topics == []
+
+    sent: list[tuple[int, Any]] = []
+
+    class Client:
+        def __init__(self, nodes: list[int], answering: set[int]) -> None:
+            self.cluster = SimpleNamespace(brokers=lambda: [SimpleNamespace(nodeId=n) for n in nodes])
+            self.answering = answering
+
+        async def send(self, node: int, request: Any) -> Any:
+            sent.append((node, request))
+            if node not in self.answering:
+                raise RequestTimedOutError()
+            return object()
+
+    def app_with(client: Client) -> Any:
+        return SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: SimpleNamespace(client=client)))
+
+    assert await faust_compat.broker_round_trip(app_with(Client([1, 2, 3], answering={2}))) == 2
+    assert [n for n, _ in sent] == [1, 2] and all(isinstance(r, MetadataRequest) for _, r in sent)
+    with pytest.raises(RequestTimedOutError):
+        await faust_compat.broker_round_trip(app_with(Client([1], answering=set())))
+    with pytest.raises(KafkaConnectionError):
+        await faust_compat.broker_round_trip(app_with(Client([], answering=set())))
