@@ -105,15 +105,54 @@ class WorkerProcess:
             return ""
 
 
+#: sample-name suffixes a family of each type exports (prometheus_client's text format)
+_SUFFIXES = {"histogram": ("_bucket", "_count", "_sum", "_created"), "summary": ("_count", "_sum", "_created"),
+             "counter": (), "gauge": (), "info": (), "stateset": (), "gaugehistogram": (),
+             "unknown": ()}
+
+
+def metric_names(text: str) -> set[str]:
+    """Every sample name ``text`` can hold: each ``# TYPE`` family's own name and its
+    type's suffixes, and every sample actually present. A labelled family with no
+    child yet has a ``# TYPE`` line and no samples: its name is known, its value 0."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) >= 4:
+                family, kind = parts[2], parts[3]
+                names.add(family)
+                names.update(family + s for s in _SUFFIXES.get(kind, ()))
+                if kind == "counter" and family.endswith("_total"):
+                    names.add(family[: -len("_total")] + "_created")
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split()[0])
+    return names
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    """Sum of the samples of ``name`` whose labels include ``labels``.
+
+    A name the exposition does not export at all raises ``KeyError``, and so does a
+    label no sample of ``name`` carries: a misspelt name would otherwise read as 0 and
+    make every ``== 0`` check on it vacuous (issue 26). A known family with no
+    matching sample is 0."""
+    if name not in metric_names(text):
+        close = sorted(n for n in metric_names(text) if n.split("_")[0] == name.split("_")[0])
+        raise KeyError(f"no metric {name!r} in the exposition (same prefix: {close[:10]})")
     total = 0.0
+    label_keys: set[str] = set()
+    seen = False
     for line in text.splitlines():
         if not line.startswith(name):
             continue
         head, _, value = line.rpartition(" ")
         if head.split("{")[0] != name:
             continue
+        seen = True
+        label_keys.update(k for k in labels if f'{k}="' in head)
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
+    if seen and set(labels) - label_keys:
+        raise KeyError(f"no sample of {name!r} has the label(s) {sorted(set(labels) - label_keys)}")
     return total

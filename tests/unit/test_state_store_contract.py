@@ -7,6 +7,7 @@ hold for the real store too — and the other way round."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,14 @@ from streams.engine.ports import INDEX_PREFIX, StateStore, TooLarge, Transaction
 from tests.unit.fakes import FakePublisher, MemoryStore
 
 TABLE = "order-state"
+
+
+async def wait_until(condition, what: str, timeout: float = 5.0) -> None:
+    """Poll ``condition`` on the event loop; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.001)
 
 
 class StateStoreContract:
@@ -42,10 +51,13 @@ class StateStoreContract:
     async def test_nothing_is_written_locally_before_every_changelog_ack(self, publisher, store) -> None:
         publisher.auto_ack = False
         writing = asyncio.create_task(store.write([Writes(TABLE, 1, {b"o-1": b"a", b"o-2": b"b"}, {})]))
-        while len(publisher.pending()) < 2:
-            await asyncio.sleep(0)
+        await wait_until(lambda: len(publisher.pending()) == 2, "both changelog sends pending")
         publisher.release(1)
-        await asyncio.sleep(0.01)
+        # Nothing may happen now, so there is no event to wait for. Both stores write on
+        # this event loop alone (no thread, no I/O once an ack is in), so ten passes of
+        # the loop let the write take every step one ack allows (a handful of awaits).
+        for _ in range(10):
+            await asyncio.sleep(0)
         assert not writing.done() and store.read(TABLE, 1, [b"o-1", b"o-2"]) == [None, None]
         publisher.release()
         await writing
