@@ -17,6 +17,14 @@ def value(c: Counter, outcome: str) -> float:
     return c.labels("search", outcome)._value.get()
 
 
+async def settled(caller: BestEffortCaller, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s) until every call the caller started has finished."""
+    running = set(caller.in_flight)
+    if running:
+        _, pending = await asyncio.wait(running, timeout=timeout)
+        assert not pending, f"{len(pending)} calls still running after {timeout} s"
+
+
 async def test_hanging_calls_time_out_are_counted_and_leave_no_task():
     c = counter()
     caller = BestEffortCaller(c, timeout=0.05, max_in_flight=3)
@@ -25,7 +33,7 @@ async def test_hanging_calls_time_out_are_counted_and_leave_no_task():
     accepted = [caller.call("search", hang.wait) for _ in range(5)]
     assert accepted == [True, True, True, False, False]  # refused, not queued
     assert value(c, "refused") == 2
-    await asyncio.sleep(0.2)
+    await settled(caller)  # hang is never set: only the caller's 0.05 s deadline ends them
     assert value(c, "timeout") == 3
     assert caller.in_flight == set()
     assert len(asyncio.all_tasks()) == baseline
@@ -43,7 +51,7 @@ async def test_ok_and_error_outcomes_and_results_collected():
 
     caller.call("search", ok)
     caller.call("search", boom)
-    await asyncio.sleep(0.05)
+    await settled(caller)
     assert value(c, "ok") == 1 and value(c, "error") == 1
     assert caller.in_flight == set()
 
