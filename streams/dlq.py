@@ -136,8 +136,21 @@ def bytes_field(name: str, raw: bytes | None) -> dict[str, Any]:
     return {name: text} if text is not None else {name: None, f"{name}_hex": raw.hex()}
 
 
-def format_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def format_ms(ms: int, *, seconds: bool = False) -> str:
+    """Epoch ms as ``2024-05-01T12:00:00.123Z`` (``seconds``: ``2024-05-01 12:00:00``);
+    a value no calendar holds (a forged header: year 3,170,843) as the number it is."""
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    if seconds:
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+#: Digits a time header may have to be read as epoch ms (Python's int() refuses 4,300+
+#: and takes quadratic time below that; epoch ms of year 9999 have 15).
+MAX_TIME_DIGITS = 18
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,7 +188,21 @@ class DeadLetter:
 
     @property
     def failed_at_ms(self) -> int:
-        return H.integer(self.headers, H.FAILED_AT, self.timestamp_ms)
+        """``x-failed-at`` when it is a number of epoch ms, else the record's timestamp
+        (what ``since`` filters on)."""
+        raw = self.headers.get(H.FAILED_AT)
+        if raw and raw.isdigit() and len(raw) <= MAX_TIME_DIGITS:
+            return int(raw)
+        return self.timestamp_ms
+
+    def failed_at(self, *, seconds: bool = False) -> str:
+        """The failure time for people: ``x-failed-at`` as a time, or — forged, out of
+        any calendar's range, not a number — as given (escaped, cut at 40 characters)."""
+        raw = self.headers.get(H.FAILED_AT)
+        if raw and not (raw.isdigit() and len(raw) <= MAX_TIME_DIGITS):
+            given = printable(raw[:40].decode("utf-8", "replace"))
+            return f"{given}… ({len(raw)} bytes)" if len(raw) > 40 else given
+        return format_ms(self.failed_at_ms, seconds=seconds)
 
     def source(self) -> str:
         h = self.headers
@@ -187,7 +214,7 @@ class DeadLetter:
         return {
             "id": self.id, "service": self.service, "partition": self.partition, "offset": self.offset,
             "reason": self.reason, "attempt": H.integer(h, H.ATTEMPT, 0),
-            "failed_at": format_ms(self.failed_at_ms), "failed_at_ms": self.failed_at_ms,
+            "failed_at": self.failed_at(), "failed_at_ms": self.failed_at_ms,
             "source": {"topic": self.source_topic, "partition": H.text(h, H.SOURCE_PARTITION),
                        "offset": H.text(h, H.SOURCE_OFFSET)},
             "error": {"type": H.text(h, H.ERROR_TYPE), "message": H.text(h, H.ERROR_MESSAGE)},
@@ -207,9 +234,9 @@ class DeadLetter:
 
     def row(self) -> tuple[str, ...]:
         """Escaped cells of ``dlq ls``: id, reason, attempt, failed at, source, key, error."""
-        failed = datetime.fromtimestamp(self.failed_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         error = H.text(self.headers, H.ERROR_MESSAGE)
-        return (self.id, printable(self.reason), printable(self.attempt), failed, printable(self.source()),
+        return (self.id, printable(self.reason), printable(self.attempt), self.failed_at(seconds=True),
+                printable(self.source()),
                 show_bytes(self.key, 24), printable(error[:60]) + ("…" if len(error) > 60 else ""))
 
 
@@ -223,7 +250,7 @@ def parse_id(letter_id: str) -> tuple[registry.ServiceSpec, int, int]:
     when it is not one (wrong shape, or no service of the registry has that DLQ)."""
     parts = letter_id.rsplit(":", 2)
     spec = registry.service_of_dlq(parts[0]) if len(parts) == 3 else None
-    if spec is None or not all(p.isdigit() for p in parts[1:]):
+    if spec is None or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts[1:]):
         raise ValueError(
             f"{letter_id!r} is not a dead letter id: expected <service>.dlq:<partition>:<offset>, "
             f"service one of {', '.join(registry.SERVICE_NAMES)}"
@@ -234,17 +261,20 @@ def parse_id(letter_id: str) -> tuple[registry.ServiceSpec, int, int]:
 def parse_since(value: str, now: float | None = None) -> int:
     """``15m``, ``2h``, ``1d``, ``30s`` ago, or an ISO 8601 time → epoch ms."""
     now = time.time() if now is None else now
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+    bad = ValueError(f"--since {printable(value[:40])!r}: expected 15m, 2h, 1d or an ISO 8601 time")
+    if len(value) > 64:
+        raise bad
+    m = re.fullmatch(r"\s*([0-9]{1,12}(?:\.[0-9]{1,6})?)\s*([smhd])\s*", value)
     if m:
         seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return int((now - seconds) * 1000)
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"--since {value!r}: expected 15m, 2h, 1d or an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1000)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return int(when.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        raise bad from None
 
 
 def matches(d: DeadLetter, *, reason: str | None = None, since_ms: int | None = None) -> bool:

@@ -85,7 +85,8 @@ class Sessions:
         self.not_before = 0
 
     def _mac(self, sid: str, expiry: int, issued: int) -> str:
-        return hmac.new(self.key, f"v1.{sid}.{expiry}.{issued}".encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.key, f"v1.{sid}.{expiry}.{issued}".encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()
 
     def issue(self) -> str:
         now = int(self.clock())
@@ -143,7 +144,7 @@ def sessions_of(token: str) -> Sessions:
 def token_ok(request: Any, token: str) -> bool:
     """``Authorization: Bearer <token>``, or the console's session cookie a valid
     session of ``token`` (:class:`Sessions`)."""
-    if not token:
+    if not token or bad_encoding(request) is not None:
         return False
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
@@ -152,10 +153,29 @@ def token_ok(request: Any, token: str) -> bool:
     return bool(cookie) and sessions_of(token).valid(cookie)
 
 
+#: Headers whose values must be UTF-8 (credentials: a comparison encodes them).
+CREDENTIAL_HEADERS = ("Authorization", "Cookie")
+
+
+def bad_encoding(request: Any) -> aioweb.Response | None:
+    """400 when a credential header is not UTF-8 (aiohttp hands such bytes over as
+    surrogates, and encoding them for a comparison raised: a 500), else None."""
+    for name in CREDENTIAL_HEADERS:
+        for value in request.headers.getall(name, ()):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return aioweb.json_response({"error": f"bad request: the {name} header is not UTF-8"}, status=400)
+    return None
+
+
 def auth_middleware(token: str, open_paths: tuple[str, ...] = OPEN_ROUTES,
                     public_prefixes: tuple[str, ...] = ()) -> Any:
     @aioweb.middleware
     async def require_token(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        refused = bad_encoding(request)
+        if refused is not None:
+            return refused
         path = request.path.rstrip("/") or "/"
         if path in open_paths or any(path.startswith(p) for p in public_prefixes) or token_ok(request, token):
             return await handler(request)
@@ -197,6 +217,9 @@ def host_middleware(allowed: frozenset[str], open_paths: tuple[str, ...] = OPEN_
     ``allowed`` — what a DNS-rebinding page sends (see the module's docstring)."""
     @aioweb.middleware
     async def require_own_host(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        refused = bad_encoding(request)
+        if refused is not None:
+            return refused
         path = request.path.rstrip("/") or "/"
         if path in open_paths or host_name(request.headers.get("Host", "")) in allowed:
             return await handler(request)

@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web as aioweb
 
 from streams.console.html import e, hidden, page
-from streams.web import SESSION_COOKIE, SESSION_SECONDS, sessions_of, token_ok
+from streams.web import SESSION_COOKIE, SESSION_SECONDS, bad_encoding, sessions_of, token_ok
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,13 @@ def console_middleware(token: str) -> Callable[..., Awaitable[Any]]:
         path = request.path
         if path != "/console" and not path.startswith("/console/"):
             return await handler(request)
-        if (token and request.method in ("GET", "HEAD") and not path.startswith(LOGIN)
+        refused = bad_encoding(request)
+        if refused is not None:
+            response: Any = refused
+        elif (token and request.method in ("GET", "HEAD") and not path.startswith(LOGIN)
                 and not path.startswith("/console/api/") and not path.endswith("/live")
                 and not token_ok(request, token)):
-            response: Any = see_other(f"{LOGIN}?next={quote(request.path_qs, safe='')}")
+            response = see_other(f"{LOGIN}?next={quote(request.path_qs, safe='')}")
         else:
             response = await handler(request)
         for name, value in SECURITY_HEADERS.items():

@@ -89,7 +89,7 @@ def parse_cursor(value: str, f: Filter) -> str | None:
 def parse_limit(value: str) -> int:
     if not value:
         return PAGE_SIZE
-    if not value.isdigit() or not 1 <= int(value) <= 500:
+    if not (value.isascii() and value.isdigit() and len(value) <= 3) or not 1 <= int(value) <= 500:
         raise BadQuery("limit: a number from 1 to 500")
     return int(value)
 

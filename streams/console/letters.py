@@ -12,7 +12,7 @@ from typing import Any
 
 from streams import headers as H
 from streams.console.html import badge, e, hidden, multiline, table, text, when
-from streams.dlq import DeadLetter, utf8_or_none
+from streams.dlq import MAX_TIME_DIGITS, DeadLetter, utf8_or_none
 
 #: Bytes of a value shown as a hex dump (the rest is counted, and downloadable).
 HEX_BYTES = 4096
@@ -20,6 +20,9 @@ HEX_BYTES = 4096
 TEXT_CHARS = 256 * 1024
 #: Values larger than this are not parsed as JSON (shown as text).
 JSON_MAX_BYTES = 1024 * 1024
+#: JSON nested deeper than this is shown as text, with a note (parsing and printing
+#: recurse: a value nested 1,000+ deep raised RecursionError, a 500).
+JSON_MAX_DEPTH = 64
 TIME_HEADERS = (H.FIRST_FAILED_AT, H.FAILED_AT, H.NOT_BEFORE)
 
 
@@ -47,6 +50,32 @@ def bytes_inline(raw: bytes | None, limit: int = 80) -> str:
     return f'<span class="mono">{text(s[:limit])}{"…" if len(s) > limit else ""}</span>'
 
 
+def json_depth(text: str, limit: int) -> int:
+    """How deep ``text``'s brackets nest (outside strings), counted without recursion;
+    stops counting past ``limit`` (returns ``limit + 1``)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def value_view(raw: bytes | None) -> str:
     """The value of a letter: ``<pre class="value json|text|hex">``, escaped."""
     if raw is None:
@@ -55,10 +84,14 @@ def value_view(raw: bytes | None) -> str:
         return '<p class="empty">empty value (0 bytes)</p>'
     size = f'<p class="muted">{len(raw):,} bytes</p>'
     s = utf8_or_none(raw)
-    if s is not None and len(raw) <= JSON_MAX_BYTES:
+    note = ""
+    if s is not None and len(raw) <= JSON_MAX_BYTES and json_depth(s, JSON_MAX_DEPTH) > JSON_MAX_DEPTH:
+        note = (f'<p class="notice warn">Nested more than {JSON_MAX_DEPTH} levels deep: shown as text, '
+                'not parsed.</p>')
+    elif s is not None and len(raw) <= JSON_MAX_BYTES:
         try:
             parsed = json.loads(s)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         else:
             pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
@@ -66,7 +99,7 @@ def value_view(raw: bytes | None) -> str:
             return f'{size}<h3>JSON</h3><pre class="value json">{multiline(pretty[:TEXT_CHARS])}{cut}</pre>'
     if s is not None:
         cut = "\n…" if len(s) > TEXT_CHARS else ""
-        return (f'{size}<h3>Text (not JSON)</h3><pre class="value text">{multiline(s[:TEXT_CHARS])}{cut}</pre>'
+        return (f'{size}{note}<h3>Text (not JSON)</h3><pre class="value text">{multiline(s[:TEXT_CHARS])}{cut}</pre>'
                 f'<h3>Hex</h3><pre class="value hex">{hex_dump(raw)}</pre>')
     return f'{size}<h3>Hex (not UTF-8)</h3><pre class="value hex">{hex_dump(raw)}</pre>'
 
@@ -76,10 +109,18 @@ def headers_view(letter: DeadLetter) -> str:
     rows = []
     for name, raw in items:
         cell = bytes_inline(raw, limit=2000)
-        if name in TIME_HEADERS and raw and raw.isdigit():
+        if name in TIME_HEADERS and raw and raw.isdigit() and len(raw) <= MAX_TIME_DIGITS:
             cell += f' <span class="muted">{e(when(int(raw)))}</span>'
         rows.append([f'<span class="mono">{text(name)}</span>', cell])
     return table(["header", "value"], rows, empty="no headers", cls="headers")
+
+
+def failed_when(letter: DeadLetter) -> str:
+    """``x-failed-at`` as a time; forged (not a number, out of range) as given."""
+    raw = letter.headers.get(H.FAILED_AT)
+    if raw and not (raw.isdigit() and len(raw) <= MAX_TIME_DIGITS):
+        return letter.failed_at()
+    return when(letter.failed_at_ms)
 
 
 def summary_cells(letter: DeadLetter, redriven: bool) -> list[str]:
@@ -89,7 +130,7 @@ def summary_cells(letter: DeadLetter, redriven: bool) -> list[str]:
         link + (" " + badge("already redriven", "ok") if redriven else ""),
         f'<span class="reason">{text(letter.reason)}</span>',
         text(letter.attempt),
-        e(when(letter.failed_at_ms)),
+        e(failed_when(letter)),
         f'<span class="mono">{text(letter.source())}</span>',
         bytes_inline(letter.key, 40),
         text(error[:100]) + ("…" if len(error) > 100 else ""),
@@ -107,7 +148,7 @@ def letter_view(letter: DeadLetter, *, redriven: bool, csrf: str | None) -> str:
         f'<dt>Service</dt><dd>{e(letter.service)}</dd>'
         f'<dt>Reason</dt><dd class="reason">{text(letter.reason)}</dd>'
         f'<dt>Attempts</dt><dd>{text(letter.attempt)}</dd>'
-        f'<dt>Failed at</dt><dd>{e(when(letter.failed_at_ms))}</dd>'
+        f'<dt>Failed at</dt><dd>{e(failed_when(letter))}</dd>'
         f'<dt>Source</dt><dd class="mono">{text(letter.source())}</dd>'
         f'<dt>Error</dt><dd>{text(H.text(h, H.ERROR_TYPE))}: {text(H.text(h, H.ERROR_MESSAGE))}</dd>'
         f'<dt>Key</dt><dd>{bytes_inline(letter.key, 400)}</dd>'

@@ -115,6 +115,12 @@ def test_dlq_is_a_group_and_each_subcommand_has_its_own_help(env):
     (("dlq", "ls", "--limit", "0"), "--limit"),
     (("dlq", "frobnicate"), "No such command 'frobnicate'"),
     (("reconcile", "--since", "yesterday"), "--since"),
+    # issue 23: 400 digits were a 49-line OverflowError traceback
+    (("dlq", "ls", "--since", "9" * 400 + "d"), "'--since'"),
+    (("dlq", "ls", "--since", "9" * 400), "'--since'"),
+    (("dlq", "redrive", "--dry-run", "--since", "9" * 400 + "m"), "--since"),
+    (("reconcile", "--since", "9" * 400 + "h"), "--since"),
+    (("dlq", "show", "notifications.dlq:0:" + "9" * 5000), "not a dead letter id"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(env, args, says):
     run, _ = env
