@@ -54,7 +54,8 @@ async def serve(settings: OrdersSettings, *, with_api: bool, with_relay: bool) -
         if with_api:
             api = OrdersApi(db, metrics, on_commit=relay.notify if with_relay else (lambda: None),
                             max_body_bytes=settings.orders_max_body_bytes,
-                            max_event_bytes=settings.relay_max_request_bytes)
+                            max_event_bytes=settings.relay_max_request_bytes,
+                            idempotency_ttl=settings.idempotency_ttl)
             runner = web.AppRunner(api.app(), access_log=None)
             await runner.setup()
             await _listen(runner, settings.orders_host, settings.orders_port, "ORDERS_PORT")

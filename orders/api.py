@@ -28,8 +28,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orders import outbox
-from orders.db import Database, PostgresDatabase
+from orders import idempotency, outbox
+from orders.db import Database, PostgresDatabase, is_unique_violation
 from orders.metrics import OrdersMetrics
 from orders.openapi import Response, Route, docs_html, openapi
 from orders.relay import NOTIFY_CHANNEL
@@ -39,6 +39,7 @@ from streams.events import (
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 _ID = re.compile(ID_PATTERN)
 
 
@@ -126,21 +127,50 @@ ORDER_ID_PARAM = {"order_id": {"type": "string", "pattern": ID_PATTERN, "maxLeng
 BAD_ID = Response("order_id does not match ID_PATTERN", ApiError)
 UNKNOWN = Response("unknown order", ApiError)
 
+IDEMPOTENCY_KEY = {idempotency.HEADER: (
+    "Optional. A repeat with the same key and the same request is answered with the first answer "
+    f"(header {idempotency.REPLAYED_HEADER}: true) and writes nothing; the same key with another request is 422; "
+    "while a request under the key is in flight, 409. Keys are kept IDEMPOTENCY_TTL seconds (default 24 h). "
+    "Only 2xx answers are stored.",
+    {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH,
+     "pattern": r'^([\x21\x23-\x5b\x5d-\x7e]+|"([\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+")$'},
+)}
+REPLAYED = {idempotency.REPLAYED_HEADER: (
+    "true when this is the stored answer of an earlier request with the same Idempotency-Key",
+    {"type": "string", "enum": ["true"]},
+)}
+BAD_KEY = Response("Idempotency-Key malformed (1-255 printable ASCII characters) or sent twice", ApiError)
+KEY_REUSED = "Idempotency-Key already used for another request"
+IN_FLIGHT = "a request with this Idempotency-Key is still in flight (Retry-After)"
+
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/orders", "create", "Create an order", request=CreateOrder, tags=("orders",),
           description="Writes the order and its OrderCreated outbox row in one transaction.",
-          responses={201: Response("created", OrderAccepted),
+          header_params=IDEMPOTENCY_KEY,
+          responses={201: Response("created (or, with the replay header, created before under this key)",
+                                   OrderAccepted, headers=REPLAYED),
+                     400: BAD_KEY,
+                     409: Response(IN_FLIGHT, ApiError),
                      413: Response("body larger than ORDERS_MAX_BODY_BYTES", ApiError),
                      415: Response("body not sent as application/json", ApiError),
-                     422: Response("invalid order, or its event larger than the relay may publish", ApiError)}),
+                     422: Response("invalid order, its event larger than the relay may publish, or "
+                                   + KEY_REUSED, ApiError)}),
     Route("POST", "/orders/{order_id}/pay", "pay", "Pay an order", tags=("orders",), path_params=ORDER_ID_PARAM,
           description="Writes OrderPaid through the outbox. Paying twice is idempotent.",
-          responses={202: Response("paid (now or before)", StatusChange), 400: BAD_ID, 404: UNKNOWN,
-                     409: Response("the order is cancelled", ApiError)}),
+          header_params=IDEMPOTENCY_KEY,
+          responses={202: Response("paid (now or before)", StatusChange, headers=REPLAYED),
+                     400: Response("order_id does not match ID_PATTERN, or Idempotency-Key malformed", ApiError),
+                     404: UNKNOWN,
+                     409: Response("the order is cancelled, or " + IN_FLIGHT, ApiError),
+                     422: Response(KEY_REUSED, ApiError)}),
     Route("POST", "/orders/{order_id}/cancel", "cancel", "Cancel an unpaid order", tags=("orders",),
           path_params=ORDER_ID_PARAM, description="Writes OrderCancelled through the outbox; idempotent.",
-          responses={202: Response("cancelled (now or before)", StatusChange), 400: BAD_ID, 404: UNKNOWN,
-                     409: Response("the order is paid", ApiError)}),
+          header_params=IDEMPOTENCY_KEY,
+          responses={202: Response("cancelled (now or before)", StatusChange, headers=REPLAYED),
+                     400: Response("order_id does not match ID_PATTERN, or Idempotency-Key malformed", ApiError),
+                     404: UNKNOWN,
+                     409: Response("the order is paid, or " + IN_FLIGHT, ApiError),
+                     422: Response(KEY_REUSED, ApiError)}),
     Route("GET", "/orders/{order_id}", "get", "The order row", tags=("orders",), path_params=ORDER_ID_PARAM,
           responses={200: Response("the order", OrderView), 400: BAD_ID, 404: UNKNOWN}),
     Route("GET", "/outbox/stats", "outbox_stats", "Outbox counts", tags=("operations",),
@@ -190,6 +220,7 @@ class OrdersApi:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -197,6 +228,10 @@ class OrdersApi:
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
+        self.idempotency_ttl = idempotency_ttl
+        #: Idempotency-Keys whose request this process is executing (409 for a repeat)
+        self._in_flight: set[str] = set()
+        self._swept_at = float("-inf")
         self.notify_sql = f"NOTIFY {NOTIFY_CHANNEL}" if isinstance(db, PostgresDatabase) else None
 
     def app(self) -> web.Application:
@@ -226,6 +261,10 @@ class OrdersApi:
             await tx.execute(self.notify_sql)
 
     async def create(self, request: web.Request) -> web.Response:
+        try:
+            key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
+        except idempotency.BadKey as exc:
+            return _error(400, "invalid idempotency key", ("header", str(exc)))
         if not _is_json(request.content_type):
             return _error(415, "unsupported media type",
                           ("content-type", f"send the body as application/json, not {request.content_type}"))
@@ -244,15 +283,59 @@ class OrdersApi:
         if (refused := self._too_large(event)) is not None:
             return refused
         items = json.dumps([i.model_dump() for i in body.items])
-        async with self.db.transaction() as tx:
+
+        async def effect(tx: Any) -> tuple[web.Response, bool]:
             await tx.execute(
                 f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?, ?, ?, ?, 'CREATED', ?, ?)",
                 (order_id, body.user_id, items, str(body.amount), now, now),
             )
             await outbox.add_event(tx, event, now=now)
             await self._event_committed(tx)
-        self.on_commit()
-        return _ok(OrderAccepted(order_id=order_id), status=201)
+            return _ok(OrderAccepted(order_id=order_id), status=201), True
+
+        fp = idempotency.fingerprint("POST", "/orders", body.model_dump_json())
+        return await self._write(key, fp, now, effect)
+
+    async def _write(self, key: str | None, fp: str, now: float,
+                     effect: Callable[[Any], Awaitable[tuple[web.Response, bool]]]) -> web.Response:
+        """Run ``effect`` in one transaction (it returns its answer and whether it wrote
+        an event); with an ``Idempotency-Key``, store a 2xx answer in that same
+        transaction, or answer from what is stored (rules: :mod:`orders.idempotency`)."""
+        if key is not None:
+            if key in self._in_flight:
+                return _in_flight()
+            self._in_flight.add(key)
+        wrote = False
+        try:
+            async with self.db.transaction() as tx:
+                if key is not None:
+                    stored = await idempotency.lookup(tx, key, now=now, ttl=self.idempotency_ttl)
+                    if stored is not None:
+                        if stored.fingerprint != fp:
+                            return _error(422, "idempotency key reused",
+                                          ("header", f"this {idempotency.HEADER} was used for another request"))
+                        return web.Response(text=stored.body, status=stored.status, content_type="application/json",
+                                            headers={idempotency.REPLAYED_HEADER: "true"})
+                response, wrote = await effect(tx)
+                if key is not None and 200 <= response.status < 300:
+                    assert isinstance(response.text, str)
+                    await idempotency.remember(tx, key, fp, response.status, response.text,
+                                               now=now, ttl=self.idempotency_ttl)
+                if now - self._swept_at >= idempotency.SWEEP_INTERVAL:
+                    self._swept_at = now
+                    await idempotency.sweep(tx, now=now, ttl=self.idempotency_ttl)
+        except Exception as exc:
+            # PostgreSQL: another process committed a request under this key while
+            # ours ran; our transaction (effect included) is rolled back.
+            if key is not None and is_unique_violation(exc):
+                return _in_flight()
+            raise
+        finally:
+            if key is not None:
+                self._in_flight.discard(key)
+        if wrote:
+            self.on_commit()
+        return response
 
     def _too_large(self, event: Event) -> web.Response | None:
         """422 when the relay could never publish ``event`` (checked before anything is written)."""
@@ -269,33 +352,40 @@ class OrdersApi:
         return await self._transition(request, "CANCELLED", allowed_from={"CREATED"}, done={"CANCELLED"})
 
     async def _transition(self, request: web.Request, target: str, *, allowed_from: set[str], done: set[str]) -> web.Response:
+        try:
+            key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
+        except idempotency.BadKey as exc:
+            return _error(400, "invalid idempotency key", ("header", str(exc)))
         order_id = request.match_info["order_id"]
         if not _ID.fullmatch(order_id):
             return _bad_id()
         now = self.clock()
         lock = " FOR UPDATE" if isinstance(self.db, PostgresDatabase) else ""
-        async with self.db.transaction() as tx:
+
+        async def effect(tx: Any) -> tuple[web.Response, bool]:
             row = await tx.fetchone(f"SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?{lock}", (order_id,))
             if row is None:
-                return _error(404, "unknown order", order_id=order_id)
+                return _error(404, "unknown order", order_id=order_id), False
             status = row[4]
             if status in done:  # paying (or cancelling) twice is idempotent
-                return _ok(StatusChange(order_id=order_id, status=status), status=202)
+                return _ok(StatusChange(order_id=order_id, status=status), status=202), False
             if status not in allowed_from:
-                return _error(409, f"order is {status}", order_id=order_id, status=status)
+                return _error(409, f"order is {status}", order_id=order_id, status=status), False
             event: OrderPaid | OrderCancelled
             if target == "PAID":
                 event = OrderPaid(order_id=order_id, user_id=row[1], amount=Decimal(row[3]), occurred_at=_dt(now))
             else:
                 event = OrderCancelled(order_id=order_id, reason="customer", occurred_at=_dt(now))
             if (refused := self._too_large(event)) is not None:
-                return refused
+                return refused, False
             await tx.execute("UPDATE orders SET status = ?, updated_at = ? WHERE order_id = ?",
                              (target, now, order_id))
             await outbox.add_event(tx, event, now=now)
             await self._event_committed(tx)
-        self.on_commit()
-        return _ok(StatusChange(order_id=order_id, status=target), status=202)
+            return _ok(StatusChange(order_id=order_id, status=target), status=202), True
+
+        path = f"/orders/{order_id}/{'pay' if target == 'PAID' else 'cancel'}"
+        return await self._write(key, idempotency.fingerprint("POST", path), now, effect)
 
     async def get(self, request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
@@ -325,6 +415,13 @@ class OrdersApi:
 
     async def docs(self, request: web.Request) -> web.Response:
         return web.Response(text=docs_html(self.spec), content_type="text/html")
+
+
+def _in_flight() -> web.Response:
+    response = _error(409, "request in flight",
+                      ("header", f"a request with this {idempotency.HEADER} is still being processed; retry later"))
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _bad_id() -> web.Response:

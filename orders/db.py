@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_retry_at, position);
 CREATE INDEX IF NOT EXISTS outbox_aggregate ON outbox (aggregate_id, status, position);
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (status, sent_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    idem_key     TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    body         TEXT NOT NULL,
+    created_at   DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 CREATE TABLE IF NOT EXISTS relay_lease (
     name        TEXT PRIMARY KEY,
     holder      TEXT NOT NULL,
@@ -212,6 +220,17 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """A primary-key or unique constraint refused a row (SQLite or PostgreSQL)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
+    try:
+        from psycopg import errors
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, errors.UniqueViolation)
 
 
 def open_database(url: str) -> Database:

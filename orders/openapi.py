@@ -30,6 +30,8 @@ class Response:
     model: type[BaseModel] | None = None
     #: media type of the body; a model is always ``application/json``
     media_type: str = "application/json"
+    #: response headers: name → (description, JSON schema)
+    headers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Route:
     #: JSON schema of each ``{name}`` in the path
     path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    #: request headers the operation reads: name → (description, JSON schema)
+    header_params: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def openapi(routes: Sequence[Route], *, title: str, version: str, description: str = "") -> dict[str, Any]:
@@ -69,11 +73,15 @@ def openapi(routes: Sequence[Route], *, title: str, version: str, description: s
         if r.tags:
             op["tags"] = list(r.tags)
         params = re.findall(r"{(\w+)}", r.path)
-        if params:
-            op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": r.path_params.get(p, {"type": "string"})}
-                for p in params
-            ]
+        parameters = [
+            {"name": p, "in": "path", "required": True, "schema": r.path_params.get(p, {"type": "string"})}
+            for p in params
+        ] + [
+            {"name": name, "in": "header", "required": False, "description": desc, "schema": schema}
+            for name, (desc, schema) in r.header_params.items()
+        ]
+        if parameters:
+            op["parameters"] = parameters
         if r.request is not None:
             op["requestBody"] = {
                 "required": True,
@@ -92,6 +100,8 @@ def openapi(routes: Sequence[Route], *, title: str, version: str, description: s
 
 def _response(resp: Response, refs: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"description": resp.description}
+    if resp.headers:
+        out["headers"] = {name: {"description": desc, "schema": schema} for name, (desc, schema) in resp.headers.items()}
     if resp.model is not None:
         out["content"] = {"application/json": {"schema": refs[(resp.model, "serialization")]}}
     elif resp.media_type != "application/json":
@@ -124,7 +134,7 @@ def docs_html(spec: dict[str, Any], *, spec_url: str = "/openapi.json") -> str:
             if op.get("description"):
                 out.append(f"<p>{e(op['description'])}</p>")
             for p in op.get("parameters", []):
-                out.append(f"<p>path parameter <code>{e(p['name'])}</code>: <code>{e(json.dumps(p['schema']))}</code></p>")
+                out.append(f"<p>{e(p['in'])} parameter <code>{e(p['name'])}</code>: <code>{e(json.dumps(p['schema']))}</code></p>")
             if "requestBody" in op:
                 for media, content in op["requestBody"]["content"].items():
                     out.append(f"<p>request body ({e(media)}): {_schema_link(content['schema'])}</p>")

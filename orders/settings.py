@@ -31,6 +31,8 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     orders_port: int = Field(8000, ge=1, le=65535)
     #: Largest request body the API reads (bytes); a larger one is answered 413.
     orders_max_body_bytes: int = Field(64 * 1024, ge=1024)
+    #: Seconds an ``Idempotency-Key`` and its stored answer are kept (default 24 h).
+    idempotency_ttl: float = Field(24 * 3600.0, gt=0)
     kafka_broker: str = Field("kafka://127.0.0.1:9092", pattern=r"^(kafka|aiokafka)://[^\s]+$")
     topic_partitions: int = Field(4, ge=1)
     topic_replication_factor: int = Field(1, ge=1)

@@ -63,7 +63,7 @@ async def test_every_served_route_is_described_and_nothing_else(client: TestClie
         for method, op in ops.items():
             assert op["summary"] and op["responses"], (method, path)
             params = re.findall(r"{(\w+)}", path)
-            assert [p["name"] for p in op.get("parameters", [])] == params
+            assert [p["name"] for p in op.get("parameters", []) if p["in"] == "path"] == params
 
 
 async def test_create_documents_its_bounded_request_and_its_answers(client: TestClient) -> None:
@@ -89,14 +89,32 @@ async def test_path_ids_and_transition_answers_are_documented(client: TestClient
     spec = await spec_of(client)
     for path in ("/orders/{order_id}/pay", "/orders/{order_id}/cancel"):
         op = spec["paths"][path]["post"]
-        [param] = op["parameters"]
-        assert param["in"] == "path" and param["required"] is True
+        [param] = [p for p in op["parameters"] if p["in"] == "path"]
+        assert param["required"] is True
         assert param["schema"]["pattern"] == ID_PATTERN
         assert {"202", "400", "404", "409"} <= set(op["responses"])
         answer = resolve(spec, op["responses"]["202"]["content"]["application/json"]["schema"])
         assert answer["properties"].keys() == {"order_id", "status"}
     assert {"200", "400", "404"} <= set(spec["paths"]["/orders/{order_id}"]["get"]["responses"])
     assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+async def test_every_write_documents_its_idempotency_key(client: TestClient) -> None:
+    spec = await spec_of(client)
+    for path in ("/orders", "/orders/{order_id}/pay", "/orders/{order_id}/cancel"):
+        op = spec["paths"][path]["post"]
+        [key] = [p for p in op["parameters"] if p["in"] == "header"]
+        assert key["name"] == "Idempotency-Key" and key["required"] is False
+        assert key["schema"]["maxLength"] == 255
+        assert {"400", "409", "422"} <= set(op["responses"])
+        ok = op["responses"]["201" if path == "/orders" else "202"]
+        assert ok["headers"]["Idempotent-Replayed"]["schema"] == {"type": "string", "enum": ["true"]}
+    # The documented pattern accepts what the service accepts.
+    pattern = spec["paths"]["/orders"]["post"]["parameters"][0]["schema"]["pattern"]
+    for key, accepted in (("k-1", True), ('"k 1"', True), ("k 1", False), ('"k', False)):
+        assert bool(re.fullmatch(pattern, key)) is accepted, key
+        created = await client.post("/orders", json=VALID, headers={"Idempotency-Key": key})
+        assert (created.status == 201) is accepted, key
 
 
 async def test_the_answers_have_the_documented_shape(client: TestClient) -> None:
