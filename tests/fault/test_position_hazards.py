@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections import Counter
 
 import pytest
@@ -69,7 +70,9 @@ async def test_a_second_worker_joining_mid_fetch_loses_nothing_and_the_old_owner
         await asyncio.to_thread(w1.start().wait_ready)
         ids = [f"o-{i}" for i in range(4000)]
         await produce(broker.bootstrap, PAID, [paid(i) for i in ids])
+        deadline = time.monotonic() + 120
         while len(gateway.requests) < 500:  # w1 is mid-backlog (one fetch holds most of it)
+            assert time.monotonic() < deadline, f"w1 made {len(gateway.requests)} of 500 calls in 120 s"
             await asyncio.sleep(0.05)
         await asyncio.to_thread(w2.start().wait_ready)
         await wait_consumed(broker.bootstrap, [PAID], timeout=300)
@@ -89,8 +92,15 @@ async def test_a_second_worker_joining_mid_fetch_loses_nothing_and_the_old_owner
             interleaved[partition] = agents[first_other:].count(agents[0])
     assert not interleaved, f"old owner kept calling after the new one started: {interleaved}"
     repeated = sum(n - 1 for n in gateway.requests.values())
+    moved = sorted(p for p, a in calls_per_partition.items() if len(set(a)) > 1)
     print(f"\nsecond worker mid-fetch: {len(ids)} orders, lost 0, repeated gateway calls {repeated}, "
-          f"partitions that changed hands {sum(1 for a in calls_per_partition.values() if len(set(a)) > 1)}")
+          f"partitions that changed hands {moved}")
+    # Without a handover the boundary check above holds vacuously: w2 must have taken
+    # over some partition from w1 mid-backlog (both made calls for it, w1 first).
+    callers = {p: sorted(set(a)) for p, a in calls_per_partition.items()}
+    assert moved, f"no partition changed hands: callers per partition {callers}"
+    w1_agent = gateway.agents[0][1]  # w2 started after w1's 500th call
+    assert all(calls_per_partition[p][0] == w1_agent for p in moved), (w1_agent, moved)
     assert repeated <= 100  # at most the batch in flight at the rebalance (BATCH_SIZE=100)
 
 
