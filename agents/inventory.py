@@ -14,7 +14,10 @@ Three stages, one per source topic, each keyed by what it decides on:
 
 Derived events get ids derived from the order id, so a replay re-sends the same ids.
 Records that cannot be read go to ``inventory.dlq``. Decisions and settled orders
-expire after ``DEDUP_TTL`` through the time index.
+expire after ``DEDUP_TTL`` through the time index, in their partition's stream time
+(:mod:`streams.engine.streamtime`), never by the worker's wall clock: a worker
+restarted with its clock 400 days ahead once expired every decision at once, and
+replayed ``OrderCreated`` reserved stock again.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class InventoryService:
             if dkey is not None and new_decision is not None:
                 # a decision expires DEDUP_TTL after it was made ("t"); the time index is
                 # local (recovery rebuilds it from "t"), so it costs no changelog record
-                decided_at = int(decision["t"]) if decision and "t" in decision else batch.now_ms
+                decided_at = int(decision["t"]) if decision and "t" in decision else batch.time(item.partition)
                 tx.set(dkey, orjson.dumps({**new_decision, "t": decided_at}))
                 if decision is None:
                     tx.schedule(decided_at, dkey, durable=False)
@@ -151,8 +154,8 @@ class InventoryService:
         result = outcome(new) if changed else None
         out: list[Outgoing] = []
         if old is None and changed:  # an order's answers are forgotten DEDUP_TTL after the first
-            new["t"] = batch.now_ms
-            tx.schedule(batch.now_ms, key, durable=False)
+            new["t"] = batch.time(item.partition)
+            tx.schedule(new["t"], key, durable=False)
         if result is not None:
             out = self._outcome_messages(msg.order_id, new, result, item.partition)
             new = settled(new, result)
@@ -192,11 +195,15 @@ class InventoryService:
             return []
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
-        """Forget decisions and settled orders older than ``DEDUP_TTL``."""
+        """Forget decisions and settled orders older than ``DEDUP_TTL`` in their
+        partition's stream time (none where it has none)."""
         for table in (STOCK_TABLE, ORDERS_TABLE):
             for partition in partitions:
+                now = batch.known_time(partition)
+                if now is None:
+                    continue
                 tx = batch.tx(table, partition)
-                for at, key in tx.due(batch.now_ms - self.ttl_ms, MAINTENANCE_LIMIT):
+                for at, key in tx.due(now - self.ttl_ms, MAINTENANCE_LIMIT):
                     tx.unschedule(at, key)
                     tx.delete(key)
 

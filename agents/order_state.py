@@ -9,8 +9,14 @@ table partition of the record:
    event that turns out illegal once its predecessor came is dead-lettered from its
    stored record;
 3. the new state is written (a state over ``STATE_MAX_BYTES`` fails its event as
-   ``too_large``), and a newly parked event is put on the time index at
-   ``parked_at + PARK_TIMEOUT``.
+   ``too_large``), and a newly parked event is put on the time index at the time it
+   was parked.
+
+Time is the partition's stream time (:mod:`streams.engine.streamtime`): an event is
+parked at its partition's decision time and times out when that time is
+``PARK_TIMEOUT`` later — never by the worker's wall clock, so a worker restarted with
+its clock stepped does not dead-letter what is parked (on a partition that receives
+nothing, the decision time moves with the monotonic clock).
 
 Maintenance finds due index entries (cost: the due entries, not the parked orders —
 with 80,000 parked orders the old once-a-second scan took 1.0–1.6 s), dead-letters
@@ -79,7 +85,8 @@ class OrderStateService:
         tx = batch.tx(TABLE, item.partition)
         raw = tx.get(key)
         old: State | None = orjson.loads(raw) if raw else None
-        incoming = Incoming.of(item.message, item.record, batch.now_ms)
+        now = batch.time(item.partition)
+        incoming = Incoming.of(item.message, item.record, now)
         new, outcomes = step(old, incoming, order_id)
         verdict = outcomes[0][1]
         if verdict is Verdict.PARK and len(incoming.value) > MAX_PARKED_VALUE:
@@ -90,7 +97,7 @@ class OrderStateService:
         if verdict is Verdict.PARK:
             # Indexed by when it was parked (so a changed PARK_TIMEOUT applies to it too);
             # local only: recovery rebuilds this index from the states' parked events.
-            tx.schedule(batch.now_ms, key, durable=False)
+            tx.schedule(now, key, durable=False)
             item.succeed(status=PARKED)
         elif verdict is Verdict.ILLEGAL:
             item.fail(IllegalTransition(f"{incoming.type} not allowed in {state_name(old)}"))
@@ -116,9 +123,12 @@ class OrderStateService:
             return []
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
-        """Dead-letter parked events older than ``PARK_TIMEOUT``, found by the time index."""
-        now = batch.now_ms
+        """Dead-letter parked events older than ``PARK_TIMEOUT`` in their partition's
+        stream time, found by the time index."""
         for partition in partitions:
+            now = batch.known_time(partition)
+            if now is None:
+                continue  # no stream time here yet: nothing was parked by it
             tx = batch.tx(TABLE, partition)
             due = tx.due(now - self.park_timeout_ms, MAINTENANCE_LIMIT)
             tx.get_many(key for _, key in due)  # one multi-get; tx.get below sees this tick's writes

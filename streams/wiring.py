@@ -31,6 +31,7 @@ from streams.faust_compat import broker_round_trip
 from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
+from streams.engine.streamtime import ProcessClock
 from streams.faust_compat import engine_consumer_class, read_offset
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
@@ -166,12 +167,14 @@ def create_app(settings: WorkerSettings) -> faust.App:
     store = TableStore(tables, publisher, max_value_bytes=settings.state_max_bytes)
     policy = RetryPolicy(settings.retry_delays)
     allowed = frozenset(registry.topics_written(policy.tiers)) | {store.changelog(t) for t in tables}
+    clock = ProcessClock()  # decisions use stream time; see streams/engine/streamtime.py
     pipelines = [
         Pipeline(service, publisher=publisher, store=store, counts=metrics, policy=policy,
-                 allowed=allowed.__contains__, ttl_ms=int(settings.dedup_ttl * 1000), health=health)
+                 allowed=allowed.__contains__, ttl_ms=int(settings.dedup_ttl * 1000), health=health,
+                 clock=clock)
         for service in services.values()
     ]
-    driver = Driver(pipelines, batch_size=settings.batch_size, health=health,
+    driver = Driver(pipelines, batch_size=settings.batch_size, health=health, clock=clock,
                     maintenance_interval=settings.maintenance_interval, publisher=publisher)
     indexers = index_builders(services, pipelines)
     for name, indexer in indexers.items():

@@ -7,7 +7,8 @@ Two tables, both bounded per key:
   decision for that order (``reserved`` / ``rejected`` / ``released`` and the quantity).
   A reservation is decided once per (SKU, order): a replayed request re-sends the
   recorded decision and changes nothing. Decisions expire after ``DEDUP_TTL`` (the
-  same window in which any replay is recognised); before, the SKU's value listed
+  same window in which any replay is recognised), counted in the partition's stream
+  time (``t`` is a stream time: :mod:`streams.engine.streamtime`); before, the SKU's value listed
   every order that ever touched it.
 - ``inventory-orders``, partitioned like ``inventory.answers`` (keyed by order id):
   the order's expected SKUs and the answers so far; once every SKU answered, the

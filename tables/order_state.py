@@ -14,7 +14,9 @@ For each incoming event the machine gives one verdict:
   four 5 MB ``OrderPaid`` with different ids once grew one state to a 20 MB changelog
   record and crash-looped the worker.
 - ``PARK``: its predecessor has not arrived but still can (``OrderPaid`` before
-  ``OrderCreated``) → kept in ``parked`` until it applies or ``PARK_TIMEOUT`` passes.
+  ``OrderCreated``) → kept in ``parked`` until it applies or ``PARK_TIMEOUT`` passes
+  in the partition's stream time (``since`` is a stream time, never a wall clock's:
+  :mod:`streams.engine.streamtime`).
 - ``ILLEGAL``: the machine can never allow it (``OrderPaid`` after ``OrderCancelled``)
   → ``order-state.dlq`` with ``illegal_transition``; the state stays as it was.
 

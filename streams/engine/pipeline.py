@@ -39,17 +39,17 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
 from streams.engine import routing
-from streams.engine.routing import MAX_CLOCK_SKEW_MS
 from streams.engine.delivery import deliver
 from streams.engine.errors import StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
 from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction
 from streams.engine.records import Outgoing, Record
+from streams.engine.streamtime import STREAM_TIME_KEY, StreamTime
 from streams.registry import ServiceSpec, dlq_topic
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Item:
     origin: routing.Origin | None = None
     message: Any = None
     key: bytes = b""
-    #: the record's time: broker timestamp, clamped to the worker's clock + skew
+    #: the record's time: its timestamp as believed (streams.engine.streamtime, rule 4)
     time_ms: int = 0
     status: str | None = None
     error: StreamsError | None = None
@@ -127,7 +127,10 @@ class Service(Protocol):
 
 
 class Batch:
-    """What a handler sees of the batch: transactions, the clock, extra records."""
+    """What a handler sees of the batch: transactions, the clock, extra records.
+
+    ``now_ms`` is the process clock (headers, letters); a decision that depends on
+    time asks :meth:`time` of its partition (:mod:`streams.engine.streamtime`)."""
 
     def __init__(self, pipeline: "Pipeline", state: BatchState, now_ms: int) -> None:
         self.pipeline = pipeline
@@ -139,6 +142,20 @@ class Batch:
 
     def tx(self, table: str, partition: int) -> Transaction:
         return self.state.tx(table, partition)
+
+    def time(self, partition: int) -> int:
+        """The decision time of ``partition``: its stream time + monotonic quiet time
+        (streamtime rules 2–3). A partition with none yet starts at the process clock."""
+        times = self.pipeline.times
+        now = times.now(partition)
+        if now is None:
+            times.observe(partition, self.now_ms)
+            now = self.now_ms
+        return now
+
+    def known_time(self, partition: int) -> int | None:
+        """:meth:`time`, or None where no stream time is known (nothing expires there)."""
+        return self.pipeline.times.now(partition)
 
     def count(self, type_name: str, status: str, n: int = 1) -> None:
         self.tally[(type_name, status)] += n
@@ -171,6 +188,7 @@ class Pipeline:
         ttl_ms: int,
         health: Health | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         send_backoff: float = 0.5,
     ) -> None:
         self.service = service
@@ -184,8 +202,14 @@ class Pipeline:
         self.health = health
         self.clock = clock
         self.send_backoff = send_backoff
-        #: per partition, the newest record time seen (drives the TTL sweep)
-        self.watermarks: dict[int, int] = {}
+        #: stream time per partition (every time-dependent decision; streamtime rules)
+        self.times = StreamTime(wall=clock, monotonic=monotonic)
+        #: the table whose partitions keep the stream time (STREAM_TIME_KEY): the first
+        #: beside the dedup table. A service with only a dedup table keeps it in memory:
+        #: its one time decision, the TTL sweep, then waits after a restart for the first
+        #: record, which only keeps markers longer (and writes nothing per batch).
+        timed = [t for t in self.spec.tables if t != service.dedup_table]
+        self._time_table = timed[0] if timed else None
         self._types: dict[str, str] = {}
         self._retry_topics = frozenset(self.spec.retry_topics(policy.tiers))
 
@@ -201,6 +225,7 @@ class Pipeline:
         started = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         batch = Batch(self, BatchState(self.store), now_ms)
+        self._load_times(batch, {r.partition for r in records})
         memo = {} if decoded is None else decoded
         items = [self._decode(r, now_ms, memo) for r in records]  # 1
         live = [i for i in items if i.error is None]
@@ -208,6 +233,7 @@ class Pipeline:
             self._dedup(live, batch)  # 2
         fresh = [i for i in live if i.status is None]
         await self._handle(fresh, batch)  # 3
+        self._save_times(batch, {r.partition for r in records})
         await self._send(items, batch)  # 4
         if self.service.dedup_table:
             self._mark(items, batch)
@@ -220,14 +246,14 @@ class Pipeline:
         """:meth:`dedup_index` of a whole fetch of changelog records (``.key``, ``.value``)."""
         try:
             return [INDEX_PREFIX + int(r.value).to_bytes(8, "big") + r.key for r in records
-                    if r.value is not None and r.key[:2] != INDEX_PREFIX]
+                    if r.value is not None and r.key[:1] != b"\x00"]
         except (ValueError, OverflowError):  # a value that is not a time: one by one
             return [i for r in records if r.value is not None for i in self.dedup_index(r.key, r.value)]
 
     def dedup_index(self, key: bytes, value: bytes) -> tuple[bytes, ...]:
         """The local index entry of a dedup marker (rebuilt by recovery: markers come
         back from the changelog, their index entries are never in it)."""
-        if key[:2] == INDEX_PREFIX:
+        if key[:1] == b"\x00":  # an index entry, or the stream time
             return ()
         try:
             return (INDEX_PREFIX + int(value).to_bytes(8, "big") + key,)
@@ -239,6 +265,7 @@ class Pipeline:
         """Periodic work on ``partitions``: the dedup TTL sweep and the service's own;
         the same send-then-write order as a batch. Returns state changes written."""
         batch = Batch(self, BatchState(self.store), int(self.clock() * 1000))
+        self._load_times(batch, [p for p in partitions if not self.times.known(p)])
         if self.service.dedup_table:
             self._sweep(batch, partitions)
         await self.service.maintain(batch, partitions)
@@ -261,7 +288,12 @@ class Pipeline:
         topic = record.topic
         item = Item(record, self._type_of(topic))
         ts = record.timestamp_ms
-        item.time_ms = min(ts, now_ms + MAX_CLOCK_SKEW_MS) if ts > 0 else now_ms
+        p = record.partition
+        item.time_ms = self.times.believe(p, ts)
+        if not self.allowed(topic):
+            # Records of others move stream time; ours (derived events, commands between
+            # stages, retries) carry the writing worker's wall clock and do not.
+            self.times.observe(p, item.time_ms)
         try:
             if topic in self._retry_topics:  # ours: headers trusted as far as routing allows
                 item.origin = routing.origin_of(record, self.spec, self.policy, now_ms)
@@ -291,15 +323,12 @@ class Pipeline:
         for partition, group in by_partition.items():
             markers = batch.tx(table, partition).get_many(i.key for i in group)
             seen: set[bytes] = set()
-            newest = self.watermarks.get(partition, 0)
             for item, marker in zip(group, markers):
-                newest = max(newest, item.time_ms)
                 fresh = marker is None or item.time_ms - int(marker) > self.ttl_ms
                 if not fresh or item.key in seen:
                     item.status = DUPLICATE
                 else:
                     seen.add(item.key)
-            self.watermarks[partition] = newest
 
     async def _handle(self, items: list[Item], batch: Batch) -> None:
         if not items:
@@ -410,15 +439,16 @@ class Pipeline:
                 tx.schedule(marked, item.key, durable=False)
 
     def _sweep(self, batch: Batch, partitions: Sequence[int]) -> None:
-        """Dedup TTL: markers older than the partition's newest record time − TTL go,
-        found through the time index (cost: the expired keys, not the table)."""
+        """Dedup TTL: markers older than the partition's decision time − TTL go (its
+        stream time, streamtime rule 3), found through the time index (cost: the
+        expired keys, not the table)."""
         table = self.service.dedup_table
         assert table is not None
         removed = 0
         for partition in partitions:
-            watermark = self.watermarks.get(partition)
+            watermark = batch.known_time(partition)
             if watermark is None:
-                continue  # no record time seen on this partition since start
+                continue  # no stream time on this partition: nothing expires
             tx = batch.tx(table, partition)
             due = tx.due(watermark - self.ttl_ms, MAINTENANCE_LIMIT)
             markers = tx.get_many(key for _, key in due)
@@ -430,6 +460,28 @@ class Pipeline:
         if removed:
             self.counts.expired(table, removed)
             log.info("%s: TTL sweep removed %d keys", table, removed)
+
+    @property
+    def watermarks(self) -> dict[int, int]:
+        """Stream time per partition (the largest believed record time)."""
+        return self.times.as_dict()
+
+    def _load_times(self, batch: Batch, partitions: Iterable[int]) -> None:
+        """Each partition's persisted stream time, read through the batch (streamtime rule 2)."""
+        if self._time_table is None:
+            return
+        for partition in partitions:
+            self.times.load(partition, batch.tx(self._time_table, partition).get(STREAM_TIME_KEY))
+
+    def _save_times(self, batch: Batch, partitions: set[int]) -> None:
+        """Stream times this batch moved, written with its state (streamtime rule 2)."""
+        if self._time_table is None:
+            return
+        saved = [p for p, t in self.times.dirty() if p in partitions]
+        for p, t in self.times.dirty():
+            if p in partitions:
+                batch.tx(self._time_table, p).set(STREAM_TIME_KEY, str(t).encode())
+        self.times.persisted(saved)
 
     async def _flush(self, batch: Batch) -> int:
         """Step 5, until durable (a changelog send that fails is sent again)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from streams import headers as H
 from streams.engine.errors import StreamsError, ValidationFailed
 from streams.engine.records import Outgoing, Record
+from streams.engine.streamtime import MAX_CLOCK_SKEW_MS  # noqa: F401  (re-exported)
 from streams.registry import ServiceSpec, dlq_topic, retry_topic
 
 #: Headers of a retry or DLQ record that are ours; on a source record they are dropped.
@@ -77,21 +78,21 @@ def origin_of(record: Record, spec: ServiceSpec, policy: RetryPolicy, now_ms: in
     return Origin(source, record.partition, offset, min(tier, policy.tiers), first_failed)
 
 
-#: A record timestamp this far ahead of the worker's clock is not believed: one record
-#: stamped 9999-12-31 once expired a partition's dedup markers.
-MAX_CLOCK_SKEW_MS = 60_000
-
-
 def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> int:
     """When a retry record of ``tier`` may run: its ``x-not-before``, but never later
     than the tier's delay after the record was written — a fixed point, so a forged
     year-9999 header (or broker timestamp) cannot park a retry partition: a record
-    stamped in the future is due at once."""
+    stamped in the future is due at once — and never later than the tier's delay after
+    ``now_ms``. ``now_ms`` is the worker's process clock (monotonic within the process,
+    :class:`~streams.engine.streamtime.ProcessClock`), and the record's time is the
+    clock of the worker that wrote it: a clock stepped between the two can make a retry
+    due early (it runs at once), never wait longer than its tier's delay
+    (:mod:`streams.engine.streamtime`, rule 5)."""
     delay_ms = int((policy.delays[tier - 1] if 1 <= tier <= policy.tiers else 0) * 1000)
     written = record.timestamp_ms
     if written <= 0 or written > now_ms + MAX_CLOCK_SKEW_MS:
         return now_ms
-    latest = written + delay_ms
+    latest = min(written, now_ms) + delay_ms
     return min(H.integer(record.headers, H.NOT_BEFORE, latest), latest)
 
 

@@ -25,7 +25,7 @@ def harness(park_timeout: float = 1.0) -> tuple[Pipeline, FakePublisher, MemoryS
     pipeline = Pipeline(OrderStateService(park_timeout=park_timeout), publisher=publisher, store=store,
                         counts=Metrics(), policy=RetryPolicy((1.0,)),
                         allowed=(topics_written(1) | {"order-state-changelog"}).__contains__,
-                        ttl_ms=3_600_000, clock=clock, send_backoff=0.001)
+                        ttl_ms=3_600_000, clock=clock, monotonic=clock, send_backoff=0.001)
     return pipeline, publisher, store, clock
 
 
