@@ -99,6 +99,8 @@ def printable(text: str) -> str:
             out.append(_ESCAPES[ch])
         elif ch.isprintable():
             out.append(ch)
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
         else:
             cp = ord(ch)
             out.append(f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
@@ -229,7 +231,8 @@ class DeadLetter:
             **self.summary(),
             **bytes_field("value", self.value),
             "timestamp_ms": self.timestamp_ms,
-            "headers": [{"name": k, **bytes_field("value", v)} for k, v in items],
+            "headers": [{**(bytes_field("name", H.raw_key(k)) if H.is_raw(k) else {"name": k}),
+                         **bytes_field("value", v)} for k, v in items],
         }
 
     def row(self) -> tuple[str, ...]:
@@ -641,8 +644,8 @@ async def redrive_letters(
                         await producer.stop()
                         producer = None
                         raise DlqError(f"Kafka broker {bootstrap} unreachable ({describe(exc)})") from None
-                hdrs = [(k, v) for k, v in (d.header_items or tuple(d.headers.items()))
-                        if k not in H.OURS and k != H.REDRIVEN_FROM]
+                hdrs = list(H.writable((k, v) for k, v in (d.header_items or tuple(d.headers.items()))
+                                       if k not in H.OURS and k != H.REDRIVEN_FROM))
                 hdrs.append((H.REDRIVEN_FROM, d.id.encode()))
                 await (await producer.send(target, key=d.key, value=d.value, headers=hdrs))  # 1
                 ledger = json.dumps({"to": target, "at": int(time.time() * 1000)}).encode()

@@ -25,6 +25,9 @@ What the worker leans on, and why:
   rocksdict handles), ``Store.offset_key``, and ``Store.apply_changelog_batch``
   (:class:`EngineStore` writes the engine's index entries for what Faust applies);
 - **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch);
+- **the record reader** — ``aiokafka.consumer.fetcher.MemoryRecords`` (replaced by
+  :class:`TolerantMemoryRecords`, see :func:`read_any_header_key`), the pure-Python
+  ``_DefaultRecordBatchPy`` (its header and decompression) and ``_DefaultRecordPy``;
 - **the CLI** — ``faust.cli.base._apply_options`` (a command's options applied to
   its click command, as Faust's own commands get them).
 """
@@ -33,16 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import rocksdict
 from aiokafka import TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 
-from streams.engine.records import NO_HEADERS, TP, Record
+from streams.engine.records import TP, Record
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +162,138 @@ def acknowledge_range(consumer: Any, tp: Any, first: int, last: int) -> None:
         consumer._acked[tp].extend(new)
         consumer._n_acked += len(new)
     consumer._read_offset[tp] = last
+# -- reading records whose header keys are not UTF-8 ------------------------------------
+
+
+def read_any_header_key() -> None:
+    """Make every aiokafka consumer of this process read records whose header *keys*
+    are not UTF-8 (idempotent; called where the app is built and by every other reader).
+
+    Rule: Kafka carries any bytes in a header key, but aiokafka's record reader decodes
+    keys as strict UTF-8 and raises inside the fetcher; one such record crash-looped
+    every service (the worker died 6–7 ms after each restart) and broke ``dlq ls``. With
+    this, a key that is not UTF-8 arrives as a ``str`` decoded with ``surrogateescape``
+    (lossless: ``key.encode("utf-8", "surrogateescape")`` gives back the bytes), which
+    :func:`streams.headers.is_raw` recognises. Batches whose keys are all UTF-8 are read
+    by aiokafka's own (C) reader as before."""
+    from aiokafka.consumer import fetcher
+
+    if fetcher.MemoryRecords is not TolerantMemoryRecords:
+        global _MemoryRecords
+        _MemoryRecords = fetcher.MemoryRecords
+        fetcher.MemoryRecords = TolerantMemoryRecords
+
+
+_MemoryRecords: Any = None
+
+
+class TolerantMemoryRecords:
+    """aiokafka's ``MemoryRecords`` (the record batches of one partition's fetch), whose
+    batches fall back to :func:`_tolerant_records` when aiokafka's reader fails on a
+    header key. It walks the same batch boundaries (``offset:int64 length:int32``) to
+    keep each batch's bytes for that fallback."""
+
+    __slots__ = ("_records", "_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._records = _MemoryRecords(data)
+        self._data = data
+        self._pos = 0
+
+    def size_in_bytes(self) -> int:
+        return int(self._records.size_in_bytes())
+
+    def has_next(self) -> bool:
+        return bool(self._records.has_next())
+
+    def next_batch(self) -> Any:
+        batch = self._records.next_batch()
+        if batch is None:
+            return None
+        start = self._pos
+        self._pos = start + 12 + struct.unpack_from(">i", self._data, start + 8)[0]
+        if getattr(batch, "magic", 2) < 2:  # v0/v1 message sets have no headers
+            return batch
+        return _TolerantBatch(batch, memoryview(self._data)[start:self._pos])
+
+
+class _TolerantBatch:
+    """One v2 record batch: aiokafka's batch, read again tolerantly from the record
+    where aiokafka's reader met a header key that is not UTF-8."""
+
+    __slots__ = ("_batch", "_raw", "_records", "_read")
+
+    def __init__(self, batch: Any, raw: memoryview) -> None:
+        self._batch = batch
+        self._raw = raw
+        self._records: Any = None
+        self._read = 0
+
+    def __getattr__(self, name: str) -> Any:  # base_offset, producer_id, validate_crc, …
+        return getattr(self._batch, name)
+
+    def __iter__(self) -> "_TolerantBatch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._records is None:
+            self._records = iter(self._batch)
+        try:
+            record = next(self._records)
+        except UnicodeDecodeError:
+            self._records = _tolerant_records(bytes(self._raw), skip=self._read)
+            record = next(self._records)
+        self._read += 1
+        return record
+
+
+def _tolerant_records(raw: bytes, *, skip: int) -> Iterator[Any]:
+    """The records of one v2 batch after the first ``skip``, header keys decoded with
+    ``surrogateescape``. Layout (Kafka's ``DefaultRecord``): length, attributes,
+    timestamp delta, offset delta, key, value, then headers as (key, value) pairs,
+    every integer a zig-zag varint and every byte string length-prefixed (-1: null)."""
+    from aiokafka.errors import CorruptRecordException
+    from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
+    from aiokafka.record.util import decode_varint
+
+    batch = _DefaultRecordBatchPy(raw)
+    batch._maybe_uncompress()
+    buf, pos = batch._buffer, batch._pos
+    log_append = batch.timestamp_type == batch.LOG_APPEND_TIME
+
+    def chunk(at: int) -> tuple[bytes | None, int]:
+        size, at = decode_varint(buf, at)
+        if size < 0:
+            return None, at
+        return bytes(buf[at:at + size]), at + size
+
+    for index in range(batch._num_records):
+        length, pos = decode_varint(buf, pos)
+        end = pos + length
+        _, at = decode_varint(buf, pos)  # attributes: unused in v2 records
+        ts_delta, at = decode_varint(buf, at)
+        offset_delta, at = decode_varint(buf, at)
+        key, at = chunk(at)
+        value, at = chunk(at)
+        count, at = decode_varint(buf, at)
+        if count < 0:
+            raise CorruptRecordException(f"invalid number of record headers {count}")
+        headers: list[tuple[str, bytes | None]] = []
+        for _ in range(count):
+            name, at = chunk(at)
+            if name is None:
+                raise CorruptRecordException("a record header key is null")
+            h_value, at = chunk(at)
+            headers.append((name.decode("utf-8", "surrogateescape"), h_value))
+        if at != end:
+            raise CorruptRecordException(f"record of {length} bytes, {at - pos} read")
+        pos = end
+        if index >= skip:
+            timestamp = batch.max_timestamp if log_append else batch.first_timestamp + ts_delta
+            yield _DefaultRecordPy(batch.base_offset + offset_delta, timestamp, batch.timestamp_type,
+                                   key, value, headers)
+
+
 
 
 def commit_due(consumer: Any) -> bool:
@@ -190,13 +326,16 @@ def to_records(records: Sequence[Any]) -> list[Record]:
     """aiokafka ``ConsumerRecord`` s → engine :class:`Record` s. A header with a null
     value (Kafka allows it) becomes an empty one: it once crashed every send of its
     batch, and the partition stalled."""
-    return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0,
-                   _headers(r.headers) if r.headers else NO_HEADERS)
+    return [_record(r) if r.headers else
+            Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0)
             for r in records]
 
 
-def _headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, bytes]:
-    return {k: (v if v is not None else b"") for k, v in headers}
+def _record(r: Any) -> Record:
+    """A record with headers: every one kept in order (repeated names too: the DLQ's
+    evidence once showed one ``trace`` of three), a lookup map beside them."""
+    items = tuple((k, v if v is not None else b"") for k, v in r.headers)
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, dict(items), items)
 
 
 # -- end offsets from a Fetch (the embedded broker's ListOffsets is short) ---------------

@@ -32,7 +32,7 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.engine.streamtime import ProcessClock
-from streams.faust_compat import engine_consumer_class, read_offset
+from streams.faust_compat import engine_consumer_class, read_offset, read_any_header_key
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
 from streams.publisher import KafkaPublisher
@@ -121,6 +121,7 @@ def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str
 
 
 def create_app(settings: WorkerSettings) -> faust.App:
+    read_any_header_key()  # every reader of this process: worker, dlq, console
     partitions = settings.topic_partitions
     app = faust.App(
         APP_ID,

@@ -7,7 +7,8 @@ offsets only after it returns):
 1. **Decode and validate** each record once, by the topic it came from (for a retry
    record: the source topic it names, under the trust rules of
    :mod:`streams.engine.routing`). Failure → ``<service>.dlq`` with
-   ``decode_error`` / ``validation_error``.
+   ``decode_error`` / ``validation_error``; a record with a header key that is not
+   UTF-8 is a ``decode_error`` (its headers are kept, that key as ``x-raw-key:<hex>``).
 2. **Deduplicate** (services with a dedup table): one multi-get per partition. A key
    processed before — not expired relative to this record's time — counts as
    ``duplicate``; so does a key seen earlier in the same batch.
@@ -19,7 +20,9 @@ offsets only after it returns):
 4. **Send** every derived record, retry record and dead letter of the batch and
    **await every broker ack** (:func:`~streams.engine.delivery.deliver`). A message
    that can never be sent dead-letters its event instead (``too_large`` …); a dead
-   letter too large for the DLQ is shrunk to its headers, a digest and its first bytes.
+   letter too large for the DLQ is shrunk to its headers, digests and the first bytes
+   of its key and value; a dead letter that still cannot be sent is sent again after a
+   backoff — the batch does not return, so its offsets are not acknowledged.
 5. **Write state**: the dedup markers of the events that succeeded, and every
    transaction's writes — changelog records acknowledged, then one local write
    batch per partition, then the persisted offset (the last record written).
@@ -43,9 +46,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
+from streams import headers as H
 from streams.engine import routing
 from streams.engine.delivery import deliver
-from streams.engine.errors import StreamsError, TooLarge, TransientError, classify
+from streams.engine.errors import DecodeError, StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
 from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction
 from streams.engine.records import Outgoing, Record
@@ -295,6 +299,10 @@ class Pipeline:
             # stages, retries) carry the writing worker's wall clock and do not.
             self.times.observe(p, item.time_ms)
         try:
+            if record.header_items and H.any_raw(record.header_items):
+                raise DecodeError("a header key is not UTF-8: "
+                                  + ", ".join(repr(H.raw_key(k)[:64]) for k, _ in record.header_items
+                                              if H.is_raw(k)))
             if topic in self._retry_topics:  # ours: headers trusted as far as routing allows
                 item.origin = routing.origin_of(record, self.spec, self.policy, now_ms)
                 topic = item.origin.topic
@@ -388,6 +396,7 @@ class Pipeline:
         messages.extend(batch.extra)
         owners.extend([None] * len(batch.extra))
         dlq = dlq_topic(self.spec.name)
+        blocked_wait = self.send_backoff
         while messages:
             _, rejected = await deliver(
                 self.publisher, messages, allowed=self.allowed, health=self.health,
@@ -397,16 +406,24 @@ class Pipeline:
             again: list[Outgoing] = []
             again_owners: list[Item | None] = []
             rerouted: set[int] = set()
+            blocked: list[tuple[Outgoing, Item | None]] = []
             for index, error in rejected:
                 message, owner = messages[index], owners[index]
                 if message.topic == dlq:
-                    if isinstance(error, TooLarge) and message.value and len(message.value) > routing.LETTER_HEAD_BYTES:
+                    if isinstance(error, TooLarge) and not routing.is_shrunk(message):
                         again.append(routing.shrink_letter(message))
                         again_owners.append(owner)
                         continue
-                    log.error("%s: a dead letter could not be sent and is lost: %s (%s[%d]@%s)",
-                              self.spec.name, error, message.topic, message.partition or -1,
+                    # A dead letter is never given up: "dead-lettered" means "in the DLQ".
+                    # The batch (so its offsets) waits and the letter is sent again;
+                    # /health reports the failing sends once they outlast the budget.
+                    log.error("%s: a dead letter cannot be sent (%s); the batch waits and sends it again "
+                              "(%s[%d], source offset %s)", self.spec.name, error, message.topic,
+                              message.partition if message.partition is not None else -1,
                               dict(message.headers).get("x-source-offset", b"?").decode(errors="replace"))
+                    if self.health is not None:
+                        self.health.send_failed(error)
+                    blocked.append((message, owner))
                     continue
                 if owner is None:
                     log.error("%s: a record for %s could not be sent: %s", self.spec.name, message.topic, error)
@@ -420,6 +437,11 @@ class Pipeline:
                 owner.error = error
                 again.append(self._route(owner, failed_ms))
                 again_owners.append(owner)
+            if blocked:
+                await asyncio.sleep(blocked_wait)
+                blocked_wait = min(5.0, blocked_wait * 2)
+                again += [m for m, _ in blocked]
+                again_owners += [o for _, o in blocked]
             messages, owners = again, again_owners
 
     def _mark(self, items: list[Item], batch: Batch) -> None:

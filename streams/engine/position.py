@@ -306,10 +306,11 @@ class Driver:
             count = counts.get(r.topic, -1)
             if count == -1:
                 count = counts[r.topic] = port.partition_count(r.topic)
-            if not count or r.key is None or key_partition(r.key, count) == r.partition:
+            if (not count or r.key is None or key_partition(r.key, count) == r.partition
+                    or H.any_raw(r.header_items)):  # dead-lettered where it is (keys kept raw)
                 here.append(r)
             else:
-                hdrs = (*r.headers.items(), (REROUTED_FROM, f"{r.partition}:{r.offset}".encode()))
+                hdrs = (*r.all_headers(), (REROUTED_FROM, f"{r.partition}:{r.offset}".encode()))
                 away.append(Outgoing(r.topic, r.key, r.value, hdrs, key_partition(r.key, count)))
         if away:
             assert self.publisher is not None

@@ -29,16 +29,24 @@ class Record(NamedTuple):
     value: bytes | None
     #: the broker record's timestamp (CreateTime as the producer set it, or LogAppendTime)
     timestamp_ms: int
+    #: header name → value, for lookups (the last one when a name repeats)
     headers: Mapping[str, bytes] = NO_HEADERS
+    #: every header in order, repeated names kept (empty: ``headers`` has them all);
+    #: what travels onward, as evidence, to retry and DLQ records
+    header_items: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def tp(self) -> TP:
         return TP(self.topic, self.partition)
 
+    def all_headers(self) -> tuple[tuple[str, bytes], ...]:
+        """Every header in order, repeated names kept."""
+        return self.header_items or tuple(self.headers.items())
+
     def size(self) -> int:
         """Bytes of key, value and headers (what a producer must carry to resend it)."""
         return (len(self.key or b"") + len(self.value or b"")
-                + sum(len(k) + len(v) for k, v in self.headers.items()))
+                + sum(len(k) + len(v) for k, v in self.all_headers()))
 
 
 class Outgoing(NamedTuple):

@@ -31,7 +31,8 @@ from streams.engine.streamtime import MAX_CLOCK_SKEW_MS  # noqa: F401  (re-expor
 from streams.registry import ServiceSpec, dlq_topic, retry_topic
 
 #: Headers of a retry or DLQ record that are ours; on a source record they are dropped.
-OURS = H.OURS | {"x-original-size", "x-original-sha256"}
+OURS = H.OURS | {"x-original-size", "x-original-sha256", "x-original-key-size", "x-original-key-sha256",
+                 "x-dropped-headers"}
 #: A too-large dead letter keeps this many bytes of the value, and of other people's headers.
 LETTER_HEAD_BYTES = 1024
 LETTER_HEADER_BUDGET = 16 * 1024
@@ -97,7 +98,9 @@ def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> in
 
 
 def _passthrough(record: Record) -> tuple[tuple[str, bytes], ...]:
-    return tuple((k, v) for k, v in record.headers.items() if k not in OURS)
+    """Other people's headers in order, repeated names kept, a key that is not UTF-8
+    as ``x-raw-key:<hex>`` (:func:`streams.headers.writable`)."""
+    return H.writable((k, v) for k, v in record.all_headers() if k not in OURS)
 
 
 def failure_headers(record: Record, origin: Origin, error: StreamsError, attempts: int,
@@ -135,20 +138,40 @@ def dead_letter(service: str, record: Record, origin: Origin, error: StreamsErro
 
 def shrink_letter(letter: Outgoing) -> Outgoing:
     """A dead letter too large for the DLQ, kept as: our headers, other people's
-    headers up to a budget, ``x-original-size`` and ``x-original-sha256`` of the value,
-    the first :data:`LETTER_HEAD_BYTES` bytes of the value, reason ``too_large``."""
+    headers up to a budget (``x-dropped-headers``: how many did not fit), the first
+    :data:`LETTER_HEAD_BYTES` bytes of the value and of the key, each cut one described
+    by ``x-original-size``/``x-original-sha256`` (the value) and
+    ``x-original-key-size``/``x-original-key-sha256`` (the key), reason ``too_large``.
+    Its size is bounded whatever the letter's key, headers and value were, so a dead
+    letter is never lost for its size."""
     value = letter.value or b""
     ours = [(k, v) for k, v in letter.headers if k in OURS and k != H.DLQ_REASON]
     theirs: list[tuple[str, bytes]] = []
     budget = LETTER_HEADER_BUDGET
+    dropped = 0
     for k, v in letter.headers:
-        if k not in OURS and len(k) + len(v) <= budget:
+        if k in OURS:
+            continue
+        if len(k) + len(v) <= budget:
             theirs.append((k, v))
             budget -= len(k) + len(v)
+        else:
+            dropped += 1
     extra = [
         ("x-original-size", str(letter.size()).encode()),
         ("x-original-sha256", hashlib.sha256(value).hexdigest().encode()),
-        (H.DLQ_REASON, b"too_large"),
     ]
-    key = letter.key[:LETTER_HEAD_BYTES] if letter.key is not None else None
+    key = letter.key
+    if key is not None and len(key) > LETTER_HEAD_BYTES:
+        extra += [("x-original-key-size", str(len(key)).encode()),
+                  ("x-original-key-sha256", hashlib.sha256(key).hexdigest().encode())]
+        key = key[:LETTER_HEAD_BYTES]
+    if dropped:
+        extra.append(("x-dropped-headers", str(dropped).encode()))
+    extra.append((H.DLQ_REASON, b"too_large"))
     return Outgoing(letter.topic, key, value[:LETTER_HEAD_BYTES], tuple(theirs + ours + extra), letter.partition)
+
+
+def is_shrunk(letter: Outgoing) -> bool:
+    """True for a letter :func:`shrink_letter` made (it cannot be made smaller)."""
+    return any(k == "x-original-sha256" for k, _ in letter.headers)

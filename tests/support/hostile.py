@@ -266,3 +266,86 @@ def health(url: str) -> tuple[int, bytes]:
         return http_get(url.rstrip("/") + "/health", timeout=5)
     except OSError as exc:
         return 0, repr(exc).encode()
+
+
+# ---------------------------------------------------------------------------------------
+# Records whose header keys are any bytes
+
+
+class _RawKey(str):
+    """A header key that aiokafka's pure-Python record builder writes as the given bytes."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> "_RawKey":
+        made = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
+        made.raw = raw
+        return made
+
+    def encode(self, *args, **kwargs) -> bytes:  # type: ignore[override]
+        return self.raw
+
+
+async def produce_raw_headers(bootstrap: str, topic: str,
+                              records: Iterable[tuple[bytes | None, bytes | None, list[tuple[bytes | str, bytes | None]]]],
+                              *, partition: int | None = None) -> int:
+    """Send ``(key, value, headers)`` records whose header keys may be any bytes (and
+    repeat), as a hostile producer can: aiokafka's C record builder only writes ``str``
+    keys, so this producer uses its pure-Python builder, which writes what a key's
+    ``encode()`` returns. Every ack awaited."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.producer import message_accumulator, producer as producer_module
+    from aiokafka.record import default_records
+
+    python_builder = default_records._DefaultRecordBatchBuilderPy
+    saved = (message_accumulator.DefaultRecordBatchBuilder, producer_module.DefaultRecordBatchBuilder)
+    message_accumulator.DefaultRecordBatchBuilder = python_builder
+    producer_module.DefaultRecordBatchBuilder = python_builder
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                    max_request_size=32 * 1024 * 1024)
+        await producer.start()
+        try:
+            futures = []
+            for key, value, headers in records:
+                hdrs = [(_RawKey(k) if isinstance(k, bytes) else k, v) for k, v in headers]
+                futures.append(await producer.send(topic, value=value, key=key, headers=hdrs or None,
+                                                   partition=partition))
+            await asyncio.gather(*futures)
+            return len(futures)
+        finally:
+            await producer.stop()
+    finally:
+        message_accumulator.DefaultRecordBatchBuilder, producer_module.DefaultRecordBatchBuilder = saved
+
+
+async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list:
+    """aiokafka ``ConsumerRecord`` s of ``topic`` from the beginning, headers as Kafka
+    carried them (every one, in order; keys that are not UTF-8 surrogate-escaped), until
+    ``expect`` were read or ``timeout``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.faust_compat import read_any_header_key
+
+    read_any_header_key()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                max_partition_fetch_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    out: list = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while len(out) < expect and time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend(recs)
+        return out
+    finally:
+        await consumer.stop()
