@@ -95,6 +95,23 @@ def partition_db(table: Any, partition: int) -> Any:
     return table.data._db_for_partition(partition)
 
 
+def reopen_partition_db(table: Any, partition: int) -> None:
+    """Closes one table partition's rocksdict handle and forgets it (Faust's
+    ``Store._dbs``); the next use opens it again (``Store._db_for_partition``).
+
+    Why: RocksDB keeps a write error — a full disk — for the life of an open handle
+    (its "background error"): every later write failed with the same "No space left on
+    device" after space came back, and the worker stayed stuck until restarted by hand.
+    A fresh handle replays its write-ahead log and writes again. Closing first: the
+    directory's lock is held until the old handle is closed."""
+    db = table.data._dbs.pop(partition, None)
+    if db is not None:
+        try:
+            db.close()
+        except Exception as exc:  # a handle in error may fail to flush on close: reopen anyway
+            log.warning("closing %s[%d] after a write error: %r", changelog_topic(table), partition, exc)
+
+
 def open_partitions(table: Any) -> dict[int, Any]:
     """Partition → rocksdict handle, for the partitions this worker has open."""
     return dict(table.data._dbs)

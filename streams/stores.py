@@ -19,6 +19,14 @@ time.
 
 Risk next to it: local state written (2) before the changelog acks (1) could leave a
 local value no recovery reproduces; the order above never does.
+
+A local write that fails (a full ``DATA_DIR``) raises :class:`StateWriteFailed` after
+the partition's handle is closed (:func:`~streams.faust_compat.reopen_partition_db`):
+RocksDB keeps such an error for the life of a handle, so without a fresh one the
+worker stayed stuck after space came back. The caller writes the batch again (the
+changelog records again too: same keys and values, so a compacted changelog holds the
+same table); the next use of the partition opens a new handle, which fails until the
+disk can be written again and then writes.
 """
 
 from __future__ import annotations
@@ -30,7 +38,12 @@ import rocksdict
 
 from streams.engine.delivery import gather_acks
 from streams.engine.ports import Publisher, StateStore, Writes
-from streams.faust_compat import changelog_topic, offset_key, partition_db
+from streams.faust_compat import changelog_topic, offset_key, partition_db, reopen_partition_db
+
+
+class StateWriteFailed(OSError):
+    """A table partition's local store could not be written (or opened): the batch
+    is written again; nothing of it is acknowledged meanwhile."""
 
 
 class RdictStore(StateStore):
@@ -98,5 +111,10 @@ class TableStore(RdictStore):
                 last = offsets[done + len(w.durable) - 1]  # records of one partition are in order
                 done += len(w.durable)
                 batch.put(self._offset_keys[w.table], str(last).encode())
-            self.db(w.table, w.partition).write(batch)
+            try:
+                self.db(w.table, w.partition).write(batch)
+            except Exception as exc:
+                reopen_partition_db(self.tables[w.table], w.partition)
+                raise StateWriteFailed(f"local state {w.table}[{w.partition}] in DATA_DIR could not be written "
+                                       f"({exc}); it is written again with a fresh handle") from exc
 

@@ -209,3 +209,18 @@ async def test_broker_round_trip_asks_each_known_broker_for_no_topics_until_one_
         await faust_compat.broker_round_trip(app_with(Client([1], answering=set())))
     with pytest.raises(KafkaConnectionError):
         await faust_compat.broker_round_trip(app_with(Client([], answering=set())))
+
+
+def test_reopen_partition_db_closes_the_handle_and_faust_opens_a_fresh_one_with_the_data(app: Any) -> None:
+    """A full disk leaves a RocksDB handle failing every write for good; the store
+    closes it and Faust's ``_db_for_partition`` opens a new one (the lock released,
+    what was written before still there)."""
+    table = app.worker_parts.tables["order-state"]
+    old = faust_compat.partition_db(table, 2)
+    old.put(b"k", b"v")
+    faust_compat.reopen_partition_db(table, 2)
+    assert 2 not in faust_compat.open_partitions(table)
+    fresh = faust_compat.partition_db(table, 2)
+    assert fresh is not old and fresh.get(b"k") == b"v"
+    fresh.put(b"k2", b"v2")
+    faust_compat.reopen_partition_db(table, 3)  # a partition never opened: nothing to do
