@@ -224,3 +224,53 @@ def test_reopen_partition_db_closes_the_handle_and_faust_opens_a_fresh_one_with_
     assert fresh is not old and fresh.get(b"k") == b"v"
     fresh.put(b"k2", b"v2")
     faust_compat.reopen_partition_db(table, 3)  # a partition never opened: nothing to do
+
+
+def test_read_any_header_key_reads_a_batch_whose_header_key_is_not_utf8() -> None:
+    """aiokafka's fetcher builds ``MemoryRecords`` and iterates its batches; its C reader
+    raises UnicodeDecodeError on a header key that is not UTF-8 (what crash-looped the
+    worker). After :func:`read_any_header_key`, every record of the batch arrives, the
+    key surrogate-escaped, compressed batches and CRCs as before."""
+    import struct
+
+    from aiokafka.consumer import fetcher
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    from streams import headers as H
+    from streams.faust_compat import read_any_header_key
+
+    class RawKey(str):
+        def encode(self, *args, **kwargs):  # the pure-Python builder writes these bytes
+            return b"\xff\xfe"
+
+    def batch(base: int, headers: list, compression: int = 0) -> bytes:
+        b = _DefaultRecordBatchBuilderPy(magic=2, compression_type=compression, is_transactional=0,
+                                         producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+        for i, h in enumerate(headers):
+            b.append(i, timestamp=1000 + i, key=b"k%d" % i, value=b"v%d" % i, headers=h)
+        raw = bytes(b.build())
+        return struct.pack(">q", base) + raw[8:]
+
+    data = (batch(0, [[("a", b"1")], [(RawKey("x"), b"2"), ("t", b"1"), ("t", b"2")], [("b", None)]])
+            + batch(3, [[(RawKey("y"), b"z")]], compression=1))
+    from aiokafka.record.memory_records import MemoryRecords as AiokafkaRecords
+
+    with pytest.raises(UnicodeDecodeError):
+        records = AiokafkaRecords(data)
+        while records.has_next():
+            list(records.next_batch())
+    read_any_header_key()
+    read_any_header_key()  # idempotent
+    records = fetcher.MemoryRecords(data)
+    got = []
+    while records.has_next():
+        b = records.next_batch()
+        assert b.validate_crc()
+        got += [(r.offset, r.timestamp, r.key, r.headers) for r in b]
+    raw = "\udcff\udcfe"
+    assert got == [(0, 1000, b"k0", [("a", b"1")]),
+                   (1, 1001, b"k1", [(raw, b"2"), ("t", b"1"), ("t", b"2")]),
+                   (2, 1002, b"k2", [("b", None)]),
+                   (3, 1000, b"k0", [(raw, b"z")])]
+    assert H.is_raw(raw) and H.raw_key(raw) == b"\xff\xfe"
+    assert H.writable([(raw, b"2"), ("t", None)]) == (("x-raw-key:fffe", b"2"), ("t", b""))
