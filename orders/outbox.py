@@ -190,19 +190,3 @@ async def stats(tx: Tx, *, now: float) -> OutboxStats:
     oldest = float(row[3]) if row[3] is not None else None
     return OutboxStats(int(row[0]), int(row[1]), int(row[2]), max(0.0, now - oldest) if oldest is not None else 0.0,
                        int(row[4]))
-
-
-async def try_lease(tx: Tx, name: str, holder: str, *, now: float, ttl: float) -> bool:
-    """Take or renew the lease ``name``; False while another holder's lease is live."""
-    changed = await tx.execute(
-        "UPDATE relay_lease SET holder = ?, expires_at = ? WHERE name = ? AND (holder = ? OR expires_at < ?)",
-        (holder, now + ttl, name, holder, now),
-    )
-    if changed:
-        return True
-    row = await tx.fetchone("SELECT holder FROM relay_lease WHERE name = ?", (name,))
-    if row is None:
-        await tx.execute("INSERT INTO relay_lease (name, holder, expires_at) VALUES (?, ?, ?)",
-                         (name, holder, now + ttl))
-        return True
-    return False

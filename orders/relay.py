@@ -4,9 +4,10 @@ One round:
 
 1. Claim the due head rows (oldest first, one per order; see :mod:`orders.outbox`).
    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in a transaction held until step 4, so
-   several relays can run and never take the same row. SQLite: only the holder of
-   the ``relay_lease`` row relays; the claim is its own short transaction, so the
-   API is never blocked behind a publish.
+   several relays can run and never take the same row; a relay that dies loses its
+   connection and the server rolls its claims back at once. SQLite: only the holder
+   of the relay lock (:class:`RelayLock`) relays; the claim is its own short
+   transaction, so the API is never blocked behind a publish.
 2. Send every claimed row (``acks="all"``) with an ``event_id`` header = the row id.
 3. Await every ack (at most ``RELAY_SEND_TIMEOUT``).
 4. Mark the acknowledged rows ``sent``; give the others ``attempts + 1``, the error
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +51,6 @@ from streams.events import EVENT_BY_TOPIC, EVENT_TYPES
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "order_streams_outbox"
-LEASE = "outbox-relay"
 
 #: Errors of one row that no wait can fix: the record is larger than the producer or
 #: the broker accepts, the topic name is invalid, the key/value/headers are not bytes
@@ -56,6 +58,57 @@ LEASE = "outbox-relay"
 TERMINAL_ERRORS: tuple[type[BaseException], ...] = (
     MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, TypeError, ValueError,
 )
+
+
+class RelayLock:
+    """Which relay publishes on SQLite: an exclusive ``flock`` on ``<database>.relay-lock``.
+
+    The rule: a SQLite relay claims and publishes only while it holds this lock, and
+    holds it from its first successful try until it exits. The kernel releases the
+    lock the moment the holder's process dies (SIGKILL included), so a waiting or a
+    restarted relay takes over at its next round (``RELAY_POLL_INTERVAL``, 1 s) — no
+    lease has to expire. And the kernel never releases it while the holder lives:
+    a paused (SIGSTOP) or slow relay keeps it, so no second relay can believe it holds
+    it too and publish the same rows — which a time-limited lease cannot promise,
+    since its holder cannot tell that it was paused past the expiry between its check
+    and its send. The cost: a holder that is alive but stuck stops publishing until it
+    is restarted (``outbox_oldest_pending_age_seconds`` grows; ``/health`` says
+    ``lease``). SQLite already requires every process to share one local file system
+    with working locks; this lock needs nothing more.
+    """
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; True while this object holds it."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        # For an operator's eyes only (the lock, not the text, decides).
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{self.holder} pid {os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
 
 class RowUnreadable(ValueError):
@@ -94,8 +147,10 @@ class Relay:
         self.round_ok = True
         #: the error that kept the producer from starting, while it lasts (logged once)
         self._producer_down: str | None = None
-        #: until when this relay's SQLite lease is known to be held (clock seconds)
-        self._lease_until = 0.0
+        #: SQLite: the lock that makes this relay the one that publishes
+        self.lock = None if self.locking else RelayLock(f"{getattr(db, 'path', 'orders.db')}.relay-lock",
+                                                        settings.relay_id)
+        self._waiting_logged = False
 
     def notify(self) -> None:
         """Called after a commit that added outbox rows: relay now, not at the next poll."""
@@ -128,6 +183,8 @@ class Relay:
             if listener:
                 listener.cancel()
             await self._reset_producer()
+            if self.lock is not None:
+                self.lock.release()
             log.info("relay %s: published %d rows", self.settings.relay_id, self.published_total)
 
     async def round(self) -> int:
@@ -140,16 +197,17 @@ class Relay:
 
     async def _round(self) -> int:
         s, now = self.settings, self.clock()
-        if not self.locking:
+        if self.lock is not None:
+            if not self.lock.held:
+                if not await asyncio.to_thread(self.lock.try_acquire):
+                    if not self._waiting_logged:
+                        log.info("relay %s: another relay holds %s; waiting to take over", s.relay_id, self.lock.path)
+                        self._waiting_logged = True
+                    return 0
+                # A takeover is news; the first start's lock is part of "ready".
+                log.log(logging.INFO if self._waiting_logged else logging.DEBUG,
+                        "relay %s: holds %s; publishing", s.relay_id, self.lock.path)
             async with self.db.transaction() as tx:
-                # Renew the lease only when half of it is used up: a renewal is a write,
-                # and every write commit costs an fsync (synchronous=FULL); the claim
-                # alone is read-only.
-                if now >= self._lease_until - s.relay_lease_ttl / 2:
-                    if not await outbox.try_lease(tx, LEASE, s.relay_id, now=now, ttl=s.relay_lease_ttl):
-                        self._lease_until = 0.0
-                        return 0
-                    self._lease_until = now + s.relay_lease_ttl
                 rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=False)
             if not rows:
                 return 0
@@ -383,7 +441,8 @@ def relay_app(relay: Relay) -> web.Application:
         return web.Response(body=relay.metrics.exposition(), content_type="text/plain")
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "relay_id": relay.settings.relay_id,
+        lease = "rows" if relay.lock is None else ("held" if relay.lock.held else "waiting")
+        return web.json_response({"status": "ok", "relay_id": relay.settings.relay_id, "lease": lease,
                                   "broker": "down" if relay._producer_down else "ok",
                                   "last_round_ok": relay.round_ok})
 

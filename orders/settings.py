@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.kafka_security import KafkaSecurity
@@ -44,8 +44,6 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     relay_poll_interval: float = Field(1.0, gt=0)
     relay_backoff_base: float = Field(0.5, gt=0)
     relay_backoff_max: float = Field(60.0, gt=0)
-    #: Seconds a SQLite relay's lease lasts without renewal (one relay at a time).
-    relay_lease_ttl: float = Field(30.0, gt=0)
     #: Seconds a broker send may take before the row counts as failed.
     relay_send_timeout: float = Field(10.0, gt=0)
     #: The relay producer's ``max_request_size`` (aiokafka's default, 1 MiB). The API
@@ -70,17 +68,6 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
         if not isinstance(logging.getLevelName(level), int):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
-
-    @model_validator(mode="after")
-    def _lease_outlives_a_round(self) -> "OrdersSettings":
-        # A SQLite relay publishes outside its lease transaction: if a round could
-        # outlast the lease, a second relay could take over and publish the same rows.
-        if self.relay_lease_ttl <= 2 * self.relay_send_timeout:
-            raise ValueError(
-                f"RELAY_LEASE_TTL ({self.relay_lease_ttl}) must exceed twice RELAY_SEND_TIMEOUT "
-                f"({self.relay_send_timeout})"
-            )
-        return self
 
     @property
     def bootstrap(self) -> str:

@@ -112,6 +112,10 @@ class OrdersClient:
             return list(await asyncio.gather(*(self.create_and_pay(session) for _ in range(n))))
 
     async def get_json(self, path: str) -> Any:
+        return await self.get_json_at(self.base_url, path)
+
+    @staticmethod
+    async def get_json_at(base_url: str, path: str) -> Any:
         async with aiohttp.ClientSession() as session:
-            async with session.get(self.base_url + path) as resp:
+            async with session.get(base_url + path) as resp:
                 return await resp.json()

@@ -1,5 +1,5 @@
 """orders.outbox on SQLite: claim (head row per order), mark_sent/mark_failed,
-delete_sent_before, stats, backoff and the relay lease."""
+delete_sent_before, stats and backoff (the relay's SQLite lock: test_orders_relay.py)."""
 
 from __future__ import annotations
 
@@ -322,55 +322,6 @@ def test_backoff_first_attempts_use_the_base_and_the_cap_bounds_large_attempts()
     assert outbox.backoff(1000, base=2.0, cap=100.0, rng=Fixed(0.0)) == 50.0
     assert outbox.backoff(1000, base=2.0, cap=100.0, rng=Fixed(0.999999)) == pytest.approx(100.0, rel=1e-5)
     assert outbox.backoff(1000, base=2.0, cap=100.0, rng=Fixed(0.999999)) < 100.0
-
-
-# -- try_lease -------------------------------------------------------------------------
-
-
-async def lease(db: SqliteDatabase, holder: str, now: float, ttl: float = 10.0) -> bool:
-    async with db.transaction() as tx:
-        return await outbox.try_lease(tx, "outbox-relay", holder, now=now, ttl=ttl)
-
-
-async def lease_row(db: SqliteDatabase) -> tuple[Any, ...] | None:
-    async with db.transaction() as tx:
-        return await tx.fetchone("SELECT holder, expires_at FROM relay_lease WHERE name = 'outbox-relay'")
-
-
-async def test_first_holder_gets_the_lease(db: SqliteDatabase) -> None:
-    assert await lease(db, "a", T0)
-    assert await lease_row(db) == ("a", T0 + 10)
-
-
-async def test_second_holder_is_refused_while_the_lease_is_live(db: SqliteDatabase) -> None:
-    assert await lease(db, "a", T0)
-    assert not await lease(db, "b", T0 + 1)
-    assert not await lease(db, "b", T0 + 9.9)
-    assert await lease_row(db) == ("a", T0 + 10)
-
-
-async def test_second_holder_gets_the_lease_after_expiry(db: SqliteDatabase) -> None:
-    assert await lease(db, "a", T0)
-    assert await lease(db, "b", T0 + 10.5)
-    assert await lease_row(db) == ("b", T0 + 20.5)
-    assert not await lease(db, "a", T0 + 11)  # the old holder has lost it
-
-
-async def test_the_holder_renews_its_lease(db: SqliteDatabase) -> None:
-    assert await lease(db, "a", T0)
-    assert await lease(db, "a", T0 + 8)
-    assert await lease_row(db) == ("a", T0 + 18)
-    # Past the first expiry, but the renewal keeps the lease live.
-    assert not await lease(db, "b", T0 + 15)
-    assert await lease(db, "a", T0 + 17)
-    assert await lease_row(db) == ("a", T0 + 27)
-
-
-async def test_leases_are_per_name(db: SqliteDatabase) -> None:
-    assert await lease(db, "a", T0)
-    async with db.transaction() as tx:
-        assert await outbox.try_lease(tx, "other-lease", "b", now=T0, ttl=10)
-
 
 
 # -- given up (status failed) and the size check ----------------------------------------------

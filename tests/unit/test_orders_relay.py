@@ -1,5 +1,5 @@
 """orders.relay.Relay on SQLite with a fake producer (no broker): publish, ack → sent,
-failure → retry with backoff, per-order order, the lease."""
+failure → retry with backoff, per-order order, the SQLite relay lock."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from orders import outbox
 from orders import relay as relay_module
 from orders.db import SqliteDatabase
 from orders.metrics import OrdersMetrics
-from orders.relay import LEASE, Relay, relay_app
+from orders.relay import Relay, relay_app
 from orders.settings import OrdersSettings
 from streams.events import Event, OrderCreated, OrderItem, OrderPaid
 from tests.unit.fakes import Clock
@@ -108,7 +108,7 @@ def make_relay(db: SqliteDatabase, producers: dict[int, Any]) -> Callable[..., t
              metrics: OrdersMetrics | None = None, **settings: Any) -> tuple[Relay, FakeProducer]:
         s = OrdersSettings(
             relay_id=relay_id, relay_batch_size=settings.pop("relay_batch_size", 100),
-            relay_backoff_base=settings.pop("relay_backoff_base", BASE), relay_backoff_max=60.0, relay_lease_ttl=30.0,
+            relay_backoff_base=settings.pop("relay_backoff_base", BASE), relay_backoff_max=60.0,
             relay_send_timeout=settings.pop("relay_send_timeout", 5.0),
             database_url="sqlite:///unused.db", **settings,
         )
@@ -334,27 +334,31 @@ async def test_a_failed_first_event_holds_back_the_orders_next_event(db: SqliteD
     assert [s.topic for s in producer.sends] == ["events.order.created.v1"] * 2 + ["events.order.paid.v1"]
 
 
-# -- lease -------------------------------------------------------------------------------
+# -- the SQLite relay lock -------------------------------------------------------------------
 
 
-async def test_a_relay_without_the_lease_publishes_nothing(db: SqliteDatabase, make_relay: Any) -> None:
+async def test_a_relay_without_the_lock_publishes_nothing_until_the_holder_lets_go(
+        db: SqliteDatabase, make_relay: Any) -> None:
     a = await add(db, created("o-a"))
-    async with db.transaction() as tx:
-        assert await outbox.try_lease(tx, LEASE, "someone-else", now=T0, ttl=10.0)
-    clock = Clock(T0)
-    relay, producer = make_relay(clock=clock)
+    holder = relay_module.RelayLock(f"{db.path}.relay-lock", "someone-else")
+    assert holder.try_acquire()
+    relay, producer = make_relay()
 
     assert await relay.round() == 0
-    assert producer.sends == []
+    assert producer.sends == [] and not relay.lock.held
     assert (await table(db))[a]["status"] == "pending"
 
-    # The other holder stops renewing: after expiry this relay takes over.
-    clock.now = T0 + 11
+    # The holder's descriptor closes (what the kernel does when its process dies):
+    # the next round takes over, whatever the clock says.
+    holder.release()
     assert await relay.round() == 1
+    assert relay.lock.held
     assert (await table(db))[a]["status"] == "sent"
 
 
-async def test_two_relays_one_lease(db: SqliteDatabase, make_relay: Any) -> None:
+async def test_two_relays_one_lock_however_long_the_holder_is_silent(db: SqliteDatabase, make_relay: Any) -> None:
+    """No time lets a second relay in while the first lives: a paused holder (SIGSTOP,
+    a long GC, a slow disk) cannot find on waking that another relay published its rows."""
     await add(db, created("o-a"))
     clock = Clock(T0)
     first, p1 = make_relay("relay-a", clock=clock)
@@ -362,14 +366,50 @@ async def test_two_relays_one_lease(db: SqliteDatabase, make_relay: Any) -> None
 
     assert await first.round() == 1
     b = await add(db, created("o-b"))
-    clock.now = T0 + 5
+    clock.now = T0 + 10**6  # any lease would long have expired
     assert await second.round() == 0
     assert p2.sends == []
-    assert await first.round() == 1  # renews at T0 + 5 → lease until T0 + 15
-    clock.now = T0 + 12
-    assert await second.round() == 0
+    assert await first.round() == 1
     assert (await table(db))[b]["status"] == "sent"
     assert [s.key for s in p1.sends] == [b"o-a", b"o-b"]
+
+
+async def test_a_holder_paused_mid_publish_past_any_lease_is_not_joined_by_a_second_relay(
+        db: SqliteDatabase, make_relay: Any) -> None:
+    """The hazard of a time-limited lease: relay A has sent a row and waits for its ack
+    when it is paused (SIGSTOP) past the lease; B finds the lease expired, claims the
+    still-pending row and publishes it; A wakes and its send goes out too. With the
+    lock, B cannot take over while A lives, however long A is silent."""
+    a = await add(db, created("o-a"))
+    clock = Clock(T0)
+    first, p1 = make_relay("relay-a", clock=clock, producer=FakeProducer(outcome=lambda s: "hold"))
+    second, p2 = make_relay("relay-b", clock=clock)
+    round_a = asyncio.ensure_future(first.round())
+    await until(lambda: len(p1.sends) == 1)  # A is mid-publish: paused here
+    clock.now = T0 + 10**6
+    assert await second.round() == 0
+    p1.sends[0].ack.set_result(("metadata", "events.order.created.v1"))  # A wakes
+    assert await round_a == 1
+    assert [s.key for s in p1.sends + p2.sends] == [b"o-a"]
+    assert (await table(db))[a]["status"] == "sent"
+
+
+async def test_the_lock_is_released_when_the_relay_stops_and_names_its_holder(
+        db: SqliteDatabase, make_relay: Any) -> None:
+    relay, producer = make_relay("relay-a", relay_poll_interval=60.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: relay.lock.held)
+        assert Path(relay.lock.path).read_text().startswith("relay-a pid ")
+        other = relay_module.RelayLock(relay.lock.path, "relay-b")
+        assert not other.try_acquire()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not relay.lock.held
+    assert other.try_acquire()
+    other.release()
 
 
 # -- housekeeping and the run loop -----------------------------------------------------------
@@ -632,6 +672,7 @@ async def test_the_relay_process_serves_metrics_and_health(db: SqliteDatabase, m
         health = await client.get("/health")
         assert health.status == 200
         assert (await health.json())["status"] == "ok"
+        assert (await health.json())["lease"] == "held"
         text = await (await client.get("/metrics")).text()
     assert "outbox_published_total 1.0" in text
     assert "outbox_pending_rows 0.0" in text

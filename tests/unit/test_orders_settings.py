@@ -72,7 +72,7 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ORDERS_PORT", "http"),
         ("RELAY_BATCH_SIZE", "0"),
         ("RELAY_SEND_TIMEOUT", "0"),
-        ("RELAY_LEASE_TTL", "-1"),
+        ("IDEMPOTENCY_TTL", "0"),
         ("RELAY_POLL_INTERVAL", "inf"),
         ("RELAY_MAX_REQUEST_BYTES", "100"),
         ("ORDERS_MAX_BODY_BYTES", "10"),
@@ -118,17 +118,3 @@ def test_the_process_exits_2_on_a_bad_database_url(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert "DATABASE_URL" in lines[0]
-
-
-def test_lease_shorter_than_two_send_timeouts_is_refused(monkeypatch, capsys):
-    """A SQLite relay round can last RELAY_SEND_TIMEOUT; a lease that could expire
-    meanwhile would let a second relay publish the same rows."""
-    from orders.settings import load_orders_settings
-
-    monkeypatch.setenv("RELAY_LEASE_TTL", "15")
-    monkeypatch.setenv("RELAY_SEND_TIMEOUT", "10")
-    with pytest.raises(SystemExit) as exc:
-        load_orders_settings()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "RELAY_LEASE_TTL" in err[0] and "RELAY_SEND_TIMEOUT" in err[0]
