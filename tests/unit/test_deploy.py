@@ -182,3 +182,210 @@ def test_the_outbox_series_on_the_dashboard_come_from_the_relay_process():
     for expr in exprs:
         if re.search(r"outbox_(pending_rows|failed_rows|oldest_pending_age_seconds)", expr):
             assert expr.startswith("max("), expr
+
+
+# -- secrets, exposure and the production override (issue 23, item 12) -------------------------
+
+PRODUCTION = yaml.safe_load((ROOT / "deploy/production.yml").read_text())
+KAFKA_START = (ROOT / "deploy/production/kafka-start.sh").read_text()
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
+#: what an operator sets for the base file: the two secrets and nothing else
+BASE_SECRETS = {"POSTGRES_PASSWORD": "9f2c1e0b7a6d5c4b3a29180706f5e4d3", "GRAFANA_PASSWORD": "grafana-secret-1"}
+PRODUCTION_SECRETS = {**BASE_SECRETS, "KAFKA_SECRETS_DIR": "/srv/kafka-tls", "WEB_TOKEN": "w" * 40,
+                      "KAFKA_ADMIN_PASSWORD": "a" * 24, "KAFKA_WORKER_PASSWORD": "b" * 24,
+                      "KAFKA_RELAY_PASSWORD": "c" * 24}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(value, env: dict[str, str], errors: list[str]):
+    """Compose's variable interpolation (compose-spec "Interpolation") over a parsed file:
+    ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``,
+    ``${VAR?error}``, ``${VAR:+alt}``, ``$$``; a missing required variable is reported
+    as compose reports it ("required variable X is missing a value: <error>")."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, errors) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = (m.group(1), m.group(2), m.group(3) or "") if m.group(1) else (m.group(4), None, "")
+        given = env.get(name)
+        empty = given is None or (given == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if empty else given
+        if op in (":?", "?"):
+            if empty:
+                errors.append(f"required variable {name} is missing a value: {arg}")
+                return ""
+            return given
+        if op in (":+", "+"):
+            return "" if empty else arg
+        return given or ""
+
+    return _VAR.sub(one, value)
+
+
+def resolved(doc: dict, env: dict[str, str]) -> tuple[dict, list[str]]:
+    errors: list[str] = []
+    out = interpolate({k: v for k, v in doc.items() if not k.startswith("x-")}, env, errors)
+    return out, errors
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``docker compose -f base -f override``: mappings merge key by key, ``volumes``
+    merge by target path, other lists and scalars are replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        elif key == "volumes" and isinstance(value, list) and isinstance(out.get(key), list):
+            by_target = {v.split(":")[1]: v for v in out[key]}
+            by_target.update({v.split(":")[1]: v for v in value})
+            out[key] = list(by_target.values())
+        else:
+            out[key] = value
+    return out
+
+
+def secret_references(text: str) -> list[tuple[str, str | None]]:
+    return [(m.group(1) or m.group(4), m.group(2)) for m in _VAR.finditer(text) if m.group(0) != "$$"]
+
+
+def test_compose_without_its_secrets_stops_naming_each_one():
+    _, errors = resolved(COMPOSE, {})
+    required = sorted(e.split()[2] for e in errors)
+    assert set(required) == set(BASE_SECRETS), errors
+    assert all(e.split()[2] in e.split(":", 1)[1] for e in errors), errors  # the message says what to set
+    config, errors = resolved(COMPOSE, BASE_SECRETS)
+    assert errors == []
+    assert config["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == BASE_SECRETS["POSTGRES_PASSWORD"]
+    for app in APP_SETTINGS:
+        assert f":{BASE_SECRETS['POSTGRES_PASSWORD']}@postgres:" in config["services"][app]["environment"]["DATABASE_URL"]
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/production.yml"])
+def test_no_secret_has_a_default(path):
+    text = (ROOT / path).read_text()
+    refs = [(name, op) for name, op in secret_references(text) if any(w in name for w in SECRET_WORDS)]
+    assert refs, "no secret variables found"
+    assert [(n, op) for n, op in refs if op != ":?"] == [], "a secret with a default or optional"
+    doc = yaml.safe_load(text)
+    for name, svc in doc["services"].items():
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if any(w in key for w in SECRET_WORDS):  # a literal secret: only a required variable will do
+                assert isinstance(value, str) and re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), (name, key, value)
+
+
+def test_grafana_has_no_anonymous_access_and_no_default_admin_password():
+    env = SERVICES["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_PASSWORD:?")
+    config, _ = resolved(COMPOSE, BASE_SECRETS)
+    assert config["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-secret-1"
+
+
+def published(config: dict) -> dict[str, list[str]]:
+    return {n: [str(p) for p in s["ports"]] for n, s in config["services"].items() if s.get("ports")}
+
+
+def test_ports_are_published_on_loopback_unless_told_otherwise():
+    config, _ = resolved(COMPOSE, BASE_SECRETS)
+    ports = published(config)
+    assert set(ports) == {"orders", "prometheus", "grafana"}
+    assert all(p.startswith("127.0.0.1:") and p.count(":") == 2 for ps in ports.values() for p in ps), ports
+    config, _ = resolved(COMPOSE, {**BASE_SECRETS, "PUBLISH_ADDRESS": "0.0.0.0"})
+    assert all(p.startswith("0.0.0.0:") for ps in published(config).values() for p in ps)
+    brokers = [n for n, s in SERVICES.items() if s["image"].startswith("apache/kafka:")]
+    assert all("ports" not in SERVICES[b] for b in brokers)  # Kafka only on the compose network
+
+
+def production_config(env: dict[str, str]) -> tuple[dict, list[str]]:
+    return resolved(merged(COMPOSE, PRODUCTION), env)
+
+
+def test_production_override_without_its_secrets_stops_naming_each_one():
+    _, errors = production_config(BASE_SECRETS)
+    assert sorted({e.split()[2] for e in errors}) == sorted(set(PRODUCTION_SECRETS) - set(BASE_SECRETS))
+    _, errors = production_config(PRODUCTION_SECRETS)
+    assert errors == []
+
+
+def listener_protocols(env: dict) -> dict[str, str]:
+    mapping = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    names = [entry.split("://")[0] for entry in env["KAFKA_LISTENERS"].split(",")]
+    return {name: mapping[name] for name in names}
+
+
+def test_production_kafka_listeners_need_credentials():
+    """Every listener a client can reach is SASL_SSL with SCRAM-SHA-512 (no PLAINTEXT
+    anywhere); the controller listener is TLS with a client certificate required."""
+    config, _ = production_config(PRODUCTION_SECRETS)
+    brokers = [n for n, s in config["services"].items() if s["image"].startswith("apache/kafka:")]
+    assert sorted(brokers) == ["kafka", "kafka-2", "kafka-3"]
+    for name in brokers:
+        svc = config["services"][name]
+        env = svc["environment"]
+        protocols = listener_protocols(env)
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        assert "PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"], env
+        assert {n: p for n, p in protocols.items() if n != controller} == {"SASL_SSL": "SASL_SSL"}
+        assert protocols[controller] == "SSL"
+        assert env[f"KAFKA_LISTENER_NAME_{controller}_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_SSL://{name}:9092"
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "SASL_SSL"
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "SCRAM-SHA-512"
+        assert "java.security.auth.login.config=/tmp/kafka_server_jaas.conf" in env["KAFKA_OPTS"]
+        assert svc["command"][-1] == "/opt/order-streams/kafka-start.sh"
+        assert "./deploy/production/kafka-start.sh:/opt/order-streams/kafka-start.sh:ro" in svc["volumes"]
+        assert "/srv/kafka-tls:/etc/kafka/secrets:ro" in svc["volumes"]
+        assert "--command-config /tmp/admin-client.properties" in " ".join(svc["healthcheck"]["test"])
+        assert not any(k.startswith("KAFKA_") and "PASSWORD" in k for k in env)  # would land in server.properties
+    assert SERVICES["kafka-2"]["profiles"] == ["cluster"]  # the override keeps the cluster profile's brokers
+
+
+def test_production_clients_connect_with_their_own_scram_principal():
+    """Each app service's settings (the real models) carry SASL_SSL/SCRAM-SHA-512, the
+    CA it mounts, and a principal the brokers' start script creates."""
+    config, _ = production_config(PRODUCTION_SECRETS)
+    users = set(re.findall(r"SCRAM-SHA-512=\[name=([a-z]+),password=\$\{(SCRAM_[A-Z]+_PASSWORD)\}\]", KAFKA_START))
+    created = {u for u, _ in users}
+    assert created == {"admin", "worker", "relay"}
+    broker_env = config["services"]["kafka"]["environment"]
+    passwords = {u: broker_env[var] for u, var in users}
+    for service, model in APP_SETTINGS.items():
+        env = config["services"][service]["environment"]
+        settings = model(**{k.lower(): v for k, v in env.items()})
+        assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+        assert settings.kafka_sasl_username in created - {"admin"}
+        assert settings.kafka_sasl_password.get_secret_value() == passwords[settings.kafka_sasl_username]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in config["services"][service]["volumes"]}
+        assert mounts[settings.kafka_ssl_cafile] == "/srv/kafka-tls/ca.pem"
+    assert config["services"]["worker"]["environment"]["KAFKA_SASL_USERNAME"] == "worker"
+
+
+def test_kafka_start_script_is_valid_bash_and_checks_its_passwords():
+    result = subprocess.run(["bash", "-n", str(ROOT / "deploy/production/kafka-start.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    env = {"PATH": "/usr/bin:/bin", "SCRAM_ADMIN_PASSWORD": "short"}
+    result = subprocess.run(["bash", str(ROOT / "deploy/production/kafka-start.sh")], env=env,
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1 and "SCRAM_ADMIN_PASSWORD must be set to 16 or more" in result.stderr
+    assert "short" not in result.stderr + result.stdout
+
+
+def test_readme_deployment_section_names_the_required_variables():
+    section = README.split("## Running on a Kafka cluster", 1)[1].split("\n## ", 1)[0]
+    for name in ("POSTGRES_PASSWORD", "GRAFANA_PASSWORD", "PUBLISH_ADDRESS", "deploy/production.yml",
+                 "KAFKA_SECRETS_DIR", "KAFKA_WORKER_PASSWORD", "SCRAM-SHA-512"):
+        assert name in section, name
+    assert "default `admin`" not in section
