@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import re
@@ -286,14 +287,11 @@ class _RawKey(str):
         return self.raw
 
 
-async def produce_raw_headers(bootstrap: str, topic: str,
-                              records: Iterable[tuple[bytes | None, bytes | None, list[tuple[bytes | str, bytes | None]]]],
-                              *, partition: int | None = None) -> int:
-    """Send ``(key, value, headers)`` records whose header keys may be any bytes (and
-    repeat), as a hostile producer can: aiokafka's C record builder only writes ``str``
-    keys, so this producer uses its pure-Python builder, which writes what a key's
-    ``encode()`` returns. Every ack awaited."""
-    from aiokafka import AIOKafkaProducer
+@contextlib.contextmanager
+def python_record_builder():
+    """aiokafka producers of this process build record batches with aiokafka's
+    pure-Python builder, which writes a header key's ``encode()`` — so a :func:`raw_key`
+    goes out as its bytes. (Its C builder only writes ``str`` keys.) Not thread-safe."""
     from aiokafka.producer import message_accumulator, producer as producer_module
     from aiokafka.record import default_records
 
@@ -302,21 +300,36 @@ async def produce_raw_headers(bootstrap: str, topic: str,
     message_accumulator.DefaultRecordBatchBuilder = python_builder
     producer_module.DefaultRecordBatchBuilder = python_builder
     try:
+        yield
+    finally:
+        message_accumulator.DefaultRecordBatchBuilder, producer_module.DefaultRecordBatchBuilder = saved
+
+
+def raw_header_names(headers) -> list[tuple[str, bytes | None]]:
+    """Headers for a producer inside :func:`python_record_builder`: bytes names as raw keys."""
+    return [(_RawKey(k) if isinstance(k, bytes) else k, v) for k, v in headers]
+
+
+async def produce_raw_headers(bootstrap: str, topic: str,
+                              records: Iterable[tuple[bytes | None, bytes | None, list[tuple[bytes | str, bytes | None]]]],
+                              *, partition: int | None = None) -> int:
+    """Send ``(key, value, headers)`` records whose header keys may be any bytes (and
+    repeat), as a hostile producer can. Every ack awaited."""
+    from aiokafka import AIOKafkaProducer
+
+    with python_record_builder():
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                     max_request_size=32 * 1024 * 1024)
         await producer.start()
         try:
             futures = []
             for key, value, headers in records:
-                hdrs = [(_RawKey(k) if isinstance(k, bytes) else k, v) for k, v in headers]
-                futures.append(await producer.send(topic, value=value, key=key, headers=hdrs or None,
-                                                   partition=partition))
+                futures.append(await producer.send(topic, value=value, key=key,
+                                                   headers=raw_header_names(headers) or None, partition=partition))
             await asyncio.gather(*futures)
             return len(futures)
         finally:
             await producer.stop()
-    finally:
-        message_accumulator.DefaultRecordBatchBuilder, producer_module.DefaultRecordBatchBuilder = saved
 
 
 async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list:
