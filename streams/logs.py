@@ -20,6 +20,9 @@ and passed through :func:`redact` before any formatter sees it: the values of
 ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie``, anything
 after ``Bearer``/``Basic``, and every secret registered with :func:`add_secrets`
 (the worker registers its settings' secrets at start-up) become ``***``.
+
+The event loop's accept errors (out of file descriptors) are logged once a minute
+with a count, not once per attempt (:class:`RateLimitAcceptErrors`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,35 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class RateLimitAcceptErrors(logging.Filter):
+    """The event loop's ``socket.accept() out of system resource`` (out of file
+    descriptors: it retries every second, and logged every time — 83 MB in one flood):
+    the first of each ``interval`` seconds passes, with how many were held back since."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, interval: float = 60.0, clock: Any = None) -> None:
+        super().__init__()
+        import time
+
+        self.interval = interval
+        self.clock = clock or time.monotonic
+        self.last = float("-inf")
+        self.held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.MESSAGE):
+            return True
+        now = self.clock()
+        if now - self.last < self.interval:
+            self.held += 1
+            return False
+        if self.held:
+            record.msg = f"{record.msg} ({self.held} more in the last {self.interval:g} s not logged)"
+        self.last, self.held = now, 0
+        return True
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a call passed with ``extra=``."""
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
@@ -161,10 +193,11 @@ def build_config(
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": f"{__name__}.{formatter.__name__}", "service": service}},
-        "filters": {"redact": {"()": f"{__name__}.RedactSecrets"}},
+        "filters": {"redact": {"()": f"{__name__}.RedactSecrets"},
+                    "accept_errors": {"()": f"{__name__}.RateLimitAcceptErrors"}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr",
-                       "filters": ["redact"]},
+                       "filters": ["accept_errors", "redact"]},
         },
         "loggers": {name: {"level": lvl} for name, lvl in loggers.items()},
         "root": {"level": level.upper(), "handlers": ["stderr"]},

@@ -30,16 +30,20 @@ DNS name to this worker's address sends its own name as ``Host`` and is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web as aioweb
+from aiohttp.web_runner import BaseSite, TCPSite
 
 from streams.console import register_console
 from streams.events import ID_PATTERN
@@ -51,6 +55,7 @@ from tables.order_state import public_view
 if TYPE_CHECKING:
     from streams.wiring import Worker
 
+log = logging.getLogger(__name__)
 _ID = re.compile(ID_PATTERN)
 #: Routes anyone may read, with or without ``WEB_TOKEN``.
 OPEN_ROUTES = ("/health", "/metrics")
@@ -260,6 +265,174 @@ def table_page(app: Any, worker: "Worker", path: str, table_name: str, match_inf
     return register
 
 
+# ---------------------------------------------------------------------------------------
+# The server itself: timeouts and a connection cap
+#
+# Faust starts aiohttp with its defaults: a connection may sit idle, or half-way through
+# a request, for an hour (aiohttp 3.14's keep-alive timeout is 3,630 s), and there is no
+# cap on connections, so a flood used every file descriptor of the process — /health
+# timed out and the SMS gateway call failed with "Too many open files". Rules:
+#
+# - a connection gets ``WEB_KEEPALIVE_TIMEOUT`` to send a whole request head, when it
+#   opens and after each answer (aiohttp's keep-alive timer, which it arms at both);
+# - a request gets ``WEB_BODY_TIMEOUT`` to send its body (:func:`body_timeout_middleware`);
+# - at most :func:`connection_cap` connections are open: ``WEB_MAX_CONNECTIONS``, never
+#   more than half the process's file limit (the rest is for outgoing calls, Kafka and
+#   the stores). A connection beyond the cap closes the one that has been quiet longest
+#   (:class:`ConnectionGuard`), so a flood of idle connections cannot keep ``/health`` out;
+# - the event loop's accept errors are logged once per interval
+#   (:class:`streams.logs.RateLimitAcceptErrors`).
+#
+# Private names this relies on (aiohttp 3.14.5, faust-streaming 0.15.3; checked by
+# tests/unit/test_web_server_limits.py): Faust's ``Web._runner`` (its AppRunner) and
+# ``Web._transport_handlers`` (site factories by scheme); aiohttp's ``BaseRunner._kwargs``
+# (the request handler's arguments) and the ``TCPSite`` attributes its ``start`` reads.
+
+
+def connection_cap(setting: int, file_limit: int | None = None) -> int:
+    """``setting``, at most half the soft file limit (never below 16)."""
+    if file_limit is None:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        file_limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return max(16, min(setting, file_limit // 2))
+
+
+class ConnectionGuard:
+    """Open connections, least recently active first; beyond ``cap`` the quietest is closed."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.open: OrderedDict[Any, None] = OrderedDict()
+        self.evicted = 0
+        self._last_log = 0.0
+
+    def opened(self, conn: Any) -> None:
+        self.open[conn] = None
+        over = 0
+        while len(self.open) > self.cap:
+            oldest = next(iter(self.open))
+            if oldest is conn:
+                break
+            del self.open[oldest]
+            oldest.close()
+            over += 1
+        if over:
+            self.evicted += over
+            now = time.monotonic()
+            if now - self._last_log >= 60:
+                self._last_log = now
+                log.warning("web server at its connection cap (%d): closed the quietest connections "
+                            "(%d so far)", self.cap, self.evicted)
+
+    def active(self, conn: Any) -> None:
+        if conn in self.open:
+            self.open.move_to_end(conn)
+
+    def closed(self, conn: Any) -> None:
+        self.open.pop(conn, None)
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """aiohttp's request handler for one connection, counted by a :class:`ConnectionGuard`."""
+
+    def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
+        self.inner, self.guard = inner, guard
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.inner.connection_made(transport)
+        self.guard.opened(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.guard.active(self)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.guard.closed(self)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class GuardedSite(TCPSite):
+    """aiohttp's TCP site with every connection passed through a :class:`ConnectionGuard`."""
+
+    def __init__(self, runner: Any, host: str | None, port: int | None, *, guard: ConnectionGuard,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.guard = guard
+
+    async def start(self) -> None:
+        await BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        guard = self.guard
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GuardedProtocol(server(), guard), self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+
+
+def body_timeout_middleware(seconds: float) -> Any:
+    """A request that has a body must send all of it within ``seconds`` (else 408)."""
+    @aioweb.middleware
+    async def body_timeout(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), seconds)
+            except asyncio.TimeoutError:
+                return aioweb.json_response({"error": f"request body not received in {seconds:g} s"},
+                                            status=408, headers={"Connection": "close"})
+        return await handler(request)
+
+    return body_timeout
+
+
+def guard_server(web: Any, settings: Any) -> ConnectionGuard:
+    """Applies the rules above to Faust's web server ``web`` (before it starts)."""
+    guard = ConnectionGuard(connection_cap(settings.web_max_connections))
+    # lingering: how long aiohttp keeps reading an unread body after answering (10 s)
+    web._runner._kwargs.update(keepalive_timeout=settings.web_keepalive_timeout, lingering_time=1.0)
+    conf = web.app.conf
+    web._transport_handlers["tcp"] = lambda: GuardedSite(web._runner, conf.web_bind, conf.web_port,
+                                                         ssl_context=conf.web_ssl_context, guard=guard)
+    return guard
+
+
+def web_connection_metrics(registry: Any, guards: list[ConnectionGuard]) -> None:
+    """``web_connections_open`` and ``web_connections_evicted_total`` (closed at the cap)."""
+    from prometheus_client import Gauge
+    from prometheus_client.core import CounterMetricFamily
+
+    Gauge("web_connections_open", "Connections open to the worker's web server",
+          registry=registry).set_function(lambda: sum(len(g.open) for g in guards))
+
+    class Evicted:
+        def collect(self) -> Any:
+            family = CounterMetricFamily("web_connections_evicted", "Connections closed because the web "
+                                         "server was at WEB_MAX_CONNECTIONS (the quietest first)")
+            family.add_metric([], sum(g.evicted for g in guards))
+            yield family
+
+    registry.register(Evicted())
+
+
 def settings_secrets(settings: Any) -> list[str]:
     """Every secret of ``settings``: its ``SecretStr`` fields and URL passwords
     (``scheme://user:password@host``, up to the last ``@``) — for :func:`streams.logs.add_secrets`."""
@@ -284,9 +457,14 @@ def register_web(app: Any, worker: "Worker") -> None:
     guard = (auth_middleware(token, public_prefixes=("/console/login",)) if token
              else host_middleware(own_hosts(settings)))
 
+    body_timeout = body_timeout_middleware(settings.web_body_timeout)
+    connections: list[ConnectionGuard] = []
+    web_connection_metrics(worker.metrics.registry, connections)
+
     def on_webserver_init(web: Any) -> None:
         if guard not in web.web_app.middlewares:  # Faust initialises its web server twice
-            web.web_app.middlewares.append(guard)
+            web.web_app.middlewares.extend([body_timeout, guard])
+            connections.append(guard_server(web, settings))
 
     app.on_webserver_init = on_webserver_init
 
