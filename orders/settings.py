@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.kafka_security import KafkaSecurity
+from orders.dburl import check_database_url, mask_database_url
 from streams.settings import SettingsError, describe_error
 
 
@@ -61,6 +62,11 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_as_meant(cls, value: str) -> str:
+        return check_database_url(value)
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -78,5 +84,16 @@ def load_orders_settings(**overrides: object) -> OrdersSettings:
     try:
         return OrdersSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        print(describe_error(exc), file=sys.stderr)
+        print(_describe(exc), file=sys.stderr)
         raise SettingsError(2) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """The one line of :func:`describe_error`, with a bad ``DATABASE_URL`` masked up to
+    its host even when it has no ``@`` (``postgresql://user:password/db``)."""
+    line = describe_error(exc)
+    err = exc.errors()[0]
+    value = err.get("input")
+    if err["loc"] and err["loc"][0] == "database_url" and isinstance(value, str) and value:
+        line = line.replace(value, mask_database_url(value))
+    return line

@@ -118,3 +118,53 @@ def test_the_process_exits_2_on_a_bad_database_url(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert "DATABASE_URL" in lines[0]
+
+
+# A DATABASE_URL that libpq would read otherwise than meant is one line, secrets masked
+# (issue 23 item 7). The password is "s3cr" + something; none of it may be printed.
+MISREAD_URLS = [
+    ("postgresql://orders:s3cr@t@db.internal:5432/orders", "unencoded '@'"),
+    ("postgresql://orders:s3cr@t@@db.internal/orders", "unencoded '@'"),
+    ("postgresql://orders:s3cr/t@db.internal/orders", "unencoded '/'"),
+    ("postgresql://orders:s3cret/orders", "port is not a number"),
+    ("postgres://orders:s3cr%zzt@db.internal/orders", "does not parse"),
+]
+
+
+@pytest.mark.parametrize("url, words", MISREAD_URLS)
+def test_a_database_url_that_would_be_misread_is_one_line_with_the_password_masked(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, words: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SystemExit) as exc:
+        load_orders_settings()
+    assert exc.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "DATABASE_URL" in line and words in line and "%40" in line
+    assert "s3cr" not in line and "t@db" not in line
+
+
+@pytest.mark.parametrize("url", MISREAD_URLS[:3])
+def test_the_worker_refuses_the_same_database_url_for_reconcile(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: tuple[str, str]) -> None:
+    from streams.settings import load_settings
+
+    monkeypatch.setenv("DATABASE_URL", url[0])
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert exc.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "DATABASE_URL" in line and url[1] in line
+    assert "s3cr" not in line
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://orders:s3cr%40t@db.internal:5432/orders",  # the '@' encoded
+    "postgresql://orders:p%2Fw%3F%23@db/orders",
+    "postgresql://orders:pa?ss@db/orders",  # libpq takes '?' and '#' in a password as meant
+    "postgresql://h1:5432,h2:5433/db?sslmode=require",
+    "postgresql:///db?host=/var/run/postgresql",
+    "postgresql://[::1]:5432/db",
+])
+def test_database_urls_that_parse_as_meant_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_orders_settings().database_url == url
