@@ -93,6 +93,15 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     web_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     #: Faust's generic /table/… and /router/… views (raw table values): off unless set.
     web_table_views: bool = False
+    #: Seconds a connection may wait for (the rest of) a request head: idle keep-alive
+    #: connections and half-open requests are closed after it (aiohttp's default: an hour).
+    web_keepalive_timeout: float = Field(15.0, gt=0, le=3600)
+    #: Seconds a request may take to send its body (a POST that stops sending: 408).
+    web_body_timeout: float = Field(30.0, gt=0, le=3600)
+    #: Open connections the web server keeps at most; it never exceeds half the
+    #: process's file limit (the rest is for the SMS gateway, Kafka and the stores).
+    #: Beyond it the longest-idle connection is closed, so /health always gets in.
+    web_max_connections: int = Field(1000, ge=16, le=1_000_000)
     #: Take table-recovery end offsets from a Fetch response's high watermark instead
     #: of ListOffsets. Needed on the embedded (Tansu) broker, whose ListOffsets answer
     #: is short; harmless on Apache Kafka (one extra small request per partition at
