@@ -358,6 +358,38 @@ def _record(r: Any) -> Record:
 # -- end offsets from a Fetch (the embedded broker's ListOffsets is short) ---------------
 
 
+#: The cluster id Tansu reports unless started with another (``--kafka-cluster-id``).
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+async def list_offsets_may_be_short(client: Any) -> bool:
+    """The capability check behind END_OFFSETS_FROM_FETCH's default: whether this broker's
+    ``ListOffsets(LATEST)`` may stop short of the log end (then end offsets come from
+    :func:`fetch_high_watermarks`).
+
+    Rule: only the embedded Tansu broker answers short; Apache Kafka's ListOffsets is the
+    log end, so on Kafka the workaround is not taken. Told by the Metadata response's
+    cluster id (Tansu reports ``tansu_cluster``; Kafka a random 22-character id). A broker
+    that cannot be asked counts as short: the Fetch path is correct on every broker, only
+    one request per partition dearer."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    try:
+        node = client.get_random_node()
+        if node is None:
+            await client.force_metadata_update()
+            node = client.get_random_node()
+        response = await client.send(node, MetadataRequest([]))
+        cluster_id = getattr(response, "cluster_id", None)
+    except Exception as exc:
+        log.warning("could not ask the broker for its cluster id (%r): end offsets from Fetch", exc)
+        return True
+    short = not cluster_id or cluster_id == TANSU_CLUSTER_ID
+    log.info("broker cluster id %s: table-recovery end offsets from %s", cluster_id,
+             "Fetch high watermarks (ListOffsets may be short)" if short else "ListOffsets")
+    return short
+
+
 async def fetch_high_watermarks(
     client: Any, partitions: Iterable[Any], listed: Mapping[Any, int]
 ) -> dict[Any, int]:
@@ -393,8 +425,11 @@ async def fetch_high_watermarks(
     return result
 
 
-def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool) -> type:
-    """Faust's aiokafka consumer thread with the fetch wait and end offsets we need."""
+def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool | None) -> type:
+    """Faust's aiokafka consumer thread with the fetch wait and end offsets we need.
+
+    ``end_offsets_from_fetch``: True/False as set (END_OFFSETS_FROM_FETCH); None asks
+    the broker once (:func:`list_offsets_may_be_short`)."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     wait_ms = max(1, int(fetch_max_wait * 1000))
@@ -408,10 +443,16 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
             consumer._fetch_max_wait_ms = wait_ms
             return consumer
 
+        _short_list_offsets: bool | None = end_offsets_from_fetch
+
         async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
-            if not end_offsets_from_fetch or self.consumer.in_transaction:
+            if self.consumer.in_transaction:
                 return await super()._highwaters(partitions)
             consumer = self._ensure_consumer()
+            if self._short_list_offsets is None:
+                self._short_list_offsets = await list_offsets_may_be_short(consumer._client)
+            if not self._short_list_offsets:
+                return await super()._highwaters(partitions)
             listed = await consumer.end_offsets(partitions)
             return await fetch_high_watermarks(consumer._client, partitions, listed)
 
@@ -421,7 +462,7 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
 # -- the engine's consumer ----------------------------------------------------------------
 
 
-def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool,
+def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool | None,
                           empty_wait: float, loader: Any = None) -> type:
     """Faust's aiokafka ``Consumer``, with the engine's topics processed by ``driver``
     (:class:`streams.engine.position.Driver`) — a batch at a time, never through

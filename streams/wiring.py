@@ -186,7 +186,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
                         max_fetch_bytes=settings.max_message_bytes,
                         budget=0.8 * app.conf.broker_request_timeout)
     app.transport.Consumer = engine_consumer_class(
-        driver, fetch_max_wait=settings.fetch_max_wait, end_offsets_from_fetch=settings.end_offsets_from_fetch,
+        driver, fetch_max_wait=settings.fetch_max_wait,
+        # unset: the broker is asked (faust_compat.list_offsets_may_be_short)
+        end_offsets_from_fetch=(settings.end_offsets_from_fetch
+                                if "end_offsets_from_fetch" in settings.model_fields_set else None),
         empty_wait=settings.send_budget / 2, loader=loader,
     )
     declare_topics(app, specs, policy, settings)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, KafkaBroker, KafkaSetupError, PortInUseError
 from tests.support.worker import WorkerProcess
 
 
@@ -29,6 +29,54 @@ def worker_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[
     yield make
     for w in made:
         w.kill()
+
+
+@pytest.fixture(scope="session")
+def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One Apache Kafka node for the whole test session (a JVM start costs ~8 s).
+
+    Where Kafka cannot start (no Java 17+, no jars and no Maven) the test fails with
+    the runner's one line: it is never skipped silently."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start(die_with_parent=True)  # pytest runs fixtures on its main thread
+    except (KafkaSetupError, PortInUseError) as exc:
+        pytest.fail(f"Apache Kafka could not start: {exc}", pytrace=False)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def kafka(kafka_session: KafkaBroker) -> Iterator[KafkaBroker]:
+    """The session's Apache Kafka, emptied for this test: no topic (but Kafka's internal
+    ones), no consumer group. Tests that stop it must start it again (same ports)."""
+    import asyncio
+
+    from tests.support.kafka import reset_broker
+
+    if not kafka_session.processes:
+        kafka_session.start(die_with_parent=True)
+    asyncio.run(reset_broker(kafka_session.bootstrap))
+    yield kafka_session
+    if not kafka_session.processes:  # a test stopped it and failed before starting it again
+        kafka_session.start(die_with_parent=True)
+
+
+@pytest.fixture
+def kafka_worker_factory(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make workers on the session's Kafka. At the end each is stopped with SIGTERM, so
+    it leaves the consumer group (a SIGKILLed member would hold the next test's group
+    for a session timeout); the next test's ``kafka`` then deletes topics and groups."""
+    made: list[WorkerProcess] = []
+
+    def make(name: str = "w1", *, app: str = "streams", **env: str) -> WorkerProcess:
+        w = WorkerProcess(kafka.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", app=app, **env)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop(timeout=20)
 
 
 @pytest.fixture

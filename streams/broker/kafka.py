@@ -224,7 +224,7 @@ def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int]
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": min(2, rf),
         "default.replication.factor": 1,
-        "num.partitions": 1,
+        "num.partitions": 4,  # as docker-compose.yml (KAFKA_NUM_PARTITIONS: TOPIC_PARTITIONS, 4)
         "group.initial.rebalance.delay.ms": 0,
         # a small machine: few threads, a small cleaner buffer (default 128 MB)
         "num.network.threads": 2,

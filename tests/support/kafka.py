@@ -163,3 +163,75 @@ async def wait_consumed(bootstrap: str, topics: Iterable[str], *, group: str = G
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: committed {done}, end {ends} after {timeout}s")
             await asyncio.sleep(0.2)
+
+
+async def reset_broker(bootstrap: str, timeout: float = 60.0) -> None:
+    """Delete every consumer group and every topic except Kafka's internal ones (``__…``),
+    and wait until Metadata no longer lists them: the next test on a shared broker starts
+    as on a new one. Groups must be empty (stop workers with SIGTERM first: a SIGKILLed
+    member stays in its group until its session times out)."""
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        for group, *_ in await admin.list_consumer_groups():
+            while True:
+                node = await admin.find_coordinator(group)
+                response = await admin._send_request(DeleteGroupsRequest([group]), node)
+                code = response.results[0][1]
+                if code in (0, 69):  # done, or GROUP_ID_NOT_FOUND
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"group {group} not deleted (error {code}) in {timeout}s")
+                await asyncio.sleep(0.2)  # NON_EMPTY_GROUP: a member is leaving
+        topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if topics:
+            await admin.delete_topics(topics)
+        while topics := [t for t in await admin.list_topics() if not t.startswith("__")]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topics {topics} still listed {timeout}s after their deletion")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """``topic``'s configuration as the broker reports it (DescribeConfigs)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        [(error_code, error_message, _type, _name, entries)] = response.resources
+        if error_code:
+            raise AssertionError(f"DescribeConfigs {topic}: error {error_code} {error_message}")
+        return {entry[0]: entry[1] for entry in entries}
+    finally:
+        await admin.close()
+
+
+async def create_worker_topics(bootstrap: str, partitions: int = 4, tiers: int = 3) -> None:
+    """Create every topic a worker reads or writes (sources, derived, retry tiers, DLQs),
+    as an operator does before the services start.
+
+    Why, on Apache Kafka: a worker started on a cluster without its source topics is
+    assigned nothing (Faust's assignor ignores the missing topics; the broker creates them
+    moments later through auto-creation) and stays so until its consumer's next metadata
+    refresh (Faust's default: 5 minutes). Tansu creates topics inside the Metadata call."""
+    from streams import registry
+
+    names = set(registry.topics_written(tiers))
+    for spec in registry.SERVICES:
+        names.update(spec.sources)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(t, partitions, 1) for t in sorted(names - existing)]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
