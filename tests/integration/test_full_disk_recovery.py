@@ -32,7 +32,7 @@ def small_tmpfs(tmp_path: Path):
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a tmpfs as DATA_DIR: run it as root (CI runs as root)")
+        pytest.fail("this test mounts a tmpfs as DATA_DIR (mount -t tmpfs): it needs root")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
