@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
+import time
 from collections import Counter
 
 import pytest
@@ -28,14 +30,27 @@ async def test_issue2_worker_sigkilled_3_times_during_10000_events_loses_nothing
     async def feed() -> None:
         for start in range(0, len(ids), 250):
             await produce(broker.bootstrap, PAID, [paid(i) for i in ids[start:start + 250]])
-            await asyncio.sleep(0.3)  # paces production (~20 s in all), not a wait for quiet
+            await asyncio.sleep(0.5)  # paces production (~20 s in all, over the 3 kills), not a wait for quiet
 
     feeder = asyncio.create_task(feed())
-    commits = []
+
+    async def progress_since(before: int, timeout: float = 60.0) -> int:
+        """The group's committed OrderPaid once this worker life has committed beyond
+        ``before``: each life is killed only after it has done some work of its own."""
+        deadline = time.monotonic() + timeout
+        while (now := sum((await committed(broker.bootstrap, PAID)).values())) <= before:
+            assert time.monotonic() < deadline, f"worker life {len(commits) + 1} committed nothing in {timeout} s"
+            await asyncio.sleep(0.1)
+        return now
+
+    #: the group's committed OrderPaid after each kill: all the killed life committed
+    commits: list[int] = []
     for _ in range(KILLS):
-        await asyncio.sleep(rng.uniform(1.0, 3.0))  # when to kill
-        commits.append(sum((await committed(broker.bootstrap, PAID)).values()))
+        await progress_since(commits[-1] if commits else 0)  # this life did work of its own
+        await asyncio.sleep(rng.uniform(0.0, 0.5))  # when to kill: within its next batches
         worker.kill()
+        assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL  # a live worker, killed
+        commits.append(sum((await committed(broker.bootstrap, PAID)).values()))
         await asyncio.to_thread(worker.start().wait_ready)
     await feeder
 
@@ -50,8 +65,12 @@ async def test_issue2_worker_sigkilled_3_times_during_10000_events_loses_nothing
     budget = KILLS * batch_size_of(worker)
     print(f"\nSIGKILL x{KILLS} over 10,000 OrderPaid: produced={len(ids)} notified={len(per_order)} "
           f"lost={len(lost)} duplicate NotificationSent={duplicates} (budget {KILLS} kills × BATCH_SIZE = "
-          f"{budget}) worker starts={worker.starts}; committed OrderPaid before each kill: {commits}")
-    assert worker.starts == KILLS + 1
+          f"{budget}) worker starts={worker.starts}; committed OrderPaid after each kill: {commits}")
+    # The worker's own output: each of its lives got as far as serving its web endpoints.
+    lives = worker.log_path.read_text(errors="replace").count("worker web server on ")
+    assert lives == KILLS + 1, f"{lives} worker lives in {worker.log_path}"
+    # Every kill came with work left: the last one before the group had committed everything.
+    assert commits[-1] < len(ids), f"the worker had finished before the last kill: {commits}"
     assert not lost, f"lost {len(lost)} orders, e.g. {sorted(lost)[:5]}"
     assert set(per_order) == wanted  # nothing the test did not produce
     assert duplicates <= budget, f"{duplicates} duplicate NotificationSent over {KILLS} kills × BATCH_SIZE"
