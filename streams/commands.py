@@ -464,6 +464,29 @@ def register_commands(app: Any, settings: Any) -> None:
         if added is not None:
             self.say(f"repair: {added} events re-published through the outbox")
 
+    register_schema_commands(app)
+
+
+def register_schema_commands(app: Any) -> None:
+    """``faust -A streams schema export``: the event schemas from the models (issue 22)."""
+    group = OneLineGroup("schema", help="Event schemas generated from the models: schema export.",
+                         short_help="Event schemas: schema export.")
+    faust_cli.add_command(group)
+
+    @app.command(
+        option("--root", type=click.Path(file_okay=False), default=None, show_default=False,
+               help="write under this directory (default: the repository)"),
+        base=OpsCommand, click_group=group, click_name="export",
+    )
+    async def schema_export(self: OpsCommand, root: str | None) -> None:
+        """Write schemas/<domain>.<event>.v<N>.json from the event models (commit them)."""
+        from pathlib import Path
+
+        from streams import schemas
+
+        written = schemas.export(Path(root) if root else schemas.ROOT)
+        self.say(f"{len(written)} files written under {Path(root) if root else schemas.ROOT}")
+
 
 class _RedriveOutput:
     """What ``dlq redrive`` prints while it streams: JSON pieces, or tables of up to

@@ -14,7 +14,8 @@ import random
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -178,6 +179,36 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 TOPICS: dict[type[Event], str] = {t: t.topic() for t in EVENT_TYPES}
 #: topic → event type (the decoder of a raw record).
 EVENT_BY_TOPIC: dict[str, type[Event]] = {topic: t for t, topic in TOPICS.items()}
+
+
+#: One function per step of an event's version chain: ``(domain, name, N)`` → the
+#: function that turns a ``vN`` payload (a dict of the ``vN`` model's fields) into a
+#: ``vN+1`` payload. Every ``vN+1`` model needs one (:func:`chain_gaps`).
+Upcaster = Callable[[dict[str, Any], "UpcastContext"], dict[str, Any]]
+UPCASTERS: dict[tuple[str, str, int], Upcaster] = {}
+
+
+def families(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[tuple[str, str], dict[int, type[Event]]]:
+    """``(domain, name)`` → version number → model."""
+    out: dict[tuple[str, str], dict[int, type[Event]]] = {}
+    for t in types:
+        out.setdefault((t.domain, t.name), {})[t.schema_version] = t
+    return out
+
+
+def chain_gaps(types: Iterable[type[Event]] = EVENT_TYPES,
+               upcasters: Mapping[tuple[str, str, int], Any] = UPCASTERS) -> list[str]:
+    """One line per gap in a version chain: a missing version below the newest, or a
+    ``vN+1`` model without an upcaster from ``vN``. Empty when every chain is whole."""
+    gaps: list[str] = []
+    for (domain, name), versions in sorted(families(types).items()):
+        for n in range(1, max(versions) + 1):
+            if n not in versions:
+                gaps.append(f"{domain}.{name}: v{n} is missing below v{max(versions)}")
+            elif n > 1 and (domain, name, n - 1) not in upcasters:
+                gaps.append(f"{domain}.{name}: v{n} has no upcaster from v{n - 1} "
+                            f"(add UPCASTERS[({domain!r}, {name!r}, {n - 1})])")
+    return gaps
 
 
 def topic_for(event_type: type[Event]) -> str:
