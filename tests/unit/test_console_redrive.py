@@ -60,19 +60,33 @@ async def test_a_dry_run_of_a_selection_sorts_every_letter(kafka):
     assert "inventory.requests" in page  # why it was refused
 
 
-async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(kafka, monkeypatch):
-    job = await run(Selection("selection", ("notifications.dlq:0:1",)))
+@pytest.mark.kafka
+async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(broker):
+    """On the embedded broker, nothing faked: a real run sends the letter back to its
+    source topic and appends it to the ledger — both read back from the broker."""
+    from tests.support.events import paid
+    from tests.support.kafka import produce, read_topic
+
+    key, value = paid("o-redrive")
+    headers = [("x-source-topic", PAID), ("x-dlq-reason", b"max_attempts"), ("x-attempt", b"3"),
+               ("x-source-partition", b"0"), ("x-source-offset", b"7")]
+    await produce(broker.bootstrap, "notifications.dlq", [(key, value)], headers=headers, partition=0)
+    letter_id = "notifications.dlq:0:0"
+    jobs = Jobs(broker.bootstrap, {})
+
+    async def run_here(dry_run: bool) -> redrive.Job:
+        job = jobs.start(Selection("selection", (letter_id,)), dry_run)
+        await asyncio.gather(*jobs.tasks)
+        return job
+
+    job = await run_here(dry_run=True)
+    assert job.state == "done" and job.counts["would_redrive"] == 1, (job.state, job.error, job.counts)
     assert "confirm-redrive" not in render_job(job, csrf=None)
-    sent = []
-
-    async def redrive_letters(bootstrap, service, letters, *, dry_run, done_before, on_outcome, client_kwargs):
-        async for d in letters:
-            sent.append((d.id, dry_run))
-            on_outcome(dlq.Outcome(d, "redriven", "events.order.paid.v1"))
-
-    monkeypatch.setattr(dlq, "redrive_letters", redrive_letters)
-    real = await run(Selection("selection", ("notifications.dlq:0:1",)), dry_run=False)
-    assert sent == [("notifications.dlq:0:1", False)] and real.counts["redriven"] == 1
+    real = await run_here(dry_run=False)
+    assert real.state == "done" and real.counts["redriven"] == 1, (real.state, real.error, real.counts)
+    assert await dlq.redriven_ids(broker.bootstrap, "notifications") == {letter_id}
+    [sent] = [r for r in await read_topic(broker.bootstrap, PAID.decode()) if r.key == key]
+    assert sent.value == value and sent.headers["x-redriven-from"] == letter_id.encode()
     page = render_job(real, csrf="c0ffee")
     assert "confirm-redrive" not in page and "Finished" in page
 
