@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections import Counter
 
 import pytest
@@ -40,7 +41,7 @@ async def test_issue4_relay_sigkilled_5_times_publishes_every_committed_order(
         await wait_for(lambda: outbox_stats(api.url), lambda s: s["sent"] >= target,
                        what=f"the relay publishing up to {target} rows", timeout=60)
         relay.kill()
-        kills.append((await outbox_stats(api.url), orders.done()))
+        kills.append((await outbox_stats(api.url), orders.done(), relay.proc.returncode))
         await asyncio.to_thread(relay.start().wait_ready)
     ids = await orders
     assert set(client.statuses) == {201, 202}
@@ -62,9 +63,14 @@ async def test_issue4_relay_sigkilled_5_times_publishes_every_committed_order(
     print(f"\nrelay SIGKILL x5 over {len(ids)} orders: published {len(created) + len(paid)} records "
           f"for {2 * len(ids)} events ({republished} republished), notifications "
           f"{sum(per_order.values())} for {len(per_order)} orders, relay starts={relay.starts}; "
-          f"(sent, pending) at the kills: {[(s['sent'], s['pending']) for s, _ in kills]}")
-    assert relay.starts == 6
-    assert not any(done for _, done in kills), "a kill came after the last order was written"
+          f"(sent, pending) at the kills: {[(s['sent'], s['pending']) for s, _, _ in kills]}")
+    # What the system did: five relay processes died of SIGKILL, each after publishing
+    # (sent grew from kill to kill), and six relay runs came up ready (their own log line).
+    assert [rc for _, _, rc in kills] == [-signal.SIGKILL] * 5
+    sent_at_kills = [s["sent"] for s, _, _ in kills]
+    assert all(a < b for a, b in zip(sent_at_kills, sent_at_kills[1:])), sent_at_kills
+    assert relay.log_path.read_text().count("outbox relay relay-under-test ready") == 6
+    assert not any(done for _, done, _ in kills), "a kill came after the last order was written"
     assert wanted - {r.key for r in created} == set()
     assert wanted - {r.key for r in paid} == set()
     assert set(per_order) == wanted

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,10 +74,21 @@ def test_open_database_dispatches_on_the_url(tmp_path: Path) -> None:
 
 
 async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_the_db_usable(
-    db: SqliteDatabase, tmp_path: Path
+    db: SqliteDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: the abandoned BEGIN IMMEDIATE used to finish in its thread and leave the
     connection in an open write transaction (later transactions failed, other processes locked)."""
+    threads: list[asyncio.Future[Any]] = []  # every statement the database ran in a thread
+    real_to_thread = asyncio.to_thread
+
+    def recorded(fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        threads.append(asyncio.ensure_future(real_to_thread(fn, *args, **kwargs)))
+        return threads[-1]
+
+    monkeypatch.setattr(asyncio, "to_thread", recorded)
+    statements: list[str] = []
+    assert db._conn is not None
+    db._conn.set_trace_callback(statements.append)  # called as a statement starts
     other = sqlite3.connect(str(tmp_path / "sub" / "orders.db"), isolation_level=None, timeout=0.1)
     try:
         other.execute("BEGIN IMMEDIATE")  # e.g. a relay process writing
@@ -86,13 +98,18 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_t
                 await tx.execute("INSERT INTO relay_lease VALUES ('a', 'h', 1)")
 
         task = asyncio.create_task(write())
-        await asyncio.sleep(0.1)  # blocked in BEGIN IMMEDIATE (busy timeout)
+        await wait_until(lambda: "BEGIN IMMEDIATE" in statements)  # blocked in it (busy timeout 30 s)
         task.cancel()  # e.g. shutdown cancels the relay task
-        await asyncio.sleep(0.05)
+        # One turn of the loop delivers the cancellation: cancel() scheduled the task's
+        # wake-up ahead of this coroutine's, and asyncio runs ready callbacks in order.
+        # So the task has seen it while BEGIN still waits for the lock `other` holds.
+        await asyncio.sleep(0)
         other.execute("COMMIT")
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
-        await asyncio.sleep(0.3)  # an abandoned BEGIN would get the lock meanwhile
+        # Every statement started in a thread has ended (an abandoned BEGIN took the lock).
+        await asyncio.wait_for(asyncio.gather(*threads, return_exceptions=True), 10)
+        assert not db._conn.in_transaction
 
         async with db.transaction() as tx:
             await tx.execute("INSERT INTO relay_lease VALUES ('b', 'h', 1)")
@@ -101,3 +118,9 @@ async def test_a_transaction_cancelled_while_waiting_for_the_write_lock_leaves_t
         other.execute("COMMIT")
     finally:
         other.close()
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)

@@ -146,14 +146,19 @@ def log_lines(p: OrdersProcess) -> list[str]:
     return [line for line in text.split("=====\n", 2)[-1].splitlines() if line.strip()]
 
 
-def test_start_up_is_one_line_per_component(processes: Callable[..., OrdersProcess]) -> None:
+def test_start_up_is_one_line_per_component(processes: Callable[..., OrdersProcess], tmp_path: Path) -> None:
     service = processes("serve")
     service.start().wait_ready()
-    time.sleep(0.5)
+    # The relay has run its first round: it took the SQLite relay lock and wrote its name.
+    lock = tmp_path / "orders.db.relay-lock"
+    wait_for(lambda: lock.exists() and "pid" in lock.read_text())
+    # Stopping ends the log: whatever start-up wrote is in it, then the one stop line.
+    service.stop()
     lines = log_lines(service)
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert "order API ready on http://127.0.0.1:" in lines[0]
     assert "outbox relay" in lines[1] and "ready" in lines[1]
+    assert "published 0 rows" in lines[2]
 
 
 def test_log_format_json_is_one_object_per_line(processes: Callable[..., OrdersProcess], tmp_path: Path) -> None:

@@ -183,13 +183,15 @@ async def test_rows_are_marked_sent_only_after_the_ack_resolves(db: SqliteDataba
 
     task = asyncio.create_task(relay.round())
     await until(lambda: len(producer.sends) == 2)
+    # Nothing should happen now (both acks are held): 20 ms is many turns of the loop
+    # for a round whose only awaits left are the acks and the database's threads.
     await asyncio.sleep(0.02)
     assert not task.done()
     assert {r["status"] for r in (await table(db)).values()} == {"pending"}
 
     clock.now = T0 + 3
     producer.sends[1].ack.set_result("meta")
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # as above: time enough for a round that does not wait for both
     assert not task.done()  # still waiting for the other ack
     assert (await table(db))[b]["status"] == "pending"
 
@@ -431,9 +433,21 @@ async def test_housekeeping_deletes_old_sent_rows_and_refresh_sets_the_gauges(db
 
 async def test_notify_wakes_the_running_relay(db: SqliteDatabase, make_relay: Any) -> None:
     relay, producer = make_relay(relay_poll_interval=60.0)
+    rounds = 0
+    real_round = relay.round
+
+    async def counted() -> int:
+        nonlocal rounds
+        published = await real_round()
+        rounds += 1
+        return published
+
+    relay.round = counted  # type: ignore[method-assign]
     task = asyncio.create_task(relay.run())
     try:
-        await asyncio.sleep(0.05)  # first (empty) round done, now waiting up to 60 s
+        # The first (empty) round is over: from now on only notify() or the 60 s poll
+        # starts another, so the row below is published only if notify() wakes it.
+        await until(lambda: rounds == 1)
         a = await add(db, created("o-a"))
         relay.notify()
         await until(lambda: len(producer.sends) == 1)
