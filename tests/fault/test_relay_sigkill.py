@@ -23,7 +23,8 @@ async def test_issue4_relay_sigkilled_5_times_publishes_every_committed_order(
     rng = random.Random(4)
     common = {"kafka_broker": broker.url, "database_url": f"sqlite:///{tmp_path / 'orders.db'}"}
     api = orders_factory("serve", relay_enabled="false", **common)
-    # A stable RELAY_ID: the restarted relay renews its own SQLite lease at once.
+    # A stable RELAY_ID names every run in the log (the SQLite relay lock is freed by
+    # the kernel when a run dies, so the next one publishes at once whatever its id).
     relay = orders_factory("relay", relay_id="relay-under-test", relay_batch_size="200", **common)
     worker = worker_factory("w1")
     await asyncio.to_thread(api.start().wait_ready)
