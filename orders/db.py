@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 -- relay_lease: the SQLite relays' lease until the relay lock file replaced it
--- (orders.relay.RelayLock); no longer read or written, kept for existing databases.
+-- (orders.relay.RelayLock): no longer read or written, kept for existing databases.
 CREATE TABLE IF NOT EXISTS relay_lease (
     name        TEXT PRIMARY KEY,
     holder      TEXT NOT NULL,
