@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine (Python 3.11 with venv):
-#   make run    set up .venv, start the embedded broker and the worker
+#   make run    set up .venv, start a broker (Apache Kafka where Java 17+ is found, else Tansu),
+#               the order service and the worker (scripts/dev-run)
 #   make test   set up .venv (and PostgreSQL, Prometheus from Debian if missing), run every test
 PYTHON ?= python3
 VENV := .venv

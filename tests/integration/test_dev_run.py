@@ -31,6 +31,7 @@ DEV_RUN = ROOT / "scripts" / "dev-run"
 VENV_BIN = Path(sys.executable).parent
 
 NOTICE = re.compile(r"^dev-run: new embedded broker \(memory only.*discarded", re.M)
+FALLBACK = re.compile(r"^dev-run: no Java 17\+ for Apache Kafka .*using the embedded Tansu broker", re.M)
 
 
 def distinct_free_ports(n: int) -> list[int]:
@@ -108,7 +109,10 @@ def as_from_a_terminal() -> None:
 
 
 class DevRun:
-    """``scripts/dev-run`` (or ``make run``) in its own session, output to a log file."""
+    """``scripts/dev-run`` (or ``make run``) in its own session, output to a log file.
+
+    On Tansu (``BROKER=tansu``) unless a test passes ``BROKER``: only the tests about
+    Kafka pay for a JVM start; ``BROKER=""`` leaves the choice to dev-run."""
 
     def __init__(self, tmp_path: Path, name: str, ports: list[int] | None = None,
                  data_dir: Path | None = None, command: list[str] | None = None, **env: str) -> None:
@@ -125,8 +129,11 @@ class DevRun:
             "WEB_PORT": str(self.web_port),
             "DATA_DIR": str(self.data_dir),
             "PYTHONUNBUFFERED": "1",
+            "BROKER": "tansu",
             **env,
         }
+        if not self.env["BROKER"]:
+            del self.env["BROKER"]
         self.proc: subprocess.Popen[bytes] | None = None
         #: every process seen under this run (pid → start time), killed at clean-up
         self.seen: dict[int, str] = {}
@@ -238,9 +245,10 @@ def stop_and_check(run: DevRun, sig: int, pid: int | None = None, timeout: float
 
 
 @pytest.mark.kafka
-def test_second_run_in_same_checkout_starts_clean_and_gets_healthy(tmp_path: Path, runs: list[DevRun]) -> None:
+def test_second_run_on_tansu_starts_clean_and_gets_healthy(tmp_path: Path, runs: list[DevRun]) -> None:
     """Before: the second run crashed (Faust ``ConsistencyError (1 > -1)``) because
-    ``./data`` survived while the embedded broker kept everything in memory."""
+    ``./data`` survived while the embedded broker kept everything in memory.
+    (BROKER=tansu forces Tansu where Java is present.)"""
     first = DevRun(tmp_path, "run1")
     runs.append(first.start())
     first.wait_healthy()
@@ -262,6 +270,67 @@ def test_second_run_in_same_checkout_starts_clean_and_gets_healthy(tmp_path: Pat
     assert http_get(f"http://127.0.0.1:{second.web_port}/orders/{order_id}")[0] == 404
     assert http_get(f"http://127.0.0.1:{second.orders_port}/orders/{order_id}")[0] == 404
     stop_and_check(second, signal.SIGINT)  # as Ctrl-C would, to dev-run alone
+
+
+def fake_java(tmp_path: Path, version: str = "11.0.22") -> Path:
+    """A JAVA_HOME whose ``java -version`` prints what an older JDK prints."""
+    home = tmp_path / f"jdk-{version}"
+    (home / "bin").mkdir(parents=True)
+    java = home / "bin" / "java"
+    java.write_text(f'#!/bin/sh\necho \'openjdk version "{version}" 2024-01-16\' >&2\n')
+    java.chmod(0o755)
+    return home
+
+
+@pytest.mark.kafka
+def test_second_run_on_kafka_keeps_the_first_runs_orders(tmp_path: Path, runs: list[DevRun]) -> None:
+    """Where Java 17+ is found, make run is Apache Kafka with its logs in DATA_DIR: an order
+    created and paid in run 1 is NOTIFIED in run 2, nothing replayed or set aside."""
+    first = DevRun(tmp_path, "kafka1", BROKER="")
+    runs.append(first.start())
+    first.wait_healthy(timeout=150)
+    assert "Apache Kafka:    kafka://127.0.0.1:" in first.output(), first.output()[-3000:]
+    orders = f"http://127.0.0.1:{first.orders_port}/orders"
+    order_id = post_json(orders, {"user_id": "u-7", "items": [{"sku": "s-1", "qty": 1}], "amount": "9.99"})["order_id"]
+    wait_for(lambda: http_get(f"http://127.0.0.1:{first.web_port}/orders/{order_id}")[0] == 200, 30, "the order")
+    post_json(f"{orders}/{order_id}/pay", {})
+
+    def notified(run: DevRun) -> bool:
+        status, body = http_get(f"http://127.0.0.1:{run.web_port}/orders/{order_id}")
+        return status == 200 and json.loads(body)["status"] == "NOTIFIED"
+
+    wait_for(lambda: notified(first), 30, "NOTIFIED in run 1")
+    stop_and_check(first, signal.SIGTERM)
+
+    second = DevRun(tmp_path, "kafka2", ports=first.ports, data_dir=first.data_dir, BROKER="")
+    runs.append(second.start())
+    second.wait_healthy(timeout=150)
+    assert notified(second), "run 2's worker lost run 1's order"
+    assert http_get(f"{orders}/{order_id}")[0] == 200, "run 2's order service lost run 1's order"
+    assert "previous-run" not in second.output() and not (first.data_dir / "previous-run").exists()
+    stop_and_check(second, signal.SIGINT)
+
+
+@pytest.mark.kafka
+def test_without_java_17_make_run_falls_back_to_tansu_in_one_line(tmp_path: Path, runs: list[DevRun]) -> None:
+    run = DevRun(tmp_path, "nojava", BROKER="", JAVA_HOME=str(fake_java(tmp_path)))
+    runs.append(run.start())
+    wait_for(lambda: "embedded broker: kafka://" in run.output(), 30, "the Tansu broker's line")
+    said = FALLBACK.findall(run.output())
+    assert len(said) == 1, run.output()
+    assert "Java 11" in run.output().splitlines()[0]
+    assert not (run.data_dir / "kafka").exists()
+    os.kill(run.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    run.wait_exit(20)
+
+
+def test_broker_kafka_without_java_17_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    run = DevRun(tmp_path, "forced", BROKER="kafka", JAVA_HOME=str(fake_java(tmp_path)))
+    rc, out = run_to_exit(run)
+    assert rc == 1, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dev-run: BROKER=kafka: ") and "Java 11" in lines[0], out
+    assert all(port_free(p, "0.0.0.0") for p in run.ports)
 
 
 @pytest.mark.kafka
