@@ -2,7 +2,7 @@
 embedded broker (issue 14): overview, an order's timeline, stock, the DLQ filtered to
 ``max_attempts``, a hostile letter shown as text, read-only without ``WEB_TOKEN``, and
 a redrive with the token that brings an order to ``NOTIFIED``. Each test saves the
-screenshots of the pages it visits into docs/console/."""
+screenshots of the pages it visits (tests/browser/chrome.py says where)."""
 
 from __future__ import annotations
 
