@@ -274,12 +274,12 @@ def declare_topics(app: Any, specs: list[registry.ServiceSpec], policy: RetryPol
     declared up front. The engine consumer takes every record of these topics before Faust's
     per-message path, so an agent never receives one."""
     partitions = settings.topic_partitions
-    big = {"max.message.bytes": str(settings.max_message_bytes)}
+    retry_config, dlq_config = topic_configs(settings)
     written: list[Any] = []
     for spec in specs:
-        retries = [raw_topic(app, t, partitions, big) for t in spec.retry_topics(policy.tiers)]
+        retries = [raw_topic(app, t, partitions, retry_config) for t in spec.retry_topics(policy.tiers)]
         sources = [raw_topic(app, t, partitions) for t in spec.sources]
-        written += [raw_topic(app, spec.dlq, partitions, big), *retries]
+        written += [raw_topic(app, spec.dlq, partitions, dlq_config), *retries]
         written += [raw_topic(app, t, partitions) for t in spec.derived]
         for topic in (*sources, *retries):  # one agent per topic: `faust agents` lists each
             app.agent(topic, name=f"{spec.name}@{topic.get_topic_name()}")(_engine_owned(spec.name))
@@ -304,4 +304,20 @@ def _engine_owned(name: str) -> Callable[[Any], Awaitable[None]]:
 
 
 def raw_topic(app: Any, name: str, partitions: int, config: dict[str, Any] | None = None) -> Any:
-    return app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw", config=config)
+    """A topic of the engine, raw bytes both ways. ``internal=True`` only makes Faust's
+    conductor create it (partitions, ``config``) *before* the consumer subscribes: on
+    Apache Kafka a source or retry topic that did not exist yet was auto-created by the
+    subscription's Metadata request with the broker's defaults (a 7-day retry retention,
+    its ``num.partitions``), and the worker was assigned nothing until its next metadata
+    refresh (5 minutes). Faust never alters a topic that exists."""
+    return app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw", config=config,
+                     internal=True)
+def topic_configs(settings: WorkerSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """The topic configs the worker creates its retry and DLQ topics with: records as
+    large as it may produce, and an explicit retention each (the broker's default, 7 days
+    on Apache Kafka, would silently decide how long dead letters stay)."""
+    big = {"max.message.bytes": str(settings.max_message_bytes), "cleanup.policy": "delete"}
+    return ({**big, "retention.ms": str(settings.retry_retention * 1000)},
+            {**big, "retention.ms": str(settings.dlq_retention * 1000)})
+
+
