@@ -12,6 +12,11 @@ the median ratio and the spread. Writes ``bench/results/<date>[-quick].json``,
     python -m bench --repeat 3         # every pair 3 times: median and spread
     python -m bench --only headline,p2 # a subset (names below)
     python -m bench --render bench/results/<file>.json   # the report again, nothing measured
+    python -m bench --brokers tansu     # only the embedded broker (default: kafka,tansu with Java 17+)
+
+Every measurement runs on the first broker of ``--brokers`` (Apache Kafka by default:
+the broker users run), then the whole set again on each further one; the report's goal
+table has a column per broker. The Kafka Streams reference runs on Kafka only.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import bench.common as common
 from bench import pairs
 from bench.common import ROOT, git_commit, machine
 from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
-NAMES = ("headline", "paid", "paid-notifications", "quix", "parked", "recovery", "sweep", "relay", "latency", "retry")
-ALIASES = {"p1": ("paid", "paid-notifications", "quix"), "p2": ("recovery",), "p3": ("relay",),
+NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
+         "latency", "retry")
+ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
 
@@ -97,15 +104,52 @@ async def paired(results: dict[str, Any], name: str, r: int, worker: Any, bare: 
             "ratio": w["per_s"] / b["events_per_s"]}
 
 
+def default_brokers() -> str:
+    from streams.broker.kafka import KafkaSetupError, check_java
+
+    try:
+        check_java()
+    except KafkaSetupError as exc:
+        log(f"bench: {exc}: Tansu only")
+        return "tansu"
+    return "kafka,tansu"
+
+
+async def run_brokers(sizes: Sizes, quick: bool, repeat: int, only: set[str], brokers: list[str]) -> dict[str, Any]:
+    """Everything on ``brokers[0]`` (the results' top level), then on each further broker
+    (``results["other_brokers"][name]``, same shape)."""
+    results: dict[str, Any] = {}
+    for i, broker in enumerate(brokers):
+        common.BROKER = broker
+        log(f"bench: broker {broker} ({i + 1} of {len(brokers)})")
+        got = await run_all(sizes, quick, repeat, only)
+        got["broker"] = broker
+        if i == 0:
+            results = got
+        else:
+            results.setdefault("other_brokers", {})[broker] = got
+            results["seconds"] = results.get("seconds", 0) + got.get("seconds", 0)
+    return results
+
+
 async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="order-streams-bench-"))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": quick, "repeat": repeat, "only": sorted(only) if only != set(NAMES) else None,
         "git": git_commit(), "machine": machine(), "sizes": asdict(sizes), "workdir": str(work),
-        "pairs": {}, "errors": {},
+        "pairs": {}, "errors": {}, "broker": common.BROKER,
     }
     log(f"bench: {'QUICK' if quick else 'full'} sizes, repeat {repeat}; logs under {work}")
+    kstreams_ready = False
+    if "kstreams" in only and common.BROKER == "kafka":
+        from bench import kstreams
+
+        log("Kafka Streams reference: building bench/kafka-streams (Maven, first use only) …")
+        kstreams_ready, why = await asyncio.to_thread(kstreams.build)
+        results["kstreams_status"] = {"available": kstreams_ready, "reason": why}
+        if why:
+            log(f"  Kafka Streams not available: {why}")
     n, distinct = sizes.flood_events, sizes.flood_distinct
 
     def bare() -> Any:
@@ -132,11 +176,20 @@ async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dic
             got = await paired(results, "paid", r,
                                lambda: pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work), bare)
             results["pairs"].setdefault("paid", []).append(got)
-        if "paid-notifications" in only or "quix" in only:
+        if "paid-notifications" in only or "quix" in only or "kstreams" in only:
             log(f"[{r + 1}/{repeat}] OrderPaid flood, SERVICES=notifications"
-                + (" (+ Quix Streams)" if quix_python else ""))
+                + (" (+ Quix Streams)" if quix_python else "") + (" (+ Kafka Streams)" if kstreams_ready else ""))
             got = await paired(results, "paid-notifications", r,
                                lambda: pairs.paid_flood(n, distinct, "notifications", work, name="paid-n"), bare)
+            if got and kstreams_ready:
+                from bench import kstreams
+
+                for guarantee in ("at_least_once", "exactly_once_v2"):
+                    k = await guarded(results, f"kstreams {guarantee}[{r}]", kstreams.run(n, distinct, guarantee))
+                    if k:
+                        got[f"kstreams_{guarantee}"] = k
+                        got[f"worker_over_kstreams_{guarantee}"] = got["worker"]["per_s"] / k["events_per_s"]
+                        got[f"kstreams_{guarantee}_over_bare"] = k["events_per_s"] / got["bare"]["events_per_s"]
             if got and quix_python:
                 q = await guarded(results, f"quix[{r}]", pairs.quix(n, distinct, quix_python))
                 if q:
@@ -213,6 +266,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, metavar="K",
                         help="run each worker/bare pair K times; report the median ratio and the spread")
     parser.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md even with --only")
+    parser.add_argument("--brokers", default="", help="comma-separated: kafka, tansu (default: kafka,tansu "
+                                                      "where Java 17+ is present, else tansu)")
     parser.add_argument("--render", metavar="RESULTS_JSON",
                         help="measure nothing: write docs/benchmarks.md and .png again from a results file")
     args = parser.parse_args()
@@ -222,13 +277,18 @@ def main() -> None:
         source = Path(args.render).resolve()
         results = json.loads(source.read_text())
         results["summary"] = summarize(results)
+        for other in (results.get("other_brokers") or {}).values():
+            other["summary"] = summarize(other)
         write_plot(results, ROOT / "docs" / "benchmarks.png")
         write_markdown(results, ROOT / "docs" / "benchmarks.md", source.relative_to(ROOT))
         print(f"docs/benchmarks.md and docs/benchmarks.png written from {source.relative_to(ROOT)}")
         return
     only = parse_only(args.only)
     sizes = QUICK if args.quick else FULL
-    results = asyncio.run(run_all(sizes, args.quick, args.repeat, only))
+    brokers = [b.strip() for b in (args.brokers or default_brokers()).split(",") if b.strip()]
+    if not brokers or set(brokers) - {"kafka", "tansu"}:
+        parser.error("--brokers: kafka and/or tansu")
+    results = asyncio.run(run_brokers(sizes, args.quick, args.repeat, only, brokers))
     suffix = ("-quick" if args.quick else "") + ("-only" if results["only"] else "")
     out = ROOT / "bench" / "results" / f"{results['date'][:10]}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,8 +301,14 @@ def main() -> None:
         print(f"\nresults: {out.relative_to(ROOT)} (docs/benchmarks.md left alone: --only)")
     for row in results["summary"]:
         print(f"{row['label'][:60]:60s} {row['shown']:>22s}  goal {row['goal']:<14s} {row['verdict']}")
-    if results["errors"]:
-        print(f"\n{len(results['errors'])} measurement(s) failed: {', '.join(results['errors'])}")
+    for name, other in (results.get("other_brokers") or {}).items():
+        print(f"\n{name}:")
+        for row in other["summary"]:
+            print(f"{row['label'][:60]:60s} {row['shown']:>22s}  goal {row['goal']:<14s} {row['verdict']}")
+    errors = {**results["errors"], **{f"{b}: {k}": v for b, o in (results.get("other_brokers") or {}).items()
+                                      for k, v in o.get("errors", {}).items()}}
+    if errors:
+        print(f"\n{len(errors)} measurement(s) failed: {', '.join(errors)}")
 
 
 if __name__ == "__main__":

@@ -132,11 +132,31 @@ async def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes,
     return sent
 
 
+#: Which broker :func:`fresh_broker` starts: ``"kafka"`` (Apache Kafka, one KRaft node,
+#: the broker users run) or ``"tansu"`` (the embedded memory-only stand-in). Set by
+#: ``python -m bench --brokers``.
+BROKER = "kafka"
+
+
 @contextmanager
-def fresh_broker() -> Iterator[EmbeddedBroker]:
-    """The embedded broker keeps everything in memory: a fresh one per measurement."""
-    with EmbeddedBroker() as broker:
-        yield broker
+def fresh_broker() -> Iterator[Any]:
+    """A fresh broker per measurement (Tansu keeps everything in memory; a Kafka node's
+    logs go to a temporary directory removed afterwards), of the kind :data:`BROKER` names."""
+    if BROKER == "tansu":
+        with EmbeddedBroker() as broker:
+            yield broker
+        return
+    import shutil
+    import tempfile
+
+    from streams.broker import KafkaBroker
+
+    where = tempfile.mkdtemp(prefix="bench-kafka-")
+    try:
+        with KafkaBroker(where) as broker:
+            yield broker
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 # -- the worker's /metrics ------------------------------------------------------------

@@ -38,6 +38,10 @@ def _fmt(v: Any, digits: int = 0) -> str:
 
 # -- goals ---------------------------------------------------------------------------------
 
+BROKER_NAMES = {"kafka": "Apache Kafka", "tansu": "Tansu"}
+BROKER_TEXT = {"kafka": "Apache Kafka 4.1.1 (one KRaft node from Maven Central jars, streams/broker/kafka.py)",
+               "tansu": "the embedded Tansu (memory store)"}
+
 #: key → (label, goal text, check on the median, digits, method)
 GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
     "headline": (
@@ -46,7 +50,7 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
         "stock set for 5 SKUs, N `OrderCreated` + N `OrderPaid` produced first; done when order-state applied "
         "N `NotificationSent` and N inventory outcomes (reserved + rejected)"),
     "paid": (
-        "`OrderPaid` flood, default `SERVICES`: events/s ÷ bare loop", "≥ 0.5", lambda v: v >= 0.5, 3,
+        "`OrderPaid` flood, default `SERVICES`: events/s ÷ bare loop", "≥ 0.6", lambda v: v >= 0.6, 3,
         "done when notifications processed every record and order-state every `OrderPaid` and every "
         "`NotificationSent`"),
     "paid-notifications": (
@@ -72,6 +76,15 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
         "Sweep cost: TTL sweep over 1,000,000 ÷ over 100,000 live keys (same expired keys)",
         "≤ 2", lambda v: 0.5 <= v <= 2.0, 2,
         "in-process `Pipeline.maintain` (notifications) over a RocksDB store; median of the rounds"),
+    "kstreams": (
+        "Reference: `SERVICES=notifications` worker ÷ Kafka Streams `at_least_once` (same flood, same broker)",
+        "≥ 0.5", lambda v: v >= 0.5, 3,
+        "Kafka Streams 4.1.1, Processor API, one stream thread, RocksDB dedup store with changelog "
+        "(bench/kafka-streams), fresh Kafka broker, same inputs; Kafka only"),
+    "kstreams-eos": (
+        "Reference: `SERVICES=notifications` worker (at-least-once) ÷ Kafka Streams `exactly_once_v2`",
+        "–", lambda v: True, 3,
+        "as above with `processing.guarantee=exactly_once_v2` (commit interval 100 ms, Streams' default)"),
     "quix": (
         "Reference: `SERVICES=notifications` worker ÷ Quix Streams (same flood)", "≥ 1.0", lambda v: v >= 1.0, 3,
         "Quix 3.28.1 in its own venv (bench/quix.py), fresh broker, same inputs"),
@@ -102,6 +115,11 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
     out["recovery-healthy"] = [x["wiped_minus_kept_s"] for x in rounds]
     sweep = r.get("sweep")
     out["sweep"] = [sweep["ratio"]] if sweep and sweep.get("ratio") is not None else []
+    flood = _ok(pairs.get("paid-notifications"))
+    out["kstreams"] = [p["worker_over_kstreams_at_least_once"] for p in flood
+                       if "worker_over_kstreams_at_least_once" in p]
+    out["kstreams-eos"] = [p["worker_over_kstreams_exactly_once_v2"] for p in flood
+                           if "worker_over_kstreams_exactly_once_v2" in p]
     out["quix"] = [p["worker_over_quix"] for p in _ok(pairs.get("paid-notifications")) if "worker_over_quix" in p]
     out["relay"] = [x["ratio"] for x in (r.get("relay") or []) if x]
     for variant, services in (("notifications", "notifications"), ("default", "notifications,order-state,inventory")):
@@ -250,8 +268,9 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     out.append("")
     out.append(f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model') or '?'}), {_fmt(m.get('memory_gib'), 1)} GiB, "
                f"{m.get('platform')}, Python {m.get('python')}; load average at start "
-               f"{', '.join(f'{x:.2f}' for x in m.get('load_at_start') or [])}. Broker: the embedded Tansu "
-               f"(memory store), a fresh one per measurement. Whole run: {_fmt(r.get('seconds'), 0)} s. "
+               f"{', '.join(f'{x:.2f}' for x in m.get('load_at_start') or [])}. Brokers: "
+               + "; then ".join(BROKER_TEXT.get(b, b) for b in [r.get("broker", "tansu"), *(r.get("other_brokers") or {})])
+               + f", a fresh one per measurement; the sections below show the first. Whole run: {_fmt(r.get('seconds'), 0)} s. "
                f"Raw numbers: [`{results_file}`](../{results_file}).")
     out.append("")
     out.append("![benchmarks](benchmarks.png)")
@@ -262,10 +281,16 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     out.append(f"Measured = the median over {k} run{'s' if k > 1 else ''} of each pair"
                + (" (min–max, n)" if k > 1 else "") + "; the verdict is on the median.")
     out.append("")
-    out.append("| what | goal | measured | verdict | method |")
-    out.append("|---|---|---|---|---|")
+    others = r.get("other_brokers") or {}
+    broker = BROKER_NAMES.get(r.get("broker", "tansu"), r.get("broker"))
+    extra = {name: {row["key"]: row for row in (o.get("summary") or summarize(o))} for name, o in others.items()}
+    heads = "".join(f" {BROKER_NAMES.get(n, n)}: measured | verdict |" for n in extra)
+    out.append(f"| what | goal | {broker}: measured | verdict |{heads} method |")
+    out.append("|---|---|---|---|" + "---|---|" * len(extra) + "---|")
     for row in rows:
-        out.append(f"| {row['label']} | {row['goal']} | {row['shown']} | {row['verdict']} | {row['method']} |")
+        cells = "".join(f" {x.get(row['key'], {}).get('shown', '–')} | {x.get(row['key'], {}).get('verdict', '–')} |"
+                        for x in extra.values())
+        out.append(f"| {row['label']} | {row['goal']} | {row['shown']} | {row['verdict']} |{cells} {row['method']} |")
     out.append("")
     out.append("## Method")
     out.append("")
@@ -323,6 +348,31 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
         else:
             out.append("Not run or failed (see Errors).")
         out.append("")
+    ks = r.get("kstreams_status")
+    ok = [p for p in _ok(pairs.get("paid-notifications")) if "kstreams_at_least_once" in p]
+    out.append("**Kafka Streams (reference, same broker).** ")
+    if ok:
+        out.append("")
+        out.append("| # | guarantee | Kafka Streams events/s | CPU-s/100k | worker (notifications) ÷ Kafka Streams "
+                   "| Kafka Streams ÷ its pair's bare loop | JVM start → first record (s) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for i, p in enumerate(ok, 1):
+            for g in ("at_least_once", "exactly_once_v2"):
+                k = p.get(f"kstreams_{g}")
+                if k:
+                    out.append(f"| {i} | `{g}` | {_fmt(k['events_per_s'])} | {_fmt(k['cpu_s_per_100k'], 1)} | "
+                               f"{_fmt(p[f'worker_over_kstreams_{g}'], 3)} | {_fmt(p[f'kstreams_{g}_over_bare'], 3)} | "
+                               f"{_fmt(k.get('start_to_first_record_s'), 1)} |")
+        out.append("")
+        out.append("`bench/kafka-streams/` (Maven, built on first use; jars in its ignored `target/`): the "
+                   "notifications contract with the Processor API, one stream thread, `acks=all`. Its clock: "
+                   "first record processed → the end of `close()` (every forward flushed and acknowledged, "
+                   "offsets committed); CPU is the JVM's over that span, JIT warm-up included.")
+    elif ks and not ks.get("available"):
+        out.append(f"Not run: {ks.get('reason')}")
+    else:
+        out.append("Not run in this invocation (Kafka only).")
+    out.append("")
     qs = r.get("quix_status")
     ok = [p for p in _ok(pairs.get("paid-notifications")) if "quix" in p]
     out.append("**Quix Streams (reference).** ")
