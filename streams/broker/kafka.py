@@ -57,6 +57,11 @@ MIN_JAVA = 17
 #: JVM heap per node: small, fixed (running ``java`` directly skips Kafka's scripts and
 #: their defaults).
 HEAP = ("-Xms256m", "-Xmx512m")
+#: JIT and GC for a development or test broker: the client compiler only and the serial
+#: collector start a node ~25% sooner on 2 busy cores (measured: 22.6/24.4 s → 19.7/16.0 s
+#: to a Metadata answer at load average 14). A benchmark of the broker itself passes
+#: ``jvm_options=()`` for the JVM's defaults (C2, G1).
+QUICK_START_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 
 
 class KafkaSetupError(RuntimeError):
@@ -273,13 +278,15 @@ class KafkaBroker:
     """
 
     def __init__(self, data_dir: Path | str, *, nodes: int = 1, port: int | None = None,
-                 quiet: bool = True, stop_timeout: float = 30.0) -> None:
+                 quiet: bool = True, stop_timeout: float = 30.0,
+                 jvm_options: tuple[str, ...] = QUICK_START_JVM) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
         self.data_dir = Path(data_dir)
         self.nodes = nodes
         self.quiet = quiet
         self.stop_timeout = stop_timeout
+        self.jvm_options = tuple(jvm_options)
         self.ports: list[int] = [port + i for i in range(nodes)] if port else []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._lock_fd: int | None = None
@@ -379,7 +386,7 @@ class KafkaBroker:
         return cluster_id
 
     def _jvm(self, java: str, libs: Path) -> list[str]:
-        return [java, *HEAP, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+        return [java, *HEAP, *self.jvm_options, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                 "-cp", str(libs / "*")]
 
