@@ -2,9 +2,11 @@
 
 Three stages, one per source topic, each keyed by what it decides on:
 
-1. ``events.order.created.v1`` (key: order id) → one ``reserve`` command per SKU to
-   ``inventory.requests`` (key: SKU) — the repartition by SKU — and one ``expect``
-   message (the order's items) to ``inventory.answers`` (key: order id).
+1. ``events.order.created.v1`` and ``.v2`` (key: order id; both read as v2) → one
+   ``reserve`` command per SKU to ``inventory.requests`` (key: SKU) — the repartition
+   by SKU — and one ``expect`` message (the order's items) to ``inventory.answers``
+   (key: order id). One order created on both topics is decided once: decisions are
+   per (SKU, order id) and the expectation per order id, none per version.
 2. ``inventory.requests`` → the SKU's stock in ``inventory-stock`` (decided once per
    order) → a ``SkuAnswer`` to ``inventory.answers`` (key: order id) — re-keyed by order.
 3. ``inventory.answers`` → ``inventory-orders`` collects the expectation and the
@@ -35,7 +37,10 @@ from streams.engine.errors import DecodeError, ValidationFailed
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch, Item
 from streams.engine.ports import INDEX_PREFIX, index_key
 from streams.engine.records import Outgoing, Record
-from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderItem, decode_event, validation_summary
+from streams.events import (
+    InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext, decode_newest,
+    require_whole_chains, validation_summary,
+)
 from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from streams.rpc import BestEffortCaller
 from tables.inventory import (
@@ -47,7 +52,10 @@ log = logging.getLogger(__name__)
 
 ID_NAMESPACE = uuid.UUID("0b7f1f36-4f4e-4b43-9a8e-7d1c3c6f2a10")
 CREATED_TOPIC = OrderCreated.topic()
-TYPES = {CREATED_TOPIC: "OrderCreated", INVENTORY_REQUESTS: "StockCommand", INVENTORY_ANSWERS: "SkuAnswer"}
+#: Every version's topic of OrderCreated, each decoded as the newest model.
+CREATED_TOPICS = {OrderCreated.topic(): OrderCreated, OrderCreatedV2.topic(): OrderCreatedV2}
+TYPES = {**{t: "OrderCreated" for t in CREATED_TOPICS}, INVENTORY_REQUESTS: "StockCommand",
+         INVENTORY_ANSWERS: "SkuAnswer"}
 
 
 def decode_message(parse: Callable[[bytes], Any], record: Record) -> Any:
@@ -71,7 +79,10 @@ class InventoryService:
     spec = INVENTORY
     dedup_table = None  # decisions per (SKU, order) and outcomes per order are the memory
 
-    def __init__(self, caller: BestEffortCaller, *, search_url: str, decision_ttl: float) -> None:
+    def __init__(self, caller: BestEffortCaller, *, search_url: str, decision_ttl: float,
+                 default_currency: str = "EUR") -> None:
+        require_whole_chains()  # a gap stops start-up (one line) instead of dead-lettering a version
+        self.upcast = UpcastContext(default_currency=default_currency)
         self.caller = caller
         self.search_url = search_url
         self.ttl_ms = int(decision_ttl * 1000)
@@ -81,11 +92,11 @@ class InventoryService:
         return TYPES.get(topic, "unknown")
 
     def decoder(self, topic: str) -> Any:
-        return OrderCreated if topic == CREATED_TOPIC else (INVENTORY.name, topic)
+        return CREATED_TOPICS.get(topic) or (INVENTORY.name, topic)
 
     def decode(self, topic: str, record: Record) -> Any:
-        if topic == CREATED_TOPIC:
-            return decode_event(OrderCreated, record)
+        if topic in CREATED_TOPICS:  # v1 and v2 both as v2 (see streams.events.decode_newest)
+            return decode_newest(topic, record, self.upcast)
         if topic == INVENTORY_REQUESTS:
             cmd = decode_message(StockCommand.model_validate_json, record)
             if record.key != cmd.sku.encode():
@@ -100,7 +111,7 @@ class InventoryService:
         for item in items:
             try:
                 msg = item.message
-                if isinstance(msg, OrderCreated):
+                if isinstance(msg, OrderCreatedV2):
                     self._order_created(item, msg)
                 elif isinstance(msg, StockCommand):
                     self._stock_command(item, msg, batch)
@@ -110,13 +121,15 @@ class InventoryService:
                 item.fail(exc)
 
     # 1. OrderCreated → reserve commands keyed by SKU, and the expectation keyed by order
-    def _order_created(self, item: Item, created: OrderCreated) -> None:
+    def _order_created(self, item: Item, created: OrderCreatedV2) -> None:
         # Answers come back to the order's partition (where its OrderCreated, its other
         # events and its inventory-orders state are), whatever partitioner the SKU had.
         out = [Outgoing(INVENTORY_REQUESTS, sku.encode(), command_bytes(StockCommand(
                    kind="reserve", sku=sku, qty=qty, order_id=created.order_id, reply_to=item.partition)))
                for sku, qty in per_sku(created.items).items()]
-        expect = Expected(order_id=created.order_id, items=created.items, causation_id=created.event_id)
+        # the internal expectation keeps what inventory decides on: SKU and quantity
+        items = tuple(OrderItem(sku=i.sku, qty=i.qty) for i in created.items)
+        expect = Expected(order_id=created.order_id, items=items, causation_id=created.event_id)
         out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect), (), item.partition))
         item.succeed(*out)
 

@@ -35,7 +35,7 @@ from streams.engine.errors import IllegalTransition, ParkTimeout, TooLarge
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, PARKED, SUCCESS, Batch, Item
 from streams.engine.ports import INDEX_PREFIX, index_key
 from streams.engine.records import Record
-from streams.events import EVENT_BY_TOPIC, decode_event
+from streams.events import EVENT_BY_TOPIC, UpcastContext, decode_newest, require_whole_chains
 from streams.registry import ORDER_STATE
 from tables.order_state import TABLE, Incoming, State, Verdict, expired_parked, step, without
 
@@ -54,8 +54,10 @@ class OrderStateService:
     spec = ORDER_STATE
     dedup_table = None  # the state machine itself knows what it has applied
 
-    def __init__(self, *, park_timeout: float) -> None:
+    def __init__(self, *, park_timeout: float, default_currency: str = "EUR") -> None:
+        require_whole_chains()  # a gap stops start-up (one line) instead of dead-lettering a version
         self.park_timeout_ms = int(park_timeout * 1000)
+        self.upcast = UpcastContext(default_currency=default_currency)
 
     def type_of(self, topic: str) -> str:
         event_type = EVENT_BY_TOPIC.get(topic)
@@ -65,7 +67,10 @@ class OrderStateService:
         return EVENT_BY_TOPIC[topic]
 
     def decode(self, topic: str, record: Record) -> Any:
-        return decode_event(EVENT_BY_TOPIC[topic], record)
+        """Every version of an event arrives as its newest model (``OrderCreated`` v1 and
+        v2 both as v2); the state machine keys on the order id and the event's type,
+        which no version changes, so one order created on both topics is applied once."""
+        return decode_newest(topic, record, self.upcast)
 
     async def handle(self, items: Sequence[Item], batch: Batch) -> None:
         by_partition: dict[int, list[bytes]] = {}

@@ -6,12 +6,22 @@ Topics are named ``events.<domain>.<event>.v<N>``. Every event is keyed by its
 The schemas are ours, so unknown fields are rejected (``extra="forbid"``): a
 producer that sends a field we do not know is sending a version we do not know,
 and that event goes to the dead-letter topic instead of being half-understood.
+
+Versions: a published ``vN`` never changes (``schemas/`` and the gate in
+:mod:`streams.schemas`); a change is a ``vN+1`` model on its own topic plus one
+upcaster ``vN → vN+1`` in :data:`UPCASTERS`. Consumers read every version's topic and
+get the newest model (:func:`decode_newest`); a record whose payload ``version`` or
+``ce_type`` header names another version than its topic is a ``validation_error``, one
+naming a version we do not know an ``unknown_version``.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import sys
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping
@@ -115,6 +125,40 @@ class OrderCreated(Event):
     amount: Amount
 
 
+#: An ISO 4217 alphabetic currency code (its shape: three capital letters).
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+class OrderItemV2(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: Id
+    qty: int = Field(gt=0, le=MAX_QTY)
+    #: Price of one unit in the order's currency; absent when the producer does not
+    #: know it (every order upcast from v1).
+    unit_price: Amount | None = None
+
+
+class OrderCreatedV2(Event):
+    """``OrderCreated`` v2: the order's ``currency`` (required) and a ``unit_price`` per
+    item. Consumers read v1 as v2 (:func:`order_created_v1_to_v2`)."""
+
+    domain = "order"
+    name = "created"
+    schema_version = 2
+
+    version: Literal["v2"] = "v2"
+    order_id: Id
+    user_id: Id
+    items: tuple[OrderItemV2, ...] = Field(min_length=1, max_length=MAX_ITEMS)
+    amount: Amount
+    currency: Currency
+
+    @classmethod
+    def type_name(cls) -> str:
+        return "OrderCreated"  # one type across versions: the state machine's, the metrics'
+
+
 class OrderPaid(Event):
     domain = "order"
     name = "paid"
@@ -172,7 +216,8 @@ class InventoryRejected(Event):
 E = TypeVar("E", bound=Event)
 
 EVENT_TYPES: tuple[type[Event], ...] = (
-    OrderCreated, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved, InventoryRejected,
+    OrderCreated, OrderCreatedV2, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved,
+    InventoryRejected,
 )
 
 #: event type → topic, e.g. ``OrderPaid`` → ``events.order.paid.v1``.
@@ -185,7 +230,26 @@ EVENT_BY_TOPIC: dict[str, type[Event]] = {topic: t for t, topic in TOPICS.items(
 #: function that turns a ``vN`` payload (a dict of the ``vN`` model's fields) into a
 #: ``vN+1`` payload. Every ``vN+1`` model needs one (:func:`chain_gaps`).
 Upcaster = Callable[[dict[str, Any], "UpcastContext"], dict[str, Any]]
-UPCASTERS: dict[tuple[str, str, int], Upcaster] = {}
+
+
+@dataclass(frozen=True)
+class UpcastContext:
+    """What an upcaster may need beyond the payload: settings of the reading process."""
+
+    #: ``DEFAULT_CURRENCY``: the currency of orders whose event does not say (v1).
+    default_currency: str = "EUR"
+
+
+def order_created_v1_to_v2(payload: dict[str, Any], ctx: UpcastContext) -> dict[str, Any]:
+    """v1 had no currency: every v1 order was in the shop's ``DEFAULT_CURRENCY``. v1
+    items had no unit price: unknown (None), never guessed from the amount."""
+    return {**payload, "version": "v2", "currency": ctx.default_currency,
+            "items": [{**dict(i), "unit_price": None} for i in payload["items"]]}
+
+
+UPCASTERS: dict[tuple[str, str, int], Upcaster] = {
+    ("order", "created", 1): order_created_v1_to_v2,
+}
 
 
 def families(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[tuple[str, str], dict[int, type[Event]]]:
@@ -211,6 +275,111 @@ def chain_gaps(types: Iterable[type[Event]] = EVENT_TYPES,
     return gaps
 
 
+#: ``(domain, name)`` → its newest model: what consumers hand to their handlers.
+NEWEST: dict[tuple[str, str], type[Event]] = {f: v[max(v)] for f, v in families().items()}
+#: ``(domain, name)`` → the version numbers we know.
+KNOWN_VERSIONS: dict[tuple[str, str], frozenset[int]] = {f: frozenset(v) for f, v in families().items()}
+_VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
+_CE_TYPE = re.compile(r"^(.+)\.v([1-9][0-9]{0,8})$")
+#: The CloudEvents Kafka binding's type header (binary mode).
+CE_TYPE_HEADER = "ce_type"
+
+
+class UnknownVersion(ValidationFailed):
+    """A record of a version of its event that this code does not know (payload
+    ``version`` or ``ce_type``). Dead-lettered (``unknown_version``): redrive it once a
+    release that knows the version runs."""
+
+    dlq_reason = "unknown_version"
+
+
+class ChainGap(SystemExit):
+    """Start-up stops: a version chain has a gap (:func:`chain_gaps`)."""
+
+
+def require_whole_chains(types: Iterable[type[Event]] = EVENT_TYPES,
+                         upcasters: Mapping[tuple[str, str, int], Any] = UPCASTERS) -> None:
+    """Called by every consumer of versioned events when it is built: a ``vN+1`` model
+    without an upcaster from ``vN`` would leave ``vN`` records unreadable, so the
+    process stops with one line on stderr (exit 2) instead of dead-lettering them."""
+    gaps = chain_gaps(types, upcasters)
+    if gaps:
+        more = f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else ""
+        print(f"event versions: {gaps[0]}{more}", file=sys.stderr)
+        raise ChainGap(2)
+
+
+def ce_type(event_type: type[Event]) -> str:
+    """The event's CloudEvents ``type``: ``<domain>.<event>.v<N>`` (its schema's name)."""
+    return f"{event_type.domain}.{event_type.name}.v{event_type.schema_version}"
+
+
+def upcast(event: Event, ctx: UpcastContext, upcasters: Mapping[tuple[str, str, int], Upcaster] = UPCASTERS,
+           newest: Mapping[tuple[str, str], type[Event]] = NEWEST) -> Event:
+    """``event`` as its newest version: the chain ``vN → vN+1 → …``, one upcaster per
+    step, then validated by the newest model (so an upcaster cannot produce what a
+    producer of that version could not send). The newest version is returned as is."""
+    family = (event.domain, event.name)
+    target = newest[family]
+    if type(event) is target:
+        return event
+    data = event.model_dump()
+    for n in range(event.schema_version, target.schema_version):
+        data = upcasters[(*family, n)](data, ctx)
+    try:
+        return target.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(f"upcast to v{target.schema_version}: {validation_summary(exc)}") from None
+
+
+def decode_newest(topic: str, record: "Record", ctx: UpcastContext) -> Event:
+    """A record of a versioned event topic → the event as its newest version.
+
+    The rule: a record is read by its topic's version (``events.<d>.<e>.v<N>``); its
+    payload ``version`` and its ``ce_type`` header, when present, must say the same
+    version — a known other version is a ``validation_error``, an unknown one an
+    ``unknown_version`` — and then it is upcast (:func:`upcast`). Consumers deduplicate
+    on the idempotency key (the order id), which no version changes, so one event
+    published on two versions' topics is handled once."""
+    return upcast(decode_event(EVENT_BY_TOPIC[topic], record), ctx)
+
+
+def _version_problem(event_type: type[Event], exc: ValidationError) -> ValidationFailed | None:
+    """The error for a payload ``version`` that is not the topic's, or None."""
+    for e in exc.errors():
+        if e["loc"] != ("version",):
+            continue
+        given = e.get("input")
+        m = _VERSION.match(given) if isinstance(given, str) else None
+        if m is None:
+            return None
+        family = (event_type.domain, event_type.name)
+        known = KNOWN_VERSIONS.get(family, frozenset())
+        names = ", ".join(f"v{n}" for n in sorted(known))
+        if int(m[1]) not in known:
+            return UnknownVersion(f"{family[0]}.{family[1]} version {given} is unknown here (known: {names})")
+        return ValidationFailed(f"payload version {given} on the topic of {family[0]}.{family[1]} "
+                                f"v{event_type.schema_version}")
+    return None
+
+
+def _check_ce_type(event_type: type[Event], record: "Record") -> None:
+    """A ``ce_type`` header is data: it may only agree with the topic (else the record
+    is dead-lettered); nothing is routed or decoded by it."""
+    raw = record.headers.get(CE_TYPE_HEADER) if record.headers else None
+    if raw is None:
+        return
+    given = raw.decode("utf-8", "replace")
+    expected = ce_type(event_type)
+    if given == expected:
+        return
+    m = _CE_TYPE.match(given)
+    family = (event_type.domain, event_type.name)
+    if m and m[1] == f"{family[0]}.{family[1]}" and int(m[2]) not in KNOWN_VERSIONS.get(family, ()):
+        raise UnknownVersion(f"ce_type {given[:80]!r}: version unknown here")
+    raise ValidationFailed(f"ce_type {given[:80]!r} disagrees with the topic's {expected!r}")
+
+
 def topic_for(event_type: type[Event]) -> str:
     try:
         return TOPICS[event_type]
@@ -231,7 +400,8 @@ def decode_event(event_type: type[E], record: "Record") -> E:
         top_level = first["type"] == "json_invalid" or not first["loc"]
         if top_level and first["type"] in ("json_invalid", "json_type", "model_type", "model_attributes_type"):
             raise DecodeError(f"not a JSON object: {first['msg']}") from None
-        raise ValidationFailed(validation_summary(exc)) from None
+        raise (_version_problem(event_type, exc) or ValidationFailed(validation_summary(exc))) from None
+    _check_ce_type(event_type, record)
     expected = event.idempotency_key().encode()
     if record.key != expected:
         shown = record.key[:64] if record.key is not None else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.events import (
-    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
+    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderCreatedV2, OrderPaid,
 )
 
 #: Internal topics of the inventory service (the repartition by SKU, answers by order).
@@ -81,7 +81,8 @@ NOTIFICATIONS = ServiceSpec(
 ORDER_STATE = ServiceSpec(
     name="order-state",
     sources=tuple(t.topic() for t in (
-        OrderCreated, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved, InventoryRejected,
+        OrderCreated, OrderCreatedV2, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved,
+        InventoryRejected,
     )),
     tables=("order-state",),
     description="the order lifecycle state machine (GET /orders/{id})",
@@ -89,7 +90,8 @@ ORDER_STATE = ServiceSpec(
 
 INVENTORY = ServiceSpec(
     name="inventory",
-    sources=(OrderCreated.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
+    # every version of OrderCreated (consumers read each as the newest; see streams.events)
+    sources=(OrderCreated.topic(), OrderCreatedV2.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
     tables=("inventory-stock", "inventory-orders"),
     derived=(InventoryReserved.topic(), InventoryRejected.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
     description="OrderCreated → stock per SKU → InventoryReserved | InventoryRejected",

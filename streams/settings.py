@@ -51,6 +51,8 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     notifier_url: str = ""
     notifier_timeout: float = Field(5.0, gt=0)
     park_timeout: float = Field(300, gt=0)
+    #: ISO 4217 code of orders whose event does not say (``OrderCreated`` v1 upcast to v2).
+    default_currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
     search_url: str = ""
     rpc_timeout: float = Field(0.2, gt=0)
     rpc_max_in_flight: int = Field(100, ge=1)

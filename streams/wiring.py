@@ -110,11 +110,13 @@ def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str
             closers.append(notifier.close)
             services[name] = NotificationsService(notifier, concurrency=settings.handler_concurrency)
         elif name == registry.ORDER_STATE.name:
-            services[name] = OrderStateService(park_timeout=settings.park_timeout)
+            services[name] = OrderStateService(park_timeout=settings.park_timeout,
+                                               default_currency=settings.default_currency)
         elif name == registry.INVENTORY.name:
             caller = BestEffortCaller(metrics.rpc_calls, timeout=settings.rpc_timeout,
                                       max_in_flight=settings.rpc_max_in_flight)
-            inventory = InventoryService(caller, search_url=settings.search_url, decision_ttl=settings.dedup_ttl)
+            inventory = InventoryService(caller, search_url=settings.search_url, decision_ttl=settings.dedup_ttl,
+                                         default_currency=settings.default_currency)
             closers.append(inventory.close)
             services[name] = inventory
     return services, closers

@@ -23,7 +23,7 @@ FIVE_MB = b"x" * (5 * 1024 * 1024)
 POISON = {
     "not-json": (b"p-1", b"\x00\xffnot json at all{", "decode_error"),
     "wrong-types": (b"p-2", json.dumps({"order_id": "p-2", "user_id": 7, "amount": "lots", "version": "v1"}).encode(), "validation_error"),
-    "unknown-version": (b"p-3", json.dumps({"order_id": "p-3", "user_id": "u", "amount": 1, "version": "v9"}).encode(), "validation_error"),
+    "unknown-version": (b"p-3", json.dumps({"order_id": "p-3", "user_id": "u", "amount": 1, "version": "v9"}).encode(), "unknown_version"),
     "empty-value": (b"p-4", b"", "decode_error"),
     "null-value": (b"p-5", None, "decode_error"),
     "5mb-value": (b"p-6", FIVE_MB, "decode_error"),

@@ -19,7 +19,8 @@ What it models:
 - **decoding** (every service, per source topic): empty / null value, bytes that are
   not a JSON object → ``decode_error``; a JSON object that does not fit the schema, or
   a record key that is not the ``order_id`` (SKU on ``inventory.requests``, order id
-  on ``inventory.answers``) → ``validation_error``; to ``<service>.dlq``, bytes verbatim.
+  on ``inventory.answers``) → ``validation_error`` (a payload ``version`` that no
+  model of the event has → ``unknown_version``); to ``<service>.dlq``, bytes verbatim.
 - **notifications**: deduplicated by ``order_id``; the first valid ``OrderPaid`` of
   an order derives one ``NotificationSent`` (``causation_id`` = that event's id); the
   state of the order does not matter (the gateway always succeeds here).
@@ -48,7 +49,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streams.events import (
-    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
+    EVENT_TYPES, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
 )
 
 # -- names from the contract (spelled out here, not taken from the registry) --------------
@@ -85,6 +86,7 @@ def dlq(service: str) -> str:
 
 
 DECODE_ERROR, VALIDATION_ERROR, ILLEGAL = "decode_error", "validation_error", "illegal_transition"
+UNKNOWN_VERSION = "unknown_version"
 
 # -- the order lifecycle ---------------------------------------------------------------
 
@@ -258,6 +260,11 @@ class Reference:
         try:
             event = MODELS[topic].model_validate_json(value)  # type: ignore[arg-type]
         except ValidationError:
+            # README: a payload version this release does not know → unknown_version
+            v, model = self._json_object(value).get("version"), MODELS[topic]  # type: ignore[union-attr]
+            known = {f"v{t.schema_version}" for t in EVENT_TYPES if (t.domain, t.name) == (model.domain, model.name)}
+            if isinstance(v, str) and re.fullmatch(r"v[1-9][0-9]{0,8}", v) and v not in known:
+                return None, UNKNOWN_VERSION
             return None, VALIDATION_ERROR
         if key is None or key != event.order_id.encode():
             return None, VALIDATION_ERROR

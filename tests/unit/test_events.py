@@ -225,7 +225,7 @@ def test_decode_not_a_json_object_is_decode_error(value: bytes) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"amount": "abc"}, {"amount": [1]}, {"order_id": 1001}, {"user_id": None}, {"version": "v2"},
+    [{"amount": "abc"}, {"amount": [1]}, {"order_id": 1001}, {"user_id": None}, {"version": "2"},
      {"extra": 1}, {"occurred_at": "yesterday"}, {"event_id": "not-a-uuid"}],
 )
 def test_decode_wrong_types_is_validation_failed(change: dict[str, object]) -> None:
