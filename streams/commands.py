@@ -47,6 +47,8 @@ EXIT_MISMATCHES = 3
 LS_DEFAULT_LIMIT = 100
 #: ``dlq show`` cuts a value's text at this many characters unless ``--full``.
 SHOW_VALUE_CHARS = 4000
+#: … and reads this many bytes of it (a character is at most 4 bytes of UTF-8).
+SHOW_PREVIEW_BYTES = 4 * SHOW_VALUE_CHARS
 #: ``dlq redrive --dry-run`` prints its table every this many rows (it streams).
 TABLE_CHUNK = 200
 #: ``dlq redrive`` names at most this many refused letters per service (then counts them).
@@ -282,7 +284,7 @@ def register_commands(app: Any, settings: Any) -> None:
         if after and service and dlq.parse_id(after)[0].name != service:
             raise click.BadParameter(f"{after!r} is not a dead letter of {service}", param_hint="'--after'")
         letters, next_after = await dlq.page(bootstrap, service, limit=limit, reason=reason, since_ms=since,
-                                             after=after, client_kwargs=kafka)
+                                             after=after, client_kwargs=kafka, preview_bytes=dlq.LIST_PREVIEW_BYTES)
         if self.json or as_json:
             self.emit_json({"dead_letters": [d.summary() for d in letters], "count": len(letters),
                             "more": next_after is not None, "next_after": next_after})
@@ -312,15 +314,31 @@ def register_commands(app: Any, settings: Any) -> None:
         with one seek, not a scan. Text is escaped (control characters as \\x1b, \\n, …),
         bytes that are not UTF-8 are shown as hex. Exits 1 when an ID has no dead letter.
         """
-        found = await dlq.get_dead_letters(bootstrap, ids, client_kwargs=kafka)
+        # Memory: previews of every id first (is each there?), then whole values one
+        # letter at a time (--full, --json), each written before the next is read.
+        found = await dlq.get_dead_letters(bootstrap, ids, client_kwargs=kafka, preview_bytes=SHOW_PREVIEW_BYTES)
         missing = [i for i, d in found.items() if d is None]
         if missing:
             self.fail(f"no dead letter {', '.join(missing)}")
-        letters = [d for d in found.values() if d is not None]
+        previews = [d for d in found.values() if d is not None]
+
+        async def whole(d: dlq.DeadLetter) -> dlq.DeadLetter:
+            if not d.is_preview:
+                return d
+            again = (await dlq.get_dead_letters(bootstrap, [d.id], client_kwargs=kafka))[d.id]
+            if again is None:
+                self.fail(f"no dead letter {d.id} (removed while shown)")
+            return again
+
         if self.json or as_json:
-            self.emit_json({"dead_letters": [d.to_dict() for d in letters]})
+            self.say('{"dead_letters": [', nl=False)
+            for n, d in enumerate(previews):
+                self.say((", " if n else "") + json.dumps((await whole(d)).to_dict(), ensure_ascii=True), nl=False)
+            self.say("]}")
             return
-        for d in letters:
+        for d in previews:
+            if full:
+                d = await whole(d)
             s = d.summary()
             fields = [
                 ("reason", dlq.printable(d.reason)), ("attempt", dlq.printable(d.attempt)),
@@ -328,14 +346,17 @@ def register_commands(app: Any, settings: Any) -> None:
                 ("error type", dlq.printable(s["error"]["type"])),
                 ("error message", dlq.printable(s["error"]["message"])),
                 ("key", dlq.show_bytes(d.key)),
-                ("value bytes", "-" if d.value is None else str(len(d.value))),
+                ("value bytes", "-" if d.value_length is None else str(d.value_length)),
             ]
             self.say(self.tabulate(fields, headers=["FIELD", "VALUE"], title=d.id, wrap_last_row=False))
             items = d.header_items or tuple(d.headers.items())
             self.say(self.tabulate([(dlq.printable(k), dlq.show_bytes(v)) for k, v in items],
                                    headers=["HEADER", "VALUE"], wrap_last_row=False))
             self.say("value:")
-            self.say(dlq.show_bytes(d.value, None if full else SHOW_VALUE_CHARS))
+            shown = dlq.show_bytes(d.value, None if full else SHOW_VALUE_CHARS)
+            if d.is_preview and not shown.endswith(" bytes)"):
+                shown += f"… ({d.value_length} bytes)"
+            self.say(shown)
             self.say("")
 
     @app.command(

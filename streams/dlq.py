@@ -66,6 +66,9 @@ __all__ = [
 FETCH_RECORDS = 200
 #: Largest record fetched (the DLQ topics' ``max.message.bytes`` is ``MAX_MESSAGE_BYTES``, 16 MiB).
 MAX_FETCH_BYTES = 16 * 1024 * 1024
+#: Bytes of each value a listing keeps (``dlq ls``, the console's DLQ page): a page of
+#: 500 letters of 15 MB each holds 500 × 256 bytes of values, not 7.5 GB.
+LIST_PREVIEW_BYTES = 256
 #: Seconds a broker may stay silent (start, metadata, offsets, no progress on a partition)
 #: before a scan gives up with a :class:`DlqError`.
 STALL_TIMEOUT = 30.0
@@ -171,6 +174,20 @@ class DeadLetter:
     timestamp_ms: int = 0
     #: every header in order, repeats kept (what redrive passes on)
     header_items: tuple[tuple[str, bytes], ...] = ()
+    #: set when ``value`` is only a preview (its first bytes): the whole value's size.
+    #: A preview is for showing; :func:`redrive_letters` refuses to send one.
+    value_size: int | None = None
+
+    @property
+    def value_length(self) -> int | None:
+        """Bytes of the whole value (None: a null value), preview or not."""
+        if self.value_size is not None:
+            return self.value_size
+        return None if self.value is None else len(self.value)
+
+    @property
+    def is_preview(self) -> bool:
+        return self.value_size is not None
 
     @property
     def id(self) -> str:
@@ -221,7 +238,7 @@ class DeadLetter:
                        "offset": H.text(h, H.SOURCE_OFFSET)},
             "error": {"type": H.text(h, H.ERROR_TYPE), "message": H.text(h, H.ERROR_MESSAGE)},
             **bytes_field("key", self.key),
-            "value_bytes": None if self.value is None else len(self.value),
+            "value_bytes": self.value_length,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,9 +260,14 @@ class DeadLetter:
                 show_bytes(self.key, 24), printable(error[:60]) + ("…" if len(error) > 60 else ""))
 
 
-def _letter(service: str, r: Any) -> DeadLetter:
+def _letter(service: str, r: Any, preview_bytes: int | None = None) -> DeadLetter:
+    """The dead letter of record ``r``; with ``preview_bytes``, only that many bytes of
+    its value are kept (the rest is dropped here, before anyone collects letters)."""
     items = tuple((k, v if v is not None else b"") for k, v in (r.headers or ()))
-    return DeadLetter(service, r.partition, r.offset, r.key, r.value, dict(items), r.timestamp, items)
+    value, size = r.value, None
+    if preview_bytes is not None and value is not None and len(value) > preview_bytes:
+        value, size = value[:preview_bytes], len(value)
+    return DeadLetter(service, r.partition, r.offset, r.key, value, dict(items), r.timestamp, items, size)
 
 
 def parse_id(letter_id: str) -> tuple[registry.ServiceSpec, int, int]:
@@ -403,9 +425,12 @@ async def iter_dead_letters(
     start_after: str | None = None,
     on_scanned: Callable[[int], None] | None = None,
     client_kwargs: Mapping[str, Any] | None = None,
+    preview_bytes: int | None = None,
 ) -> AsyncIterator[DeadLetter]:
     """Dead letters of ``service`` (a name, names, or None: every registered service),
     in order of service, partition, offset — streamed, never a whole topic in memory.
+    ``preview_bytes``: keep only that many bytes of each value (:attr:`DeadLetter.value_size`
+    tells the whole size) — what a listing holds stays bounded however large the letters.
 
     ``start_after``: a dead letter id (a cursor); the scan resumes right after it
     (seeking, not re-reading). ``on_scanned(n)``: n more records read (a progress bar).
@@ -435,7 +460,7 @@ async def iter_dead_letters(
                     continue
                 async with aclosing(_scan(consumer, tp, start, ends[tp], bootstrap, on_scanned)) as records:
                     async for r in records:
-                        letter = _letter(name, r)
+                        letter = _letter(name, r, preview_bytes)
                         if matches(letter, reason=reason, since_ms=since_ms):
                             yield letter
 
@@ -449,15 +474,18 @@ async def page(
     since_ms: int | None = None,
     after: str | None = None,
     client_kwargs: Mapping[str, Any] | None = None,
+    preview_bytes: int | None = None,
 ) -> tuple[list[DeadLetter], str | None]:
     """At most ``limit`` dead letters after the cursor ``after``, and the cursor of the
-    next page (None: no more match). Reads one letter beyond the page to know."""
+    next page (None: no more match). Reads one letter beyond the page to know.
+    ``preview_bytes``: as for :func:`iter_dead_letters`."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     out: list[DeadLetter] = []
     more = False
     async with aclosing(iter_dead_letters(bootstrap, service, reason=reason, since_ms=since_ms,
-                                          start_after=after, client_kwargs=client_kwargs)) as letters:
+                                          start_after=after, client_kwargs=client_kwargs,
+                                          preview_bytes=preview_bytes)) as letters:
         async for letter in letters:
             if len(out) == limit:
                 more = True
@@ -467,10 +495,13 @@ async def page(
 
 
 async def get_dead_letters(
-    bootstrap: str, ids: Sequence[str], *, client_kwargs: Mapping[str, Any] | None = None
+    bootstrap: str, ids: Sequence[str], *, client_kwargs: Mapping[str, Any] | None = None,
+    preview_bytes: int | None = None,
 ) -> dict[str, DeadLetter | None]:
     """The dead letter of each id (None: there is none) — a seek to its partition and
-    offset and one fetch each, not a scan. ValueError for an id of the wrong shape."""
+    offset and one fetch each, not a scan. ValueError for an id of the wrong shape.
+    ``preview_bytes``: as for :func:`iter_dead_letters` (several whole 16 MiB values
+    are several times 16 MiB: read them one id at a time)."""
     wanted = [(i, *parse_id(i)) for i in ids]
     out: dict[str, DeadLetter | None] = {}
     async with _consumer(bootstrap, client_kwargs) as consumer:
@@ -485,7 +516,7 @@ async def get_dead_letters(
             async with aclosing(_scan(consumer, tp, offset, end, bootstrap)) as records:
                 async for r in records:
                     if r.offset == offset:  # else: gone (retention, compaction)
-                        out[letter_id] = _letter(spec.name, r)
+                        out[letter_id] = _letter(spec.name, r, preview_bytes)
                     break
     return out
 
@@ -622,6 +653,8 @@ async def redrive_letters(
             async for d in stream:
                 if limit is not None and result.redriven + result.planned >= limit:
                     break
+                if d.is_preview and not dry_run:
+                    raise ValueError(f"{d.id}: a preview of a dead letter cannot be redriven (read it whole)")
                 verdict, target, why = decide(spec, d, done_before)
                 if verdict == "skip":
                     result.skipped += 1

@@ -5,6 +5,12 @@ cursor (:func:`streams.dlq.iter_dead_letters`, a partition and a fetch at a time
 and stops after ``limit`` matches or :data:`SCAN_BUDGET` records, whichever comes
 first; the next page resumes after the last record it looked at. With 100,000
 letters and a filter that matches few, each page still reads at most the budget.
+
+Memory: a page keeps :data:`streams.dlq.LIST_PREVIEW_BYTES` of each letter's value
+(the list shows none of it; the letter's own page shows more), so a page of 500
+letters of 15 MB holds 128 KB of values; the scan itself holds one fetch (at most
+16 MiB) at a time. The worker runs at most :data:`HEAVY_REQUESTS` such scans at once
+(:class:`streams.console.views` waits for a turn, then answers 503).
 """
 
 from __future__ import annotations
@@ -110,7 +116,8 @@ async def find(bootstrap: str, f: Filter, *, after: str | None = None, limit: in
     ``budget`` records (and one more letter, to know whether there is a next page)."""
     out = Found()
     last: str | None = None
-    letters = dlq.iter_dead_letters(bootstrap, f.services, start_after=after, client_kwargs=client_kwargs)
+    letters = dlq.iter_dead_letters(bootstrap, f.services, start_after=after, client_kwargs=client_kwargs,
+                                    preview_bytes=dlq.LIST_PREVIEW_BYTES)
     async with aclosing(letters) as stream:
         async for d in stream:
             if f.matches(d):

@@ -76,16 +76,26 @@ def json_depth(text: str, limit: int) -> int:
     return deepest
 
 
-def value_view(raw: bytes | None) -> str:
-    """The value of a letter: ``<pre class="value json|text|hex">``, escaped."""
+def value_view(raw: bytes | None, whole_size: int | None = None) -> str:
+    """The value of a letter: ``<pre class="value json|text|hex">``, escaped.
+    ``whole_size``: ``raw`` is only the first bytes of a value of that size (a preview:
+    shown as text or hex, never parsed as JSON)."""
     if raw is None:
         return '<p class="empty">no value (null)</p>'
     if not raw:
         return '<p class="empty">empty value (0 bytes)</p>'
-    size = f'<p class="muted">{len(raw):,} bytes</p>'
+    preview = whole_size is not None and whole_size > len(raw)
+    size = (f'<p class="muted">{whole_size:,} bytes; the first {len(raw):,} are shown (download the value '
+            'for all of it)</p>' if preview else f'<p class="muted">{len(raw):,} bytes</p>')
     s = utf8_or_none(raw)
+    for drop in (1, 2, 3):  # a preview may end inside a character
+        if s is not None or not preview:
+            break
+        s = utf8_or_none(raw[:-drop])
     note = ""
-    if s is not None and len(raw) <= JSON_MAX_BYTES and json_depth(s, JSON_MAX_DEPTH) > JSON_MAX_DEPTH:
+    if preview:
+        pass  # the start of a value: never parsed as JSON
+    elif s is not None and len(raw) <= JSON_MAX_BYTES and json_depth(s, JSON_MAX_DEPTH) > JSON_MAX_DEPTH:
         note = (f'<p class="notice warn">Nested more than {JSON_MAX_DEPTH} levels deep: shown as text, '
                 'not parsed.</p>')
     elif s is not None and len(raw) <= JSON_MAX_BYTES:
@@ -99,7 +109,8 @@ def value_view(raw: bytes | None) -> str:
             return f'{size}<h3>JSON</h3><pre class="value json">{multiline(pretty[:TEXT_CHARS])}{cut}</pre>'
     if s is not None:
         cut = "\n…" if len(s) > TEXT_CHARS else ""
-        return (f'{size}{note}<h3>Text (not JSON)</h3><pre class="value text">{multiline(s[:TEXT_CHARS])}{cut}</pre>'
+        heading = "Text (its first bytes)" if preview else "Text (not JSON)"
+        return (f'{size}{note}<h3>{heading}</h3><pre class="value text">{multiline(s[:TEXT_CHARS])}{cut}</pre>'
                 f'<h3>Hex</h3><pre class="value hex">{hex_dump(raw)}</pre>')
     return f'{size}<h3>Hex (not UTF-8)</h3><pre class="value hex">{hex_dump(raw)}</pre>'
 
@@ -164,7 +175,7 @@ def letter_view(letter: DeadLetter, *, redriven: bool, csrf: str | None) -> str:
         f'<div class="card">{facts}{action}'
         f'<p><a href="/console/dlq/letters/{e(letter.id)}/value" download>Download the value\'s raw bytes</a></p></div>'
         f'<h2>Headers</h2>{headers_view(letter)}'
-        f'<h2>Value</h2><div class="card">{value_view(letter.value)}</div>'
+        f'<h2>Value</h2><div class="card">{value_view(letter.value, letter.value_size)}</div>'
     )
 
 

@@ -175,7 +175,10 @@ class Jobs:
     async def _selection(self, job: Job) -> None:
         ids = job.selection.ids
         job.total = len(ids)
-        found = await dlq.get_dead_letters(self.bootstrap, ids, client_kwargs=self.kafka)
+        # Previews first (up to 500 ids: 500 × 256 bytes of values, not 500 × 16 MiB);
+        # a letter is read whole only when it is about to be sent (:meth:`_whole`).
+        found = await dlq.get_dead_letters(self.bootstrap, ids, client_kwargs=self.kafka,
+                                           preview_bytes=dlq.LIST_PREVIEW_BYTES)
         job.scanned = len(ids)
         by_service: dict[str, list[DeadLetter]] = {}
         for letter_id in ids:
@@ -187,9 +190,21 @@ class Jobs:
                 by_service.setdefault(d.service, []).append(d)
         for service, letters in by_service.items():
             done = await dlq.redriven_ids(self.bootstrap, service, client_kwargs=self.kafka)
-            await dlq.redrive_letters(self.bootstrap, service, self._marked(job, letters, done),
+            chosen = self._marked(job, letters, done)
+            await dlq.redrive_letters(self.bootstrap, service, chosen if job.dry_run else self._whole(job, chosen),
                                       dry_run=job.dry_run, done_before=done, on_outcome=self._outcome(job),
                                       client_kwargs=self.kafka)
+
+    async def _whole(self, job: Job, letters: AsyncIterator[DeadLetter]) -> AsyncIterator[DeadLetter]:
+        """Each preview of ``letters`` read again whole, one at a time."""
+        async with aclosing(letters) as stream:
+            async for d in stream:
+                whole = (await dlq.get_dead_letters(self.bootstrap, [d.id], client_kwargs=self.kafka))[d.id]
+                if whole is None:
+                    job.note({"id": d.id, "action": "missing", "target": None,
+                              "why": "no such record (removed by retention?)"})
+                    continue
+                yield whole
 
     async def _filter(self, job: Job) -> None:
         f = job.selection.filter

@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -39,6 +42,38 @@ if TYPE_CHECKING:
 
 _ID = re.compile(ID_PATTERN)
 NOT_HERE = "The partition that holds it is not served by this worker right now (a rebalance?); try again in a moment."
+#: DLQ scans and letter reads (each holds up to one 16 MiB fetch, twice with aiokafka's
+#: prefetch) that run at once; the others wait up to :data:`HEAVY_WAIT` seconds, then 503.
+HEAVY_REQUESTS = 2
+HEAVY_WAIT = 20.0
+#: Bytes of a letter's value its page reads and shows (the download streams it whole).
+LETTER_PREVIEW_BYTES = 1024 * 1024
+#: Bytes a download writes at a time.
+DOWNLOAD_CHUNK = 64 * 1024
+
+
+class Busy(Exception):
+    """No turn for a heavy request within :data:`HEAVY_WAIT` seconds."""
+
+
+class HeavyRequests:
+    """At most ``n`` heavy requests at once (rule: every handler that reads letter
+    values from Kafka runs inside :meth:`turn`)."""
+
+    def __init__(self, n: int = HEAVY_REQUESTS, wait: float = HEAVY_WAIT) -> None:
+        self.semaphore = asyncio.Semaphore(n)
+        self.wait = wait
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self.semaphore.acquire(), self.wait)
+        except asyncio.TimeoutError:
+            raise Busy() from None
+        try:
+            yield
+        finally:
+            self.semaphore.release()
 
 
 def bootstrap_of(kafka_broker: str) -> str:
@@ -84,6 +119,14 @@ def register_console(app: Any, worker: "Worker") -> None:
 
     def problem(request: Any, title: str, message: str, status: int) -> aioweb.Response:
         return show(request, title, f'<p class="notice bad">{e(message)}</p>', status)
+
+    heavy = HeavyRequests()
+
+    def busy(request: Any, title: str) -> aioweb.Response:
+        response = problem(request, title, "The console is busy reading dead letters for others; "
+                           "try again in a moment.", 503)
+        response.headers["Retry-After"] = "5"
+        return response
 
     # -- assets --------------------------------------------------------------------------
     @app.page("/console/login/assets/{name}", name="console_asset")
@@ -174,20 +217,25 @@ def register_console(app: Any, worker: "Worker") -> None:
             return show(request, "Dead letters", dlq_page.filter_form(dlq_page.Filter())
                         + f'<p class="notice bad">{e(exc)}</p>', 400, active="/console/dlq")
         try:
-            found, total, ledger = await dlq_page.load(bootstrap, f, after=after, limit=limit, ledger=marks,
-                                                       client_kwargs=kafka)
+            async with heavy.turn():
+                found, total, ledger = await dlq_page.load(bootstrap, f, after=after, limit=limit, ledger=marks,
+                                                           client_kwargs=kafka)
+        except Busy:
+            return busy(request, "Dead letters")
         except dlq.DlqError as exc:
             return problem(request, "Dead letters", str(exc), 502)
         body = dlq_page.render(f, found, total, ledger, after=after, limit=limit, csrf=csrf_of(request))
         return show(request, "Dead letters", body, active="/console/dlq")
 
-    async def one_letter(request: Any, letter_id: str) -> Any:
+    async def one_letter(request: Any, letter_id: str, preview_bytes: int | None) -> Any:
+        """(letter, None) or (None, the answer); call it inside ``heavy.turn()``."""
         try:
             spec, _, _ = dlq.parse_id(letter_id)
         except ValueError:
             return None, problem(request, "Dead letter", "invalid dead letter id: <service>.dlq:<partition>:<offset>", 400)
         try:
-            letter = (await dlq.get_dead_letters(bootstrap, [letter_id], client_kwargs=kafka))[letter_id]
+            letter = (await dlq.get_dead_letters(bootstrap, [letter_id], client_kwargs=kafka,
+                                                 preview_bytes=preview_bytes))[letter_id]
         except dlq.DlqError as exc:
             return None, problem(request, "Dead letter", str(exc), 502)
         if letter is None:
@@ -196,7 +244,11 @@ def register_console(app: Any, worker: "Worker") -> None:
 
     @app.page("/console/dlq/letters/{letter_id}", name="console_letter")
     async def console_letter(web: Any, request: Any, letter_id: str) -> Any:
-        letter, failed = await one_letter(request, letter_id)
+        try:
+            async with heavy.turn():
+                letter, failed = await one_letter(request, letter_id, LETTER_PREVIEW_BYTES)
+        except Busy:
+            return busy(request, "Dead letter")
         if failed is not None:
             return failed
         try:
@@ -208,12 +260,26 @@ def register_console(app: Any, worker: "Worker") -> None:
 
     @app.page("/console/dlq/letters/{letter_id}/value", name="console_letter_value")
     async def console_letter_value(web: Any, request: Any, letter_id: str) -> Any:
-        letter, failed = await one_letter(request, letter_id)
-        if failed is not None:
-            return failed
-        name = letter.id.replace(":", "_").replace(".", "_") + ".bin"
-        return aioweb.Response(body=letter.value or b"", content_type="application/octet-stream",
-                               headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        """The value's raw bytes, streamed in chunks (one record of at most 16 MiB in
+        memory, inside a heavy turn)."""
+        try:
+            async with heavy.turn():
+                letter, failed = await one_letter(request, letter_id, None)
+                if failed is not None:
+                    return failed
+                name = letter.id.replace(":", "_").replace(".", "_") + ".bin"
+                value = memoryview(letter.value or b"")
+                del letter
+                response = aioweb.StreamResponse(headers={
+                    **auth.SECURITY_HEADERS, "Content-Type": "application/octet-stream", "Content-Length": str(len(value)),
+                    "Content-Disposition": f'attachment; filename="{name}"'})
+                await response.prepare(request)
+                for at in range(0, len(value), DOWNLOAD_CHUNK):
+                    await response.write(value[at:at + DOWNLOAD_CHUNK])
+                await response.write_eof()
+                return response
+        except Busy:
+            return busy(request, "Dead letter")
 
     # -- redrive -------------------------------------------------------------------------
     class ConsoleRedrive(View):

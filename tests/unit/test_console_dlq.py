@@ -106,3 +106,33 @@ def test_rates_come_from_samples_over_time():
     now[0] = 210.0
     rates, span = s.add({("a",): 230})
     assert span == 10 and rates[("a",)] == pytest.approx(10.0)
+
+
+async def test_heavy_console_requests_take_turns_and_the_rest_are_told_busy():
+    """Eight parallel DLQ page loads each held a page of letters at once (issue 23: 3.7 GB)."""
+    import asyncio
+
+    from streams.console.views import Busy, HeavyRequests
+
+    heavy = HeavyRequests(n=2, wait=0.2)
+    running, most, release = 0, 0, asyncio.Event()
+    outcomes: list[str] = []
+
+    async def load() -> None:
+        nonlocal running, most
+        try:
+            async with heavy.turn():
+                running += 1
+                most = max(most, running)
+                await release.wait()
+                running -= 1
+                outcomes.append("served")
+        except Busy:
+            outcomes.append("busy")
+
+    tasks = [asyncio.ensure_future(load()) for _ in range(8)]
+    while outcomes.count("busy") < 6:  # the six without a turn give up after their wait
+        await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert most == 2 and sorted(outcomes) == ["busy"] * 6 + ["served"] * 2

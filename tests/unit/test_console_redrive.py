@@ -26,7 +26,7 @@ def letter(offset: int, source: bytes = PAID) -> DeadLetter:
 def kafka(monkeypatch: pytest.MonkeyPatch) -> dict[str, DeadLetter]:
     letters = {d.id: d for d in (letter(1), letter(2), letter(3, b"inventory.requests"))}
 
-    async def get_dead_letters(bootstrap, ids, client_kwargs=None):
+    async def get_dead_letters(bootstrap, ids, client_kwargs=None, preview_bytes=None):
         return {i: letters.get(i) for i in ids}
 
     async def redriven_ids(bootstrap, service, client_kwargs=None):
