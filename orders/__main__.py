@@ -44,7 +44,7 @@ async def _listen(runner: web.AppRunner, host: str, port: int, setting: str) -> 
 
 
 async def serve(settings: OrdersSettings, *, with_api: bool, with_relay: bool) -> None:
-    db = open_database(settings.database_url)
+    db = open_database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     metrics = OrdersMetrics(api=with_api, relay=with_relay)
     relay = Relay(db, settings, metrics)
     runner: web.AppRunner | None = None

@@ -308,19 +308,18 @@ class OrdersApi:
         wrote = False
         try:
             async with self.db.transaction() as tx:
-                if key is not None:
-                    stored = await idempotency.lookup(tx, key, now=now, ttl=self.idempotency_ttl)
-                    if stored is not None:
-                        if stored.fingerprint != fp:
-                            return _error(422, "idempotency key reused",
-                                          ("header", f"this {idempotency.HEADER} was used for another request"))
-                        return web.Response(text=stored.body, status=stored.status, content_type="application/json",
-                                            headers={idempotency.REPLAYED_HEADER: "true"})
+                stored = await idempotency.lookup(tx, key) if key is not None else None
+                if stored is not None and stored.live(now=now, ttl=self.idempotency_ttl):
+                    if stored.fingerprint != fp:
+                        return _error(422, "idempotency key reused",
+                                      ("header", f"this {idempotency.HEADER} was used for another request"))
+                    return web.Response(text=stored.body, status=stored.status, content_type="application/json",
+                                        headers={idempotency.REPLAYED_HEADER: "true"})
                 response, wrote = await effect(tx)
                 if key is not None and 200 <= response.status < 300:
                     assert isinstance(response.text, str)
                     await idempotency.remember(tx, key, fp, response.status, response.text,
-                                               now=now, ttl=self.idempotency_ttl)
+                                               now=now, replace=stored is not None)
                 if now - self._swept_at >= idempotency.SWEEP_INTERVAL:
                     self._swept_at = now
                     await idempotency.sweep(tx, now=now, ttl=self.idempotency_ttl)

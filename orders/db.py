@@ -120,13 +120,26 @@ class _SqliteTx:
         return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).fetchone())
 
 
+#: ``PRAGMA synchronous`` values the order service allows (``SQLITE_SYNCHRONOUS``).
+#: FULL (default): every commit — the order and outbox rows behind a 201 — is fsynced
+#: to the WAL before the answer, so it survives a power loss or an OS crash. NORMAL:
+#: in WAL mode a commit is durable against a crash of the process (the WAL is in the
+#: OS's cache) but the last commits may roll back after a power loss or OS crash; it
+#: fsyncs only at checkpoints. The database stays consistent either way.
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
 class SqliteDatabase:
-    """One connection, one transaction at a time (``BEGIN IMMEDIATE``), WAL journal."""
+    """One connection, one transaction at a time (``BEGIN IMMEDIATE``), WAL journal,
+    ``synchronous`` as chosen (:data:`SQLITE_SYNCHRONOUS`)."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+        if synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
         self.path = path
+        self.synchronous = synchronous
         self._lock = asyncio.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -135,7 +148,7 @@ class SqliteDatabase:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             self._conn = conn
         return self._conn
@@ -235,9 +248,9 @@ def is_unique_violation(exc: BaseException) -> bool:
     return isinstance(exc, errors.UniqueViolation)
 
 
-def open_database(url: str) -> Database:
+def open_database(url: str, *, sqlite_synchronous: str = "FULL") -> Database:
     if url.startswith("sqlite:///"):
-        return SqliteDatabase(url[len("sqlite:///"):])
+        return SqliteDatabase(url[len("sqlite:///"):], synchronous=sqlite_synchronous)
     if url.startswith(("postgres://", "postgresql://")):
         return PostgresDatabase(url)
     raise ValueError(f"unsupported DATABASE_URL {url!r}")

@@ -82,22 +82,27 @@ class Stored:
     fingerprint: str
     status: int
     body: str
+    created_at: float
+
+    def live(self, *, now: float, ttl: float) -> bool:
+        return self.created_at >= now - ttl
 
 
-async def lookup(tx: Tx, key: str, *, now: float, ttl: float) -> Stored | None:
-    """The stored answer for ``key`` if it is younger than ``ttl`` seconds."""
+async def lookup(tx: Tx, key: str) -> Stored | None:
+    """The stored answer for ``key``, live or expired (see :meth:`Stored.live`)."""
     row = await tx.fetchone(
-        "SELECT fingerprint, status, body FROM idempotency_keys WHERE idem_key = ? AND created_at >= ?",
-        (key, now - ttl),
-    )
-    return Stored(row[0], int(row[1]), row[2]) if row else None
+        "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE idem_key = ?", (key,))
+    return Stored(row[0], int(row[1]), row[2], float(row[3])) if row else None
 
 
-async def remember(tx: Tx, key: str, fp: str, status: int, body: str, *, now: float, ttl: float) -> None:
-    """Store the answer in the caller's transaction (the one holding the effect). An
-    expired row of the same key is replaced; a live one makes the INSERT fail (the
-    concurrent request under that key committed first)."""
-    await tx.execute("DELETE FROM idempotency_keys WHERE idem_key = ? AND created_at < ?", (key, now - ttl))
+async def remember(tx: Tx, key: str, fp: str, status: int, body: str, *, now: float,
+                   replace: bool = False) -> None:
+    """Store the answer in the caller's transaction (the one holding the effect).
+    ``replace``: an expired row of the key was found and is replaced. Otherwise a row
+    of the key makes the INSERT fail (a concurrent request under that key committed
+    first). One statement on the common path: each is a round trip under the write lock."""
+    if replace:
+        await tx.execute("DELETE FROM idempotency_keys WHERE idem_key = ?", (key,))
     await tx.execute(
         "INSERT INTO idempotency_keys (idem_key, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?)",
         (key, fp, status, body, now),

@@ -124,3 +124,17 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("synchronous, pragma", [("FULL", 2), ("NORMAL", 1)])
+async def test_the_sqlite_synchronous_choice_is_applied_in_wal_mode(tmp_path: Path, synchronous: str, pragma: int) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'o.db'}", sqlite_synchronous=synchronous)
+    await db.setup()
+    try:
+        async with db.transaction() as tx:
+            assert await tx.fetchone("PRAGMA synchronous") == (pragma,)
+            assert await tx.fetchone("PRAGMA journal_mode") == ("wal",)
+    finally:
+        await db.close()
+    with pytest.raises(ValueError):
+        SqliteDatabase(str(tmp_path / "x.db"), synchronous="OFF")

@@ -73,6 +73,7 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RELAY_BATCH_SIZE", "0"),
         ("RELAY_SEND_TIMEOUT", "0"),
         ("IDEMPOTENCY_TTL", "0"),
+        ("SQLITE_SYNCHRONOUS", "OFF"),
         ("RELAY_POLL_INTERVAL", "inf"),
         ("RELAY_MAX_REQUEST_BYTES", "100"),
         ("ORDERS_MAX_BODY_BYTES", "10"),
