@@ -238,6 +238,9 @@ def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int]
         "num.recovery.threads.per.data.dir": 1,
         "log.cleaner.threads": 1,
         "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
+        # the cleaner looks for dirty logs every second, not every 15: a compacted topic
+        # with a small segment.ms is compacted within seconds (tests show recovery from it)
+        "log.cleaner.backoff.ms": 1000,
         # the worker produces records up to MAX_MESSAGE_BYTES (16 MiB by default)
         "message.max.bytes": 16 * 1024 * 1024 + 1024,
         "replica.fetch.max.bytes": 16 * 1024 * 1024 + 1024,
