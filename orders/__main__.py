@@ -55,7 +55,9 @@ async def serve(settings: OrdersSettings, *, with_api: bool, with_relay: bool) -
             api = OrdersApi(db, metrics, on_commit=relay.notify if with_relay else (lambda: None),
                             max_body_bytes=settings.orders_max_body_bytes,
                             max_event_bytes=settings.relay_max_request_bytes,
-                            idempotency_ttl=settings.idempotency_ttl)
+                            idempotency_ttl=settings.idempotency_ttl,
+                            order_events_version=settings.order_events_version,
+                            currency=settings.default_currency)
             runner = web.AppRunner(api.app(), access_log=None)
             await runner.setup()
             await _listen(runner, settings.orders_host, settings.orders_port, "ORDERS_PORT")

@@ -34,7 +34,8 @@ from orders.metrics import OrdersMetrics
 from orders.openapi import Response, Route, docs_html, openapi
 from orders.relay import NOTIFY_CHANNEL
 from streams.events import (
-    ID_MAX_LENGTH, ID_PATTERN, MAX_ITEMS, Amount, Event, Id, OrderCancelled, OrderCreated, OrderItem, OrderPaid,
+    ID_MAX_LENGTH, ID_PATTERN, MAX_ITEMS, Amount, Event, Id, OrderCancelled, OrderCreated, OrderCreatedV2, OrderItem,
+    OrderPaid,
 )
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -221,6 +222,8 @@ class OrdersApi:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        order_events_version: int = 1,
+        currency: str = "EUR",
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -229,6 +232,9 @@ class OrdersApi:
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
         self.idempotency_ttl = idempotency_ttl
+        #: ORDER_EVENTS_VERSION: which OrderCreated (and so which topic) the API writes
+        self.order_events_version = order_events_version
+        self.currency = currency
         #: Idempotency-Keys whose request this process is executing (409 for a repeat)
         self._in_flight: set[str] = set()
         self._swept_at = float("-inf")
@@ -278,8 +284,7 @@ class OrdersApi:
             return _error(422, "invalid order", *_details(exc))
         order_id = f"o-{uuid.uuid4().hex}"
         now = self.clock()
-        event = OrderCreated(order_id=order_id, user_id=body.user_id, items=body.items,
-                             amount=body.amount, occurred_at=_dt(now))
+        event = self._order_created(order_id, body, now)
         if (refused := self._too_large(event)) is not None:
             return refused
         items = json.dumps([i.model_dump() for i in body.items])
@@ -295,6 +300,16 @@ class OrdersApi:
 
         fp = idempotency.fingerprint("POST", "/orders", body.model_dump_json())
         return await self._write(key, fp, now, effect)
+
+    def _order_created(self, order_id: str, body: CreateOrder, now: float) -> OrderCreated | OrderCreatedV2:
+        """The event of a new order in the version ``ORDER_EVENTS_VERSION`` names (v2: with
+        ``DEFAULT_CURRENCY``; the API takes no unit prices, so its items carry none)."""
+        if self.order_events_version == 2:
+            return OrderCreatedV2(order_id=order_id, user_id=body.user_id, amount=body.amount,
+                                  items=tuple({"sku": i.sku, "qty": i.qty} for i in body.items),  # type: ignore[misc]
+                                  currency=self.currency, occurred_at=_dt(now))
+        return OrderCreated(order_id=order_id, user_id=body.user_id, items=body.items,
+                            amount=body.amount, occurred_at=_dt(now))
 
     async def _write(self, key: str | None, fp: str, now: float,
                      effect: Callable[[Any], Awaitable[tuple[web.Response, bool]]]) -> web.Response:

@@ -61,6 +61,12 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     outbox_stats_interval: float = Field(5.0, gt=0)
     #: Sent rows are deleted this many seconds after they were sent.
     outbox_retention: float = Field(3600.0, ge=0)
+    #: The ``OrderCreated`` version the API writes: 1 (``events.order.created.v1``) or 2
+    #: (``….v2``, with ``currency``). Switch to 2 only once every consumer reads v2.
+    order_events_version: int = Field(1, ge=1, le=2)
+    #: ISO 4217 code of the orders (``OrderCreated`` v2's ``currency``; consumers upcast
+    #: v1 with their own ``DEFAULT_CURRENCY``: keep the two equal).
+    default_currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
     #: ``text`` (human) or ``json`` (one object per line) log lines; ``LOG_LEVEL`` as in logging.
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
