@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker, free_port
@@ -140,6 +140,12 @@ class Sizes:
     poison_good: int
     poison_bad: int
     poison_rate: float  # records/s
+    # leader-kill (3-node Apache Kafka)
+    leader_orders: int
+    leader_rate: float
+    leader_kills: int
+    leader_every: float  # seconds between kills
+    leader_down: float  # seconds a killed node stays down
     # orders per second over HTTP (relay-kill, broker-restart)
     order_rate: float
     # seconds the gateway stub takes to answer (a real SMS gateway is not instant; the
@@ -155,6 +161,7 @@ SHORT = Sizes(
     relay_orders=3000, relay_kills=3, relay_kill_after=(0.5, 2.0),
     restart_orders=3000, restarts=1, restart_after=(2.0, 6.0), restart_downtime=2.0,
     poison_good=2000, poison_bad=2000, poison_rate=2000,
+    leader_orders=6000, leader_rate=100, leader_kills=2, leader_every=20.0, leader_down=5.0,
     order_rate=300, gateway_delay=0.05, drain_timeout=120,
 )
 
@@ -164,6 +171,7 @@ LONG = Sizes(
     relay_orders=20_000, relay_kills=10, relay_kill_after=(0.5, 4.0),
     restart_orders=10_000, restarts=2, restart_after=(3.0, 8.0), restart_downtime=3.0,
     poison_good=20_000, poison_bad=20_000, poison_rate=4000,
+    leader_orders=20_000, leader_rate=150, leader_kills=6, leader_every=20.0, leader_down=5.0,
     order_rate=400, gateway_delay=0.05, drain_timeout=600,
 )
 
@@ -280,6 +288,14 @@ class Stack:
 
     async def broker(self, port: int | None = None) -> EmbeddedBroker:
         b = EmbeddedBroker(port)
+        self._brokers.append(b)
+        await asyncio.to_thread(b.start)
+        return b
+
+    async def kafka(self, nodes: int) -> Any:
+        from streams.broker import KafkaBroker
+
+        b = KafkaBroker(self.workdir / "kafka", nodes=nodes)
         self._brokers.append(b)
         await asyncio.to_thread(b.start)
         return b
@@ -938,6 +954,109 @@ async def poison_flood(sizes: Sizes, workdir: Path, rng: random.Random) -> Resul
     return result
 
 
+async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition → the node id leading it now (-1: none), from fresh metadata."""
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client.force_metadata_update()
+        return {p: client.cluster.leader_for_partition(TopicPartition(topic, p)) or -1
+                for p in client.cluster.partitions_for_topic(topic) or ()}
+    finally:
+        await client.close()
+
+
+def spans(answers: Sequence[tuple[float, int, bytes]]) -> list[tuple[float, float, str]]:
+    """Periods of non-200 ``/health`` answers: (start, end, the first answer's body)."""
+    out: list[tuple[float, float, str]] = []
+    start: tuple[float, str] | None = None
+    for t, status, body in answers:
+        if status != 200 and start is None:
+            start = (t, body.decode(errors="replace")[:200])
+        elif status == 200 and start is not None:
+            out.append((start[0], t, start[1]))
+            start = None
+    if start is not None:
+        out.append((start[0], answers[-1][0], start[1]))
+    return out
+
+
+@timed
+async def leader_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
+    """Apache Kafka, 3 KRaft nodes; every topic the worker creates at replication factor
+    3 with ``min.insync.replicas=2``; the full lifecycle under load while the leader of
+    ``OrderPaid`` partition 0 (every partition takes the same share) is SIGKILLed every
+    ``leader_every`` seconds and started again ``leader_down`` seconds later."""
+    from tests.support.hostile import HealthProbe
+
+    result = Result("leader-kill", faults=f"{sizes.leader_kills}× SIGKILL partition leader (3 Kafka nodes)")
+    orders = [(f"lk-{i}", f"sku-{i % STORM_SKUS}") for i in range(sizes.leader_orders)]
+    ids = [o for o, _ in orders]
+    skus = Counter(sku for _, sku in orders)
+    async with Stack(workdir) as st:
+        kafka = await st.kafka(3)
+        gateway = await st.gateway(sizes.gateway_delay)
+        worker = st.worker(kafka, "worker", notifier_url=gateway.url, topic_replication_factor="3",
+                           broker_loss_timeout="10", **WORKER_ENV)
+        result.batch_size = batch_size_of(worker)
+        await start_ready(worker)
+        await seed_stock(kafka.bootstrap, {sku: STORM_STOCK for sku in skus})
+        kills: list[tuple[float, int]] = []
+        with HealthProbe(worker.url, interval=0.2) as probe:
+            feeder = st.background(produce_lifecycle(kafka.bootstrap, orders, rate=sizes.leader_rate))
+            for _ in range(sizes.leader_kills):
+                try:
+                    await asyncio.wait_for(asyncio.shield(feeder), sizes.leader_every)
+                    break  # the load is over: no more kills
+                except asyncio.TimeoutError:
+                    pass
+                node = (await leaders(kafka.bootstrap, PAID)).get(0, -1)
+                if node < 1:
+                    result.notes.append("partition 0 of OrderPaid had no leader when a kill was due")
+                    continue
+                kills.append((asyncio.get_running_loop().time(), node))  # the gateway's clock
+                await asyncio.to_thread(kafka.kill_node, node)
+                await asyncio.sleep(sizes.leader_down)
+                await asyncio.to_thread(kafka.restart_node, node)
+            result.faults_done = len(kills)
+            produced_at = await feeder
+            result.drain_seconds = await wait_effects(gateway, set(ids), produced_at, sizes.drain_timeout)
+            await drained(kafka.bootstrap, timeout=sizes.drain_timeout)
+        # Budget: a failover can repeat at most the batch in flight (its sends are retried).
+        result.worker_kills = len(kills)
+        sent = await read_topic(kafka.bootstrap, SENT)
+        dlq = await read_dlqs(kafka.bootstrap)
+        count_outcome(result, gateway, set(ids), sent, dlq)
+        views = await order_views(worker.url, ids)
+        not_notified = {i for i, v in views.items() if not isinstance(v, dict) or v["status"] != "NOTIFIED"}
+        result.lost = len((set(ids) - gateway.accepted.keys()) | not_notified)
+        if not_notified:
+            result.notes.append(f"{len(not_notified)} orders not NOTIFIED, e.g. {sorted(not_notified)[:3]}")
+        if worker.starts != 1 or worker.proc is None or worker.proc.poll() is not None:
+            result.failed_checks.append(f"the worker was restarted or died (starts: {worker.starts})")
+        if dlq:
+            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+        # Per kill: seconds until the gateway accepted a call again, and /health's answer.
+        outages = []
+        for t, node in kills:
+            after = [x for ts in gateway.times.values() for x in ts if x > t]
+            outages.append(round(min(after) - t, 1) if after else None)
+        unhealthy = spans(probe.answers)
+        result.details.update(kills=[(round(t, 1), n) for t, n in kills], outage_s=outages,
+                              health_non_200=[(round(b - a, 1), why) for a, b, why in unhealthy])
+        result.notes.append(f"{sizes.leader_rate:.0f} orders/s, every service, RF 3, min.insync.replicas 2; "
+                            f"killed node per kill: {[n for _, n in kills]}; seconds until the gateway took a "
+                            f"call again after each kill: {outages}")
+        result.notes.append("/health non-200 spans (seconds, first answer): "
+                            + ("; ".join(f"{b - a:.1f}s {why!r}" for a, b, why in unhealthy) or "none"))
+        if unhealthy and probe.answers[-1][1] != 200:
+            result.failed_checks.append("/health did not turn 200 again by itself")
+    return result
+
+
 Scenario = Callable[[Sizes, Path, random.Random], Awaitable[Result]]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -945,6 +1064,7 @@ SCENARIOS: dict[str, Scenario] = {
     "relay-kill": relay_kill,
     "broker-restart": broker_restart,
     "poison-flood": poison_flood,
+    "leader-kill": leader_kill,
 }
 
 
@@ -977,6 +1097,7 @@ injects one kind of fault, and counts the effects:
 | `worker-kill-storm` | the full lifecycle at a steady rate — `OrderCreated`, then `OrderPaid`, per order, stock seeded for every SKU; the worker is SIGKILLed at random points K times (each at least 2.5 s after it was ready again) and restarted on its own data dir after each. Checks: every order `NOTIFIED` and `RESERVED` on the worker (`GET /orders/{id}`), exactly one `NotificationSent` per order or a counted duplicate, stock = seed − orders, no dead letter, and the group's committed offsets of `OrderPaid` move forward in every life of the worker (recorded before each kill) |
 | `relay-kill` | order service API (`RELAY_ENABLED=false`, SQLite) + a separate relay (fixed `RELAY_ID`) + worker; orders created and paid over HTTP while the relay is SIGKILLed K times |
 | `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; once the outbox has nothing pending and the worker has committed everything on the new broker, `faust -A streams reconcile --sla 0 --repair` (see the caveat below), then a second `reconcile` that must exit 0 |
+| `leader-kill` | Apache Kafka with 3 KRaft nodes (`streams/broker/kafka.py`), the worker with `TOPIC_REPLICATION_FACTOR=3` (every topic it creates: `min.insync.replicas=2`); the full lifecycle at a steady rate while the node leading `OrderPaid` partition 0 is SIGKILLed every ~20 s and started again 5 s later. Checks: every order `NOTIFIED`, nothing dead-lettered, repeats within kills × `BATCH_SIZE` (a failover repeats at most the batch in flight), the worker never restarted, and `/health` non-200 only in spans that end by themselves (each span's first answer is in the notes) |
 | `poison-flood` | good `OrderPaid` interleaved with as many poison records (not JSON, wrong types, unknown version, empty value, no key); every poison record must be in `notifications.dlq` exactly once with the right reason, every good event must have exactly one gateway request |
 
 Nothing waits for a quiet period. A scenario is over when conditions hold: every

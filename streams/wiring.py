@@ -165,7 +165,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
     health = Health(broker_loss_timeout=settings.broker_loss_timeout)
     services, closers = build_services(settings, metrics)
     specs = [registry.service(name) for name in services]
-    tables = {name: define_table(app, name, partitions) for spec in specs for name in spec.tables}
+    tables = {name: define_table(app, name, partitions, durability_config(settings))
+              for spec in specs for name in spec.tables}
     publisher = KafkaPublisher(app, max_message_bytes=settings.max_message_bytes)
     store = TableStore(tables, publisher, max_value_bytes=settings.state_max_bytes)
     policy = RetryPolicy(settings.retry_delays)
@@ -262,11 +263,13 @@ def bootstrap_of(kafka_broker: str) -> str:
     return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
-def define_table(app: Any, name: str, partitions: int) -> Any:
+def define_table(app: Any, name: str, partitions: int, topic_config: dict[str, str] | None = None) -> Any:
     """A service's table: raw keys (the topics' key bytes, so ``table_route`` hashes a
-    key to its owner) and raw values (the engine encodes them)."""
+    key to its owner) and raw values (the engine encodes them); its changelog (compacted,
+    by Faust) gets ``topic_config`` too."""
     return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes,
-                     options={"driver": "rocksdict"}, help=f"state of the {name} table")
+                     options={"driver": "rocksdict"}, help=f"state of the {name} table",
+                     extra_topic_configs=topic_config or {})
 
 
 def declare_topics(app: Any, specs: list[registry.ServiceSpec], policy: RetryPolicy,
@@ -280,9 +283,9 @@ def declare_topics(app: Any, specs: list[registry.ServiceSpec], policy: RetryPol
     written: list[Any] = []
     for spec in specs:
         retries = [raw_topic(app, t, partitions, retry_config) for t in spec.retry_topics(policy.tiers)]
-        sources = [raw_topic(app, t, partitions) for t in spec.sources]
+        sources = [raw_topic(app, t, partitions, durability_config(settings)) for t in spec.sources]
         written += [raw_topic(app, spec.dlq, partitions, dlq_config), *retries]
-        written += [raw_topic(app, t, partitions) for t in spec.derived]
+        written += [raw_topic(app, t, partitions, durability_config(settings)) for t in spec.derived]
         for topic in (*sources, *retries):  # one agent per topic: `faust agents` lists each
             app.agent(topic, name=f"{spec.name}@{topic.get_topic_name()}")(_engine_owned(spec.name))
         written += sources
@@ -305,6 +308,23 @@ def _engine_owned(name: str) -> Callable[[Any], Awaitable[None]]:
     return agent
 
 
+def durability_config(settings: WorkerSettings) -> dict[str, str]:
+    """``min.insync.replicas`` of every topic the worker creates: with
+    ``TOPIC_REPLICATION_FACTOR`` 3, a write (``acks=all``) needs 2 replicas, so one broker
+    may be lost without losing an acknowledged record or stopping the writes."""
+    return {"min.insync.replicas": str(max(1, settings.topic_replication_factor - 1))}
+
+
+def topic_configs(settings: WorkerSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """The topic configs the worker creates its retry and DLQ topics with: records as
+    large as it may produce, and an explicit retention each (the broker's default, 7 days
+    on Apache Kafka, would silently decide how long dead letters stay)."""
+    big = {"max.message.bytes": str(settings.max_message_bytes), "cleanup.policy": "delete",
+           **durability_config(settings)}
+    return ({**big, "retention.ms": str(settings.retry_retention * 1000)},
+            {**big, "retention.ms": str(settings.dlq_retention * 1000)})
+
+
 def raw_topic(app: Any, name: str, partitions: int, config: dict[str, Any] | None = None) -> Any:
     """A topic of the engine, raw bytes both ways. ``internal=True`` only makes Faust's
     conductor create it (partitions, ``config``) *before* the consumer subscribes: on
@@ -314,12 +334,3 @@ def raw_topic(app: Any, name: str, partitions: int, config: dict[str, Any] | Non
     refresh (5 minutes). Faust never alters a topic that exists."""
     return app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw", config=config,
                      internal=True)
-def topic_configs(settings: WorkerSettings) -> tuple[dict[str, str], dict[str, str]]:
-    """The topic configs the worker creates its retry and DLQ topics with: records as
-    large as it may produce, and an explicit retention each (the broker's default, 7 days
-    on Apache Kafka, would silently decide how long dead letters stay)."""
-    big = {"max.message.bytes": str(settings.max_message_bytes), "cleanup.policy": "delete"}
-    return ({**big, "retention.ms": str(settings.retry_retention * 1000)},
-            {**big, "retention.ms": str(settings.dlq_retention * 1000)})
-
-
