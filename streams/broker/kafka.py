@@ -228,7 +228,10 @@ def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int]
         "transaction.state.log.num.partitions": 4,
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": min(2, rf),
-        "default.replication.factor": 1,
+        # as docker-compose.yml's cluster profile (deploy/cluster.env): topics created
+        # without a replication factor get the cluster's, and acks=all needs rf - 1 replicas
+        "default.replication.factor": rf,
+        "min.insync.replicas": max(1, rf - 1),
         "num.partitions": 4,  # as docker-compose.yml (KAFKA_NUM_PARTITIONS: TOPIC_PARTITIONS, 4)
         "group.initial.rebalance.delay.ms": 0,
         # a small machine: few threads, a small cleaner buffer (default 128 MB)
