@@ -379,7 +379,8 @@ def register_commands(app: Any, settings: Any) -> None:
         x-source-topic chooses among them); a letter naming any other topic is
         reported as refused and never sent. Each redriven letter is recorded in
         <service>.dlq.redriven after its send is acknowledged and skipped by every
-        later redrive. Streams the DLQ topics; --dry-run lists what would be sent.
+        later redrive; runs at the same time claim each letter there first and only
+        the first claim sends. Streams the DLQ topics; --dry-run lists what would be sent.
         """
         as_json = self.json or as_json
         out = _RedriveOutput(self, as_json, dry_run)

@@ -19,15 +19,27 @@ Redrive republishes a dead letter's key and bytes, unchanged, to its
 ``x-source-topic`` — only if that is one of **its own service's** source topics
 (:func:`streams.registry.redrive_target`; a letter naming any other topic is reported
 and skipped, never sent) — with an ``x-redriven-from`` header (the retry and DLQ
-headers are dropped, so the event starts a fresh retry ladder). Protocol, per letter:
+headers are dropped, so the event starts a fresh retry ladder). Protocol, per letter
+(:class:`Claims`; every runner — ``dlq redrive``, any worker's console — follows it):
 
-1. send to the source topic, await the broker ack;
-2. append its name to ``<service>.dlq.redriven`` (the ledger), await the ack.
+1. **claim**: append ``{"claim": <runner>}`` keyed by the letter's id to
+   ``<service>.dlq.redriven`` (the ledger), await the ack: the broker gives it an offset;
+2. read the ledger partition of that key up to the claim's offset. The broker's order
+   decides: the runner whose claim is the *first live claim* of the id wins (a claim
+   is live for :data:`CLAIM_TTL_MS` after its record's timestamp; a letter with a done
+   record is never claimed again). A runner that lost sends nothing;
+3. the winner sends the letter to the source topic, awaits the ack;
+4. appends the done record ``{"to": <topic>, "at": <ms>}`` (same key), awaits the ack.
 
-A later redrive reads the ledger first and skips every name in it, so the same dead
-letter is never redriven twice. Risk next to step 2: a crash between 1 and 2 leaves
-the letter unrecorded and a second run sends it again; the consumer's dedup table
-then counts it as a duplicate (its key was processed by the first copy).
+Two, three or any number of runners at once: each letter is sent once — every claim
+of one id lands in one partition (same key), so all runners read the same order.
+A later redrive skips every id with a done record. Risks, named: a runner that
+crashes between 1 and 4 leaves a claim without a done record — the letter is skipped
+until the claim is :data:`CLAIM_TTL_MS` old, then the next run may claim it (and, if
+the crash was after 3, sends it a second time; the consumer's dedup table then counts
+it as a duplicate of the first copy). A winner that stalls longer than the TTL
+between 2 and 3 gives the letter up instead of sending it (:meth:`Claims.still_mine`).
+Claim times are the records' timestamps (the runners' clocks): keep clocks in step.
 
 Showing a letter: its key, value and headers are someone else's bytes. Text is shown
 through :func:`printable` (control and other non-printable characters escaped, so a
@@ -42,7 +54,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -542,9 +554,9 @@ async def record_count(
 async def redriven_ids(
     bootstrap: str, service: str, *, client_kwargs: Mapping[str, Any] | None = None
 ) -> set[str]:
-    """Every id in ``<service>.dlq.redriven``. Read whole, on purpose: the ledger is
-    small (one short record per redriven letter, ids of ~30 bytes), and redrive needs
-    all of it before the first send to keep "never the same letter twice"."""
+    """Every id with a done record in ``<service>.dlq.redriven`` (claims are not
+    redrives). Read whole, on purpose: the ledger is small (a short record or two per
+    redriven letter), and redrive skips these without claiming them again."""
     out: set[str] = set()
     topic = ledger_topic(service)
     async with _consumer(bootstrap, client_kwargs) as consumer:
@@ -554,9 +566,102 @@ async def redriven_ids(
             if ends[tp] > 0:
                 async with aclosing(_scan(consumer, tp, None, ends[tp], bootstrap)) as records:
                     async for r in records:
-                        if r.key:
+                        if r.key and ledger_kind(r.value) == "done":
                             out.add(r.key.decode("utf-8", "replace"))
     return out
+
+
+#: Milliseconds a claim holds a letter for its runner (see the module's docstring).
+CLAIM_TTL_MS = 10 * 60 * 1000
+
+
+def ledger_kind(value: bytes | None) -> str:
+    """``claim`` or ``done``: what a ledger record says (records before claims existed,
+    ``{"to": …, "at": …}``, are done records)."""
+    if value and value.startswith(b'{"claim"'):
+        return "claim"
+    return "done"
+
+
+def first_live_claim(claims: Iterable[tuple[int, int, str]], ttl_ms: int) -> tuple[int, int, str] | None:
+    """The claim that owns a letter, of its ``(offset, timestamp ms, runner)`` claims:
+    the first in offset order, unless a later one came when the owner's had expired
+    (older than ``ttl_ms``) — then that one, and so on."""
+    owner = None
+    for claim in sorted(claims):
+        if owner is None or claim[1] - owner[1] > ttl_ms:
+            owner = claim
+    return owner
+
+
+class Claims:
+    """A runner's claims on one service's ledger (steps 1–2 of the module's protocol).
+
+    Rule, enforced in :meth:`claim`: a letter is this runner's to send only when, in the
+    ledger partition of its id read up to this runner's own claim, there is no done
+    record of it and this runner's claim is the first live one. Everything read is
+    remembered (done ids, open claims), so each partition is read once, forward."""
+
+    def __init__(self, bootstrap: str, service: str, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer,
+                 *, ttl_ms: int = CLAIM_TTL_MS, clock: Callable[[], float] = time.time) -> None:
+        import secrets
+
+        self.bootstrap, self.topic = bootstrap, ledger_topic(service)
+        self.producer, self.consumer = producer, consumer
+        self.runner = secrets.token_hex(8)
+        self.ttl_ms, self.clock = ttl_ms, clock
+        self.positions: dict[int, int] = {}
+        self.known: set[int] = set()
+        self.done: set[str] = set()
+        #: id -> [(offset, timestamp ms, runner)] of claims with no done record yet
+        self.claims: dict[str, list[tuple[int, int, str]]] = {}
+        #: id -> timestamp ms of this runner's winning claim
+        self.won: dict[str, int] = {}
+
+    async def claim(self, letter_id: str) -> bool:
+        """Append this runner's claim of ``letter_id`` and read back who won."""
+        now = int(self.clock() * 1000)
+        value = json.dumps({"claim": self.runner, "at": now}).encode()
+        meta = await asyncio.wait_for(
+            self.producer.send_and_wait(self.topic, key=letter_id.encode(), value=value), STALL_TIMEOUT)
+        await self._read(meta.partition, meta.offset + 1)
+        if letter_id in self.done:
+            return False
+        owner = first_live_claim([c for c in self.claims.get(letter_id, ()) if c[0] <= meta.offset], self.ttl_ms)
+        mine = owner is not None and owner[0] == meta.offset and owner[2] == self.runner
+        if mine:
+            self.won[letter_id] = owner[1]
+        return mine
+
+    def still_mine(self, letter_id: str) -> bool:
+        """False when this runner's claim has grown old enough for another to take over."""
+        at = self.won.get(letter_id)
+        return at is not None and int(self.clock() * 1000) - at < self.ttl_ms // 2
+
+    async def _read(self, partition: int, end: int) -> None:
+        start = self.positions.get(partition, 0)
+        if end <= start:
+            return
+        tp = TopicPartition(self.topic, partition)
+        if partition not in self.known:  # the first claim may have created the topic
+            self.known = set(await _partitions(self.consumer, self.topic, self.bootstrap))
+            if partition not in self.known:
+                raise DlqError(f"ledger {self.topic} has no partition {partition}")
+        async with aclosing(_scan(self.consumer, tp, start or None, end, self.bootstrap)) as records:
+            async for r in records:
+                if not r.key:
+                    continue
+                key = r.key.decode("utf-8", "replace")
+                if ledger_kind(r.value) == "done":
+                    self.done.add(key)
+                    self.claims.pop(key, None)
+                elif key not in self.done:
+                    try:
+                        runner = str(json.loads(r.value)["claim"])
+                    except (ValueError, KeyError, TypeError):
+                        runner = "?"
+                    self.claims.setdefault(key, []).append((r.offset, r.timestamp, runner))
+        self.positions[partition] = end
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,7 +673,8 @@ class Outcome:
     """What redrive did (or, dry, would do) with one letter."""
 
     letter: DeadLetter
-    #: ``redriven``, ``would_redrive`` or ``refused``
+    #: ``redriven``, ``would_redrive``, ``refused``, ``already_redriven`` (another runner's
+    #: claim came first) or ``gave_up`` (this runner's claim grew old before the send)
     action: str
     #: the topic it went / would go to
     target: str | None = None
@@ -647,6 +753,8 @@ async def redrive_letters(
         done_before = await redriven_ids(bootstrap, service, client_kwargs=client_kwargs)
     result = RedriveResult(service)
     producer: AIOKafkaProducer | None = None
+    claims: Claims | None = None
+    exits = AsyncExitStack()
 
     try:
         async with aclosing(each(letters)) as stream:
@@ -677,16 +785,28 @@ async def redrive_letters(
                         await producer.stop()
                         producer = None
                         raise DlqError(f"Kafka broker {bootstrap} unreachable ({describe(exc)})") from None
+                    consumer = await exits.enter_async_context(_consumer(bootstrap, client_kwargs))
+                    claims = Claims(bootstrap, service, producer, consumer)
+                assert claims is not None
+                if not await claims.claim(d.id):  # 1-2: another runner's claim came first
+                    done_before.add(d.id)
+                    result.skipped += 1
+                    on_outcome(Outcome(d, "already_redriven", None, "another redrive claimed it first"))
+                    continue
+                if not claims.still_mine(d.id):
+                    on_outcome(Outcome(d, "gave_up", None, "its claim grew old before the send; left for a later run"))
+                    continue
                 hdrs = list(H.writable((k, v) for k, v in (d.header_items or tuple(d.headers.items()))
                                        if k not in H.OURS and k != H.REDRIVEN_FROM))
                 hdrs.append((H.REDRIVEN_FROM, d.id.encode()))
-                await (await producer.send(target, key=d.key, value=d.value, headers=hdrs))  # 1
+                await (await producer.send(target, key=d.key, value=d.value, headers=hdrs))  # 3
                 ledger = json.dumps({"to": target, "at": int(time.time() * 1000)}).encode()
-                await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger))  # 2
+                await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger))  # 4
                 done_before.add(d.id)
                 result.redriven += 1
                 on_outcome(Outcome(d, "redriven", target))
     finally:
+        await exits.aclose()
         if producer is not None:
             await producer.stop()
     return result

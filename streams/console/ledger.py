@@ -2,8 +2,8 @@
 incrementally: the first page reads each ``<service>.dlq.redriven`` once, later pages
 only what was appended since (100,000 redriven letters are read once, not per page).
 
-Redrive itself never trusts this cache: its job reads the ledger whole
-(:func:`streams.dlq.redriven_ids`) before the first send, as the CLI does.
+Only done records count (a claim is no redrive yet). Redrive itself never trusts this
+cache: every send is claimed on the ledger first (:class:`streams.dlq.Claims`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class LedgerMarks:
             records = dlq._scan(consumer, tp, start or None, ends[tp], self.bootstrap)
             async with aclosing(records) as stream:
                 async for r in stream:
-                    if r.key:
+                    if r.key and dlq.ledger_kind(r.value) == "done":  # a claim is no redrive yet
                         ids.add(r.key.decode("utf-8", "replace"))
             positions[tp.partition] = ends[tp]
 

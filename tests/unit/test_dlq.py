@@ -112,3 +112,24 @@ async def test_dry_run_lists_each_letter_with_its_target_and_sends_nothing():
 async def test_an_unreachable_broker_is_one_dlq_error():
     with pytest.raises(dlq.DlqError, match=r"^Kafka broker 127\.0\.0\.1:1 unreachable \(KafkaConnectionError\)$"):
         await dlq.page("127.0.0.1:1", "notifications", client_kwargs={})
+
+
+def test_the_first_live_claim_owns_a_letter():
+    """Redrive's claim rule (streams.dlq.Claims): the broker's order decides, and a claim
+    left by a runner that died stops holding the letter after the TTL."""
+    from streams.dlq import first_live_claim
+
+    ttl = 1000
+    assert first_live_claim([], ttl) is None
+    assert first_live_claim([(2, 50, "b"), (1, 0, "a")], ttl) == (1, 0, "a")  # offset order, not arrival
+    assert first_live_claim([(1, 0, "a"), (2, 999, "b"), (3, 1000, "c")], ttl) == (1, 0, "a")
+    assert first_live_claim([(1, 0, "a"), (2, 1001, "b"), (3, 1500, "c")], ttl) == (2, 1001, "b")
+    assert first_live_claim([(1, 0, "a"), (2, 1001, "b"), (3, 2002, "c")], ttl) == (3, 2002, "c")
+
+
+def test_a_claim_record_is_no_redrive():
+    from streams.dlq import ledger_kind
+
+    assert ledger_kind(b'{"claim": "r1", "at": 1}') == "claim"
+    assert ledger_kind(b'{"to": "events.order.paid.v1", "at": 1}') == "done"
+    assert ledger_kind(None) == "done" and ledger_kind(b"") == "done"  # ledgers from before claims
