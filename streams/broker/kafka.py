@@ -312,6 +312,11 @@ class KafkaBroker:
         return "kafka://" + self.bootstrap
 
     @property
+    def port(self) -> int:
+        """The first node's client port (as :attr:`EmbeddedBroker.port`)."""
+        return self.ports[0]
+
+    @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes.values()]
 
