@@ -43,6 +43,7 @@ from typing import Any
 import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.engine.ports import INDEX_PREFIX
 from streams.faust_compat import changelog_topic, offset_key, partition_db
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,13 @@ class BulkLoader:
         indexer = self.indexers.get(name)
         batch = rocksdict.WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete  # the per-record loop is the loader's cost
+        unscheduled = []
         for r in records:
             value = r.value
             if value is None:
                 delete(r.key)
+                if r.key[:2] == INDEX_PREFIX:
+                    unscheduled.append(r.key)
             else:
                 put(r.key, value)
         if indexer is not None:
@@ -189,6 +193,11 @@ class BulkLoader:
                     if r.value is not None:
                         for index in indexer(r.key, r.value):
                             put(index, b"1")
+            # An index entry's tombstone always follows the value it was derived from:
+            # one derived above from an older value of this fetch stays deleted (a
+            # parked event applied, then unscheduled, came back after a wiped-dir recovery).
+            for key in unscheduled:
+                delete(key)
         last = records[-1].offset
         batch.put(offset_key(table), str(last).encode())
         partition_db(table, tp.partition).write(batch)
