@@ -15,7 +15,11 @@ The rule, enforced by :class:`StreamTime` (every pipeline's) and :class:`Process
    :data:`STREAM_TIME_KEY` in partition ``p`` of the service's first table, written in
    the same state write as the batch that moved it (changelog included), so a restart,
    a wiped data dir or a new owner after a rebalance starts from it, not from 0 and not
-   from a wall clock.
+   from a wall clock. Records this application wrote itself (derived events, the
+   commands between inventory's stages, retries) carry the writing worker's wall clock
+   and do not move it; a partition that has none of others' records yet starts at the
+   process clock when a decision first needs a time there. A batch's decisions see the
+   stream time after all of its records (its records are judged together).
 3. **A quiet partition still moves.** The time a decision uses is
    ``stream time + monotonic seconds since this process saw stream time move``
    (:meth:`StreamTime.now`): a parked event on a partition that receives nothing times

@@ -279,3 +279,22 @@ def test_inventory_index_skips_the_stream_time_key() -> None:
                                search_url="", decision_ttl=TTL)
     assert service.index_entries(STREAM_TIME_KEY, b"1700000000000") == []
     assert InventoryReserved.topic() in OURS
+
+
+# -- the dedup TTL sweep -------------------------------------------------------------------
+
+
+async def test_the_dedup_sweep_runs_on_stream_time_moved_by_the_monotonic_clock_only() -> None:
+    from agents.notifications import NotificationsService
+    from tests.unit.fakes import FakeNotifier, paid_record
+
+    publisher = FakePublisher()
+    store = MemoryStore(publisher)
+    worker = Worker(NotificationsService(FakeNotifier(None), concurrency=2), store, publisher, wall=NOW)
+    await worker.pipeline.process([paid_record("o-1", timestamp_ms=NOW_MS)])
+    worker.wall.now += 400 * DAY  # a wall-clock step sweeps nothing
+    await worker.pipeline.maintain([0])
+    assert b"o-1" in store.table("notifications-dedup", 0)
+    worker.mono.now += TTL  # the partition stays quiet for DEDUP_TTL
+    await worker.pipeline.maintain([0])
+    assert b"o-1" not in store.table("notifications-dedup", 0)
