@@ -32,7 +32,7 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.engine.streamtime import ProcessClock
-from streams.faust_compat import engine_consumer_class, read_offset, read_any_header_key
+from streams.faust_compat import EngineTableManager, engine_consumer_class, read_offset, read_any_header_key
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
 from streams.publisher import KafkaPublisher
@@ -131,6 +131,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
         # Faust's RocksDB store plus the engine's index entries for what Faust applies
         # itself (streams.faust_compat.EngineStore, a ``faust.stores`` entry point).
         store="engine://",
+        # no fixed 1 s sleep before the tables register; topics declared at once (start-up)
+        TableManager=EngineTableManager,
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
         web_bind=settings.web_host,
