@@ -880,7 +880,7 @@ POISON_KINDS: dict[str, tuple[Callable[[int], tuple[bytes | None, bytes | None]]
     "wrong-types": (lambda i: (f"pw-{i}".encode(), json.dumps(
         {"order_id": f"pw-{i}", "user_id": 7, "amount": "lots", "version": "v1"}).encode()), "validation_error"),
     "unknown-version": (lambda i: (f"pv-{i}".encode(), json.dumps(
-        {"order_id": f"pv-{i}", "user_id": "u-7", "amount": 1, "version": "v9"}).encode()), "validation_error"),
+        {"order_id": f"pv-{i}", "user_id": "u-7", "amount": 1, "version": "v9"}).encode()), "unknown_version"),
     "empty-value": (lambda i: (f"pe-{i}".encode(), b""), "decode_error"),
     "no-key": (lambda i: (None, paid(f"pk-{i}")[1]), "validation_error"),
 }
