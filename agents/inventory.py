@@ -38,8 +38,8 @@ from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch
 from streams.engine.ports import INDEX_PREFIX, index_key
 from streams.engine.records import Outgoing, Record
 from streams.events import (
-    InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext, decode_newest,
-    require_whole_chains, validation_summary,
+    InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext, ce_headers,
+    decode_newest, require_whole_chains, validation_summary,
 )
 from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from streams.rpc import BestEffortCaller
@@ -51,6 +51,8 @@ from tables.inventory import (
 log = logging.getLogger(__name__)
 
 ID_NAMESPACE = uuid.UUID("0b7f1f36-4f4e-4b43-9a8e-7d1c3c6f2a10")
+#: ``ce_source`` of the derived events (CloudEvents headers, see streams.events.ce_headers)
+CE_SOURCE = f"/order-streams/{INVENTORY.name}"
 CREATED_TOPIC = OrderCreated.topic()
 #: Every version's topic of OrderCreated, each decoded as the newest model.
 CREATED_TOPICS = {OrderCreated.topic(): OrderCreated, OrderCreatedV2.topic(): OrderCreatedV2}
@@ -188,13 +190,13 @@ class InventoryService:
         if result == "reserved":
             ev: InventoryReserved | InventoryRejected = InventoryReserved(
                 order_id=order_id, items=items, causation_id=causation, event_id=event_id)
-            return [Outgoing(InventoryReserved.topic(), key, ev.to_bytes(), (), partition)]
+            return [Outgoing(InventoryReserved.topic(), key, ev.to_bytes(), ce_headers(ev, CE_SOURCE), partition)]
         short = tuple(sorted(s for s, d in order["answers"].items() if d != "reserved"))
         ev = InventoryRejected(order_id=order_id, items=items, short=short, causation_id=causation,
                                event_id=event_id)
         releases = [StockCommand(kind="release", sku=sku, qty=order["skus"][sku], order_id=order_id)
                     for sku, d in order["answers"].items() if d == "reserved"]
-        return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), (), partition)] + [
+        return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), ce_headers(ev, CE_SOURCE), partition)] + [
             Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
 
     def index_entries(self, key: bytes, value: bytes) -> list[bytes]:

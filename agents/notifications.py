@@ -19,7 +19,7 @@ import orjson
 from agents.notifier import Notification, Notifier
 from streams.engine.pipeline import Batch, Item
 from streams.engine.records import Outgoing, Record
-from streams.events import NotificationSent, OrderPaid, decode_event, utcnow
+from streams.events import NotificationSent, OrderPaid, ce_headers_of, decode_event, utcnow
 from streams.registry import NOTIFICATIONS
 
 #: NotificationSent ids are derived from the order id: a replay re-emits the same id.
@@ -77,13 +77,15 @@ class NotificationsService:
         # Every field comes from a validated event or from us: serialised directly, the
         # shape NotificationSent validates (tests/unit/test_notifications.py checks it).
         # Building the model and dumping it was a quarter of the worker's CPU here.
+        event_id = notification_id(key)
         body = orjson.dumps({
-            "version": "v1", "event_id": notification_id(key), "occurred_at": sent_at, "order_id": key,
+            "version": "v1", "event_id": event_id, "occurred_at": sent_at, "order_id": key,
             "user_id": event.user_id, "channel": self.notifier.channel, "causation_id": str(event.event_id),
         })
         # Same key as the OrderPaid, so the same partition: the order's events stay where
         # its state lives even if the payer's producer partitions differently.
-        return Outgoing(SENT_TOPIC, key.encode(), body, (), partition)
+        return Outgoing(SENT_TOPIC, key.encode(), body,
+                        ce_headers_of(NotificationSent, event_id, "/order-streams/notifications", sent_at), partition)
 
     async def maintain(self, batch: Batch, partitions: Sequence[int]) -> None:
         return None

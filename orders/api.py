@@ -34,8 +34,8 @@ from orders.metrics import OrdersMetrics
 from orders.openapi import Response, Route, docs_html, openapi
 from orders.relay import NOTIFY_CHANNEL
 from streams.events import (
-    ID_MAX_LENGTH, ID_PATTERN, MAX_ITEMS, Amount, Event, Id, OrderCancelled, OrderCreated, OrderCreatedV2, OrderItem,
-    OrderPaid,
+    ID_MAX_LENGTH, ID_PATTERN, MAX_ITEMS, ORDERS_SOURCE, Amount, Event, Id, OrderCancelled, OrderCreated, OrderCreatedV2,
+    OrderItem, OrderPaid, ce_headers,
 )
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -294,7 +294,7 @@ class OrdersApi:
                 f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?, ?, ?, ?, 'CREATED', ?, ?)",
                 (order_id, body.user_id, items, str(body.amount), now, now),
             )
-            await outbox.add_event(tx, event, now=now)
+            await outbox.add_event(tx, event, now=now, headers=event_headers(event))
             await self._event_committed(tx)
             return _ok(OrderAccepted(order_id=order_id), status=201), True
 
@@ -354,7 +354,7 @@ class OrdersApi:
     def _too_large(self, event: Event) -> web.Response | None:
         """422 when the relay could never publish ``event`` (checked before anything is written)."""
         try:
-            outbox.check_size(event, self.max_event_bytes)
+            outbox.check_size(event, self.max_event_bytes, event_headers(event))
         except outbox.EventTooLarge as exc:
             return _error(422, "order too large", ("", str(exc)))
         return None
@@ -394,7 +394,7 @@ class OrdersApi:
                 return refused, False
             await tx.execute("UPDATE orders SET status = ?, updated_at = ? WHERE order_id = ?",
                              (target, now, order_id))
-            await outbox.add_event(tx, event, now=now)
+            await outbox.add_event(tx, event, now=now, headers=event_headers(event))
             await self._event_committed(tx)
             return _ok(StatusChange(order_id=order_id, status=target), status=202), True
 
@@ -429,6 +429,11 @@ class OrdersApi:
 
     async def docs(self, request: web.Request) -> web.Response:
         return web.Response(text=docs_html(self.spec), content_type="text/html")
+
+
+def event_headers(event: Event) -> list[tuple[str, str]]:
+    """The headers of the event's outbox row: the CloudEvents binding's (binary mode)."""
+    return [(k, v.decode()) for k, v in ce_headers(event, ORDERS_SOURCE)]
 
 
 def _in_flight() -> web.Response:

@@ -314,6 +314,36 @@ def ce_type(event_type: type[Event]) -> str:
     return f"{event_type.domain}.{event_type.name}.v{event_type.schema_version}"
 
 
+#: Headers of the CloudEvents Kafka protocol binding, binary mode (``ce_`` + attribute).
+CE_SPECVERSION = "1.0"
+#: ``ce_source`` of what the order service publishes; a worker service's is ``/order-streams/<service>``.
+ORDERS_SOURCE = "/order-streams/orders"
+
+
+def ce_dataschema(event_type: type[Event]) -> str:
+    """The event's schema as a URI reference: its committed file (``schemas/…json``)."""
+    return f"schemas/{ce_type(event_type)}.json"
+
+
+def ce_headers(event: Event, source: str, time: datetime | None = None) -> tuple[tuple[str, bytes], ...]:
+    """The CloudEvents headers every record the project produces carries (binary mode:
+    the value stays the event's JSON): ``ce_specversion``, ``ce_id`` (the event id),
+    ``ce_type``, ``ce_source``, ``ce_time`` (the event time, else ``time``, else now),
+    ``ce_dataschema`` and ``content-type``. They describe; they never decide — a reader
+    only checks ``ce_type`` against the topic (see :func:`decode_event`)."""
+    at = event.occurred_at or time or utcnow()
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return ce_headers_of(type(event), str(event.event_id), source, at.isoformat())
+
+
+def ce_headers_of(event_type: type[Event], event_id: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
+    """:func:`ce_headers` from the parts, for a producer that writes the JSON itself."""
+    return (("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_type", ce_type(event_type).encode()),
+            ("ce_source", source.encode()), ("ce_time", time.encode()),
+            ("ce_dataschema", ce_dataschema(event_type).encode()), ("content-type", b"application/json"))
+
+
 def upcast(event: Event, ctx: UpcastContext, upcasters: Mapping[tuple[str, str, int], Upcaster] = UPCASTERS,
            newest: Mapping[tuple[str, str], type[Event]] = NEWEST) -> Event:
     """``event`` as its newest version: the chain ``vN → vN+1 → …``, one upcaster per

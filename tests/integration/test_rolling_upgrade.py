@@ -10,8 +10,9 @@ import json
 
 import aiohttp
 import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
-from streams.events import OrderCreated, OrderCreatedV2
+from streams.events import NotificationSent, OrderCreated, OrderCreatedV2
 from tests.support.kafka import read_topic
 from tests.support.orders import OrdersClient
 from tests.support.worker import http_get, metric_value
@@ -58,6 +59,13 @@ async def test_switching_the_order_service_from_v1_to_v2_while_orders_flow(broke
     v2 = [r.key.decode() for r in await read_topic(broker.bootstrap, OrderCreatedV2.topic())]
     assert len(v1) >= PER_PHASE and len(v2) >= PER_PHASE - 1, (len(v1), len(v2))
     assert set(v1 + v2) == set(ids) and not set(v1) & set(v2)  # each order on one version's topic
+
+    sent = await read_topic(broker.bootstrap, NotificationSent.topic(), expect=len(ids))
+    published = [*await read_topic(broker.bootstrap, OrderCreated.topic()),
+                 *await read_topic(broker.bootstrap, OrderCreatedV2.topic()), *sent]
+    for r in published:  # what the relay and the worker produce, as the CloudEvents SDK reads it
+        ce = from_binary_event(KafkaMessage(headers=r.headers, key=r.key, value=r.value))
+        assert ce.get_id() == json.loads(r.value)["event_id"] and "events." + ce.get_type() == r.topic
 
     text = await asyncio.to_thread(worker.metrics)
     for service, type_ in (("order-state", "OrderCreated"), ("notifications", "OrderPaid")):
