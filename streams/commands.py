@@ -491,7 +491,7 @@ def register_commands(app: Any, settings: Any) -> None:
 
 def register_schema_commands(app: Any) -> None:
     """``faust -A streams schema export``: the event schemas from the models (issue 22)."""
-    group = OneLineGroup("schema", help="Event schemas generated from the models: schema export.",
+    group = OneLineGroup("schema", help="Event schemas and the AsyncAPI document, generated: schema export.",
                          short_help="Event schemas: schema export.")
     faust_cli.add_command(group)
 
@@ -501,7 +501,7 @@ def register_schema_commands(app: Any) -> None:
         base=OpsCommand, click_group=group, click_name="export",
     )
     async def schema_export(self: OpsCommand, root: str | None) -> None:
-        """Write schemas/<domain>.<event>.v<N>.json from the event models (commit them)."""
+        """Write schemas/<domain>.<event>.v<N>.json and docs/asyncapi.json from the models (commit them)."""
         from pathlib import Path
 
         from streams import schemas

@@ -1,4 +1,4 @@
-"""Worker HTTP routes: ``/metrics``, ``/health``, ``/orders/{order_id}``, ``/inventory/{sku}``.
+"""Worker HTTP routes: ``/metrics``, ``/health``, ``/orders/{order_id}``, ``/inventory/{sku}``, ``/asyncapi.json``.
 
 The web surface is what the README lists, on the address it names:
 
@@ -471,6 +471,13 @@ def register_web(app: Any, worker: "Worker") -> None:
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(worker.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/asyncapi.json")
+    async def asyncapi_json(web: Any, request: Any) -> Any:
+        """The AsyncAPI 3.0 document (docs/asyncapi.json, generated from the registry and models)."""
+        from streams.schemas import asyncapi_bytes
+
+        return web.bytes(asyncapi_bytes(), content_type="application/json")
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

@@ -14,7 +14,9 @@ import uuid
 from collections import Counter
 
 import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
+from streams import schemas
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from tests.support.kafka import produce, read_topic, wait_consumed
@@ -61,6 +63,13 @@ async def test_v1_only_v2_only_and_one_order_on_both_topics_are_each_handled_onc
     records = [r for t in derived for r in await read_topic(broker.bootstrap, t)]
     outcomes = Counter(r.key.decode() for r in records)
     assert set(outcomes) == expected and set(outcomes.values()) == {1}  # each order decided once
+    for r in records:  # derived events carry the CloudEvents headers, as the SDK reads them
+        ce = from_binary_event(KafkaMessage(headers=r.headers, key=r.key, value=r.value))
+        assert ce.get_id() == json.loads(r.value)["event_id"] and ce.get_source() == "/order-streams/inventory"
+        assert "events." + ce.get_type() == r.topic and ce.get_dataschema() == f"schemas/{ce.get_type()}.json"
+
+    status, doc = await asyncio.to_thread(http_get, f"{worker.url}/asyncapi.json")
+    assert status == 200 and doc == schemas.ASYNCAPI_PATH.read_bytes()  # the worker serves the committed document
 
     status, body = await asyncio.to_thread(http_get, f"{worker.url}/orders/{both}")
     assert status == 200

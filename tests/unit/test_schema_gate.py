@@ -3,6 +3,7 @@ published ``vN`` never changes beyond title/description (issue 22, item 3)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -33,10 +34,12 @@ def test_the_gate_passes_on_the_committed_schemas():
 
 
 def test_exporter_writes_the_committed_files(tmp_path):
-    written = schemas.export(tmp_path)
-    assert sorted(p.name for p in written) == sorted(p.name for p in schemas.SCHEMA_DIR.glob("*.json"))
+    written = [p.relative_to(tmp_path) for p in schemas.export(tmp_path)]
+    assert sorted(p.name for p in written if p.parent.name == "schemas") == \
+        sorted(p.name for p in schemas.SCHEMA_DIR.glob("*.json"))
+    assert Path("docs/asyncapi.json") in written
     for p in written:
-        assert p.read_text(encoding="utf-8") == (schemas.SCHEMA_DIR / p.name).read_text(encoding="utf-8")
+        assert (tmp_path / p).read_text(encoding="utf-8") == (schemas.ROOT / p).read_text(encoding="utf-8"), p
 
 
 # -- fixtures: the two ways to change OrderPaid ----------------------------------------------
