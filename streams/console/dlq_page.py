@@ -31,8 +31,8 @@ from streams.events import ID_PATTERN
 
 SCAN_BUDGET = 5000
 PAGE_SIZE = 50
-REASONS = ("max_attempts", "non_retryable", "decode_error", "validation_error", "illegal_transition",
-           "out_of_order_timeout", "too_large")
+REASONS = ("max_attempts", "non_retryable", "decode_error", "validation_error", "unknown_version",
+           "illegal_transition", "out_of_order_timeout", "too_large")
 _REASON = re.compile(r"^[a-z_]{1,40}$")
 _ID = re.compile(ID_PATTERN)
 
