@@ -32,7 +32,7 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.engine.streamtime import ProcessClock
-from streams.faust_compat import EngineTableManager, engine_consumer_class, read_offset, read_any_header_key
+from streams.faust_compat import EngineProducer, EngineTableManager, engine_consumer_class, read_offset, read_any_header_key
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
 from streams.publisher import KafkaPublisher
@@ -190,6 +190,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
                         client_kwargs=settings.aiokafka_kwargs(), indexers=indexers, progress=progress,
                         max_fetch_bytes=settings.max_message_bytes,
                         budget=0.8 * app.conf.broker_request_timeout)
+    app.transport.Producer = EngineProducer  # declares each topic once per process (start-up)
     app.transport.Consumer = engine_consumer_class(
         driver, fetch_max_wait=settings.fetch_max_wait,
         # unset: the broker is asked (faust_compat.list_offsets_may_be_short)

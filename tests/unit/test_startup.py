@@ -162,3 +162,31 @@ async def test_every_newly_assigned_active_partition_is_open_before_faust_s_reba
     finally:
         type(manager).__mro__[1].on_rebalance = original
     assert seen == {name: {0, 2} for name in manager}
+
+
+async def test_a_topic_declared_without_an_error_is_not_declared_again(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust declares a topic at every step that names it, a Metadata round trip each
+    even when it exists; the worker's producer declares each once per process, and
+    tries one that failed again."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    producer = app.producer
+    assert isinstance(producer, faust_compat.EngineProducer)
+    calls: list[str] = []
+    failing = {"b"}
+
+    async def declare(self: Any, topic: str, partitions: int, replication: int, **kwargs: Any) -> None:
+        calls.append(topic)
+        if topic in failing:
+            raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(Producer, "create_topic", declare)
+    for topic in ("a", "a", "b"):
+        try:
+            await producer.create_topic(topic, 4, 1)
+        except ConnectionError:
+            pass
+    failing.clear()
+    await producer.create_topic("b", 4, 1)
+    await producer.create_topic("b", 4, 1)
+    assert calls == ["a", "b", "b"]
