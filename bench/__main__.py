@@ -39,7 +39,7 @@ from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
 NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
-         "latency", "retry")
+         "latency", "retry", "startup")
 ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
@@ -239,6 +239,12 @@ async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dic
     if "retry" in only:
         log("P5 retry delays")
         results["retry"] = await guarded(results, "retry", pairs.retry_delays(sizes.retry_delays, sizes.retry_keys, work))
+    if "startup" in only:
+        from bench import startup
+
+        rounds = 3 if quick else 5
+        log(f"start-up: start → /health 200, every service, {rounds} rounds (empty broker, then a restart)")
+        results["startup"] = await guarded(results, "startup", startup.run(rounds, work))
     results["seconds"] = time.perf_counter() - t_start
     results["summary"] = summarize(results)
     return results

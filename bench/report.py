@@ -100,6 +100,13 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
     "retry": (
         "P5 worst retry delay ÷ configured", "≤ 1.10", lambda v: v <= 1.10, 3,
         "gateway stub failing 3 times; gaps between attempts vs `RETRY_DELAYS=0.5,1,2`"),
+    "startup": (
+        "start-up: start → /health 200, every service, empty broker (s)", "≤ 3 s", lambda v: v <= 3.0, 2,
+        "`faust --quiet -A streams worker`, `Popen` → first `/health` 200 (polled every 50 ms), fresh broker "
+        "per round (bench/startup.py)"),
+    "startup-restart": (
+        "start-up: the same worker restarted on its data dir (s)", "–", lambda v: True, 2,
+        "SIGTERM, start again: topics and group exist (a restart, a takeover)"),
 }
 
 
@@ -127,6 +134,8 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
         out[f"latency-{variant}"] = [v] if v is not None else []
     worst = _dig(r, "retry", "worst")
     out["retry"] = [worst] if worst is not None else []
+    out["startup"] = list(_dig(r, "startup", "empty_s") or [])
+    out["startup-restart"] = list(_dig(r, "startup", "restart_s") or [])
     return out
 
 
