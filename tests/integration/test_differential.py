@@ -47,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.gateway import GatewayStub
 from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.reference import (
     ANSWERS, CANCELLED, CREATED, INVENTORY, NOTIFICATIONS, ORDER_STATE, PAID, REJECTED, REQUESTS, RESERVED,
@@ -437,7 +438,8 @@ def model_counts(ref: Reference) -> dict[str, dict[str, float]]:
     c = ref.counts
     letters = Counter(l.service for l in ref.letters if l.service != INVENTORY or l.source_topic == CREATED)
     counts = {
-        NOTIFICATIONS: {"success": c[(NOTIFICATIONS, "success")], "duplicate": c[(NOTIFICATIONS, "duplicate")]},
+        NOTIFICATIONS: {"success": c[(NOTIFICATIONS, "success")], "duplicate": c[(NOTIFICATIONS, "duplicate")],
+                        "retry": c[(NOTIFICATIONS, "retry")]},
         ORDER_STATE: {"success": c[(ORDER_STATE, "apply")] + c[(ORDER_STATE, "unparked:apply")],
                       "duplicate": c[(ORDER_STATE, "duplicate")] + c[(ORDER_STATE, "unparked:duplicate")]},
         INVENTORY: {"success": c[(INVENTORY, "success")] + c[(INVENTORY, "duplicate")]},
@@ -446,46 +448,30 @@ def model_counts(ref: Reference) -> dict[str, dict[str, float]]:
                       for status in STATUSES} for service in SERVICES}
 
 
-async def drain(bootstrap: str) -> None:
+async def drain(bootstrap: str, sources: list[str] = SOURCES) -> None:
     """Every source topic committed, twice: a stage's output (inventory requests →
     answers → events and releases; OrderPaid → NotificationSent) is the next's input."""
     for _ in range(2):
-        await wait_consumed(bootstrap, SOURCES, timeout=150)
+        await wait_consumed(bootstrap, sources, timeout=150)
 
 
-async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
-    started = time.monotonic()
-    worker = worker_factory(park_timeout="3600")  # no timeouts: parked is parked
-    await asyncio.to_thread(worker.start().wait_ready)
-    ref = Reference()
-    load = Workload(SEED, N_ORDERS)
+@dataclass
+class Comparison:
+    mismatches: list[str]
+    states: dict[str, dict[str, Any] | None]
+    letters: int
+    counts: dict[str, dict[str, float]]
+    parked: float
 
-    produced: Counter[str] = Counter()
-    #: key → what was produced under it (phase, topic, value), for the failure report
-    trail: dict[bytes | None, list[tuple[int, str, bytes | None]]] = defaultdict(list)
 
-    async def send_all(sends: list[Send], phase: int) -> None:
-        for s in sends:
-            if not s.records:
-                continue
-            produced[s.topic] += len(s.records)
-            for key, value in s.records:
-                trail[key].append((phase, s.topic, value))
-            for key, value in s.records:
-                ref.feed(s.topic, key, value)
-            await produce(broker.bootstrap, s.topic, s.records, headers=s.headers)
-        ref.settle()
-        await drain(broker.bootstrap)
-
-    await send_all(load.stock_phase(), 0)
-    for n in range(1, LAST_PHASE + 1):
-        await send_all(load.phase(n, ref), n)
-    produced_at = time.monotonic()
-
+async def compare(ref: Reference, broker: Any, worker: Any, ids: list[str],
+                  earlier: dict[str, dict[str, float]] | None = None) -> Comparison:
+    """Everything the worker did, held against the model: order states, derived events,
+    dead letters, stock and the events processed per service (plus ``earlier``: what
+    the worker counted before a restart)."""
     mismatches: list[str] = []
 
-    # 1. final order states (every order id, and the keys only poison used)
-    ids = sorted(set(load.ids) | {f"zz-{i}" for i in range(100)})
+    # 1. final order states
     states = await asyncio.to_thread(fetch_states, worker.url, ids)
     for oid in ids:
         mismatches += compare_order(oid, ref.view(oid), states[oid])
@@ -536,7 +522,7 @@ async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
         mismatches.append(f"dead letter not verbatim in the worker ×{n}: {k!r:.300}")
 
     # 4. stock
-    for sku in STOCK:
+    for sku in sorted(ref.stock):
         code, raw = await asyncio.to_thread(http_get, f"{worker.url}/inventory/{sku}")
         got = json.loads(raw) if code == 200 else {"http": code}
         want = ref.stock[sku]
@@ -546,9 +532,47 @@ async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
     # 5. what each service did with each event, as the worker counted it
     text = await asyncio.to_thread(worker.metrics)
     got_counts, want_counts = worker_counts(text), model_counts(ref)
+    for service, by_status in (earlier or {}).items():
+        for status, n in by_status.items():
+            got_counts[service][status] += n
     if got_counts != want_counts:
         mismatches.append(f"events processed per service and status: worker {got_counts} vs model {want_counts}")
     worker_parked = metric_value(text, "event_processed_total", service=ORDER_STATE, status="parked")
+    return Comparison(mismatches, states, len(got_letters), got_counts, worker_parked)
+
+
+async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
+    started = time.monotonic()
+    worker = worker_factory(park_timeout="3600")  # no timeouts: parked is parked
+    await asyncio.to_thread(worker.start().wait_ready)
+    ref = Reference()
+    load = Workload(SEED, N_ORDERS)
+
+    produced: Counter[str] = Counter()
+    #: key → what was produced under it (phase, topic, value), for the failure report
+    trail: dict[bytes | None, list[tuple[int, str, bytes | None]]] = defaultdict(list)
+
+    async def send_all(sends: list[Send], phase: int) -> None:
+        for s in sends:
+            if not s.records:
+                continue
+            produced[s.topic] += len(s.records)
+            for key, value in s.records:
+                trail[key].append((phase, s.topic, value))
+            for key, value in s.records:
+                ref.feed(s.topic, key, value)
+            await produce(broker.bootstrap, s.topic, s.records, headers=s.headers)
+        ref.settle()
+        await drain(broker.bootstrap)
+
+    await send_all(load.stock_phase(), 0)
+    for n in range(1, LAST_PHASE + 1):
+        await send_all(load.phase(n, ref), n)
+    produced_at = time.monotonic()
+
+    ids = sorted(set(load.ids) | {f"zz-{i}" for i in range(100)})  # and the keys only poison used
+    result = await compare(ref, broker, worker, ids)
+    mismatches, states, got_counts, worker_parked = result.mismatches, result.states, result.counts, result.parked
     letters = Counter(f"{l.service}:{l.reason}" for l in ref.letters)
     statuses = Counter(v["status"] for v in (ref.view(o) for o in load.ids) if v)
     reservations = Counter(v["reservation"] for v in (ref.view(o) for o in load.ids) if v)
@@ -557,7 +581,7 @@ async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
           f"stock-bumped={load.bumped} parked: model={ref.counts[(ORDER_STATE, 'park')]} "
           f"worker={worker_parked:.0f} still={ref.parked_total()} statuses={dict(statuses)} "
           f"reservations={dict(reservations)} dead-letters={dict(sorted(letters.items()))} "
-          f"(worker {len(got_letters)}) processed={got_counts} mismatches={len(mismatches)} "
+          f"(worker {result.letters}) processed={got_counts} mismatches={len(mismatches)} "
           f"produce+drain={produced_at - started:.1f}s total={time.monotonic() - started:.1f}s")
     if mismatches:
         evidence = []
@@ -569,3 +593,88 @@ async def test_worker_agrees_with_the_reference_model(broker, worker_factory):
                             f"  model {ref.view(oid)}\n  produced under its key:\n{records}")
         pytest.fail(f"{len(mismatches)} mismatches between the worker and the model; first ones:\n"
                     + "\n".join(mismatches[:25]) + "\nevidence:\n" + "\n".join(evidence), pytrace=False)
+
+
+# -- a variant: retries, park timeouts and a worker restart -------------------------------
+
+VARIANT_ORDERS = 300
+VARIANT_TIERS = 2
+VARIANT_PARK_TIMEOUT = 5.0
+#: the topics the variant's worker reads that get records (no retries but notifications')
+VARIANT_SOURCES = [CREATED, PAID, CANCELLED, REQUESTS, ANSWERS, SENT, RESERVED, REJECTED,
+                   *(f"{NOTIFICATIONS}.retry.{n}" for n in range(1, VARIANT_TIERS + 1))]
+
+
+def gateway_failures(order_id: str) -> int:
+    """Calls the gateway fails (503) for an order before it accepts: mostly none, some
+    one or two (retried), a few more than the attempts there are (dead-lettered)."""
+    n = int(order_id.rsplit("-", 1)[1])
+    return 0 if n % 5 else (1, 2, 1, VARIANT_TIERS + 1)[n // 5 % 4]
+
+
+async def test_worker_agrees_with_the_model_through_retries_park_timeouts_and_a_restart(broker, worker_factory):
+    """Fewer orders; the SMS gateway fails some calls (retries on two fast tiers, and
+    dead letters after the last), events that can never apply time out of their park,
+    and the worker is stopped and started again between phases (its tables recovered:
+    copies produced after the restart are still duplicates)."""
+    started = time.monotonic()
+    rng = random.Random(SEED + 1)
+    gateway = await GatewayStub(lambda key, seen: 503 if seen < gateway_failures(key) else 200).start()
+    try:
+        worker = worker_factory(notifier_url=gateway.url, retry_delays="0.2,0.2", maintenance_interval="0.2",
+                                park_timeout=str(VARIANT_PARK_TIMEOUT))
+        await asyncio.to_thread(worker.start().wait_ready)
+        ref = Reference(gateway_failures=gateway_failures, retry_tiers=VARIANT_TIERS)
+        load = Workload(SEED + 1, VARIANT_ORDERS)  # its bodies and ids; its plans are not used here
+        ids = load.ids
+
+        async def send(topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+            for key, value in records:
+                ref.feed(topic, key, value)
+            await produce(broker.bootstrap, topic, records)
+
+        async def phase(sends: list[tuple[str, list[tuple[bytes | None, bytes | None]]]]) -> None:
+            for topic, records in sends:
+                await send(topic, records)
+            ref.settle()
+            await drain(broker.bootstrap, VARIANT_SOURCES)
+
+        kind = {oid: rng.choices(["paid", "unpaid", "cancelled", "orphan_paid", "orphan_cancelled"],
+                                 [70, 10, 10, 5, 5])[0] for oid in ids}
+        created = {oid: load.created_body(oid, load._items()) for oid in ids if not kind[oid].startswith("orphan")}
+        paid = {oid: load.paid_body(oid) for oid in ids if kind[oid] in ("paid", "orphan_paid")}
+        stock = [(s.encode(), body({"kind": "set", "sku": s, "qty": 1_000_000})) for s in STOCK]
+        # 1: stock, orders created and paid (some payments retried, some dead-lettered)
+        await phase([(REQUESTS, stock), (CREATED, [(o.encode(), v) for o, v in created.items()]),
+                     (PAID, [(o.encode(), paid[o]) for o in ids if kind[o] == "paid"])])
+        # Nothing is parked now, so no park times out while the worker stops: the counts
+        # of its first life are final (they restart from 0).
+        first_life = worker_counts(await asyncio.to_thread(worker.metrics))
+        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(worker.start().wait_ready)
+        # 2: after the restart, copies of what it already handled are duplicates;
+        # cancellations; payments and cancellations of orders never created park
+        again = [o for o in ids if kind[o] == "paid" and gateway_failures(o) <= VARIANT_TIERS][::7]
+        await phase([(PAID, [(o.encode(), paid[o]) for o in again + [o for o in ids if kind[o] == "orphan_paid"]]),
+                     (CREATED, [(o.encode(), created[o]) for o in again]),
+                     (CANCELLED, [(o.encode(), load.cancelled_body(o)) for o in ids
+                                  if kind[o] in ("cancelled", "orphan_cancelled")])])
+        # ... and time out PARK_TIMEOUT later, on a maintenance tick: wait for each one's
+        # dead letter (a condition, not a sleep), then for what follows from them.
+        ref.time_out_parked()
+        timed_out = sum(1 for l in ref.letters if l.reason == "out_of_order_timeout")
+        deadline = time.monotonic() + VARIANT_PARK_TIMEOUT + 60
+        while metric_value(await asyncio.to_thread(worker.metrics), "dead_letter_total", service=ORDER_STATE,
+                           reason="out_of_order_timeout") < timed_out:
+            assert time.monotonic() < deadline, f"{timed_out} parked events did not time out"
+            await asyncio.sleep(0.2)
+        await drain(broker.bootstrap, VARIANT_SOURCES)
+        result = await compare(ref, broker, worker, ids, earlier=first_life)
+    finally:
+        await gateway.stop()
+    retries = ref.counts[(NOTIFICATIONS, "retry")]
+    print(f"\ndifferential variant: orders={VARIANT_ORDERS} kinds={dict(Counter(kind.values()))} retries={retries} "
+          f"max_attempts={sum(1 for l in ref.letters if l.reason == 'max_attempts')} timed-out={timed_out} "
+          f"processed={result.counts} mismatches={len(result.mismatches)} total={time.monotonic() - started:.1f}s")
+    assert retries and timed_out and again  # the variant's hazards happened in the model
+    assert not result.mismatches, "\n".join(result.mismatches[:25])

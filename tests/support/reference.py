@@ -26,16 +26,18 @@ What it models:
   on ``inventory.answers``) → ``validation_error`` (a payload ``version`` that no
   model of the event has → ``unknown_version``); to ``<service>.dlq``, bytes verbatim.
 - **notifications**: deduplicated by ``order_id``; the first valid ``OrderPaid`` of
-  an order derives one ``NotificationSent`` (``causation_id`` = that event's id); the
-  state of the order does not matter (the gateway always succeeds here).
+  an order derives one ``NotificationSent`` (``causation_id`` = that event's id) once
+  the gateway accepts it — each failed call a ``retry``, and after the last retry tier
+  a ``max_attempts`` dead letter instead (the order is not marked: a later copy is
+  tried again); the state of the order does not matter.
 - **order-state**: two facts, ``status`` (``NEW → CREATED → PAID → NOTIFIED``,
   ``CREATED → CANCELLED``) and ``reservation`` (``PENDING → RESERVED | REJECTED``, only
   after ``OrderCreated``). Per event: a type already applied → duplicate; allowed now →
   applied (``version + 1``, appended to ``history``) and the parked events judged
   again; its predecessor can still come → parked (one per type: a second one of a
   parked type is a duplicate); never possible any more → ``illegal_transition`` (the
-  state unchanged). No park timeouts (tests using this run with a long
-  ``PARK_TIMEOUT``).
+  state unchanged). Park timeouts only when the test says the time has passed
+  (:meth:`Reference.time_out_parked`): every event still parked then is dead-lettered.
 - **inventory**: stock per SKU (``set`` commands); an order is decided once (a replayed
   ``OrderCreated`` changes nothing): every SKU with enough available stock is
   reserved, and if any is short the order is rejected (``short`` = those SKUs, sorted)
@@ -289,7 +291,14 @@ class Derived:
 
 
 class Reference:
-    def __init__(self) -> None:
+    """``gateway_failures(order_id)``: how many calls for the order the SMS gateway
+    fails (a retryable 503) before it accepts; with ``retry_tiers`` tiers an event gets
+    ``1 + retry_tiers`` attempts, then it is dead-lettered as ``max_attempts``."""
+
+    def __init__(self, *, gateway_failures: Callable[[str], int] = lambda order_id: 0,
+                 retry_tiers: int = 3) -> None:
+        self.gateway_failures = gateway_failures
+        self.retry_tiers = retry_tiers
         self.orders: dict[str, Order] = {}
         self.letters: list[Letter] = []
         self.derived: list[Derived] = []
@@ -375,6 +384,11 @@ class Reference:
     def _notify(self, paid: Event, value: bytes | None) -> None:
         if paid.order_id in self.notified:
             self.counts[(NOTIFICATIONS, DUPLICATE)] += 1
+            return
+        failures = self.gateway_failures(paid.order_id)
+        self.counts[(NOTIFICATIONS, "retry")] += min(failures, self.retry_tiers)
+        if failures > self.retry_tiers:  # every attempt failed: not notified (a later copy tries again)
+            self._letter(NOTIFICATIONS, PAID, paid.order_id.encode(), "max_attempts", value)
             return
         cause = paid.event_id
         self.notified[paid.order_id] = cause
@@ -508,6 +522,14 @@ class Reference:
                 raise NotImplementedError("valid answers from outside the service are not modelled")
             return self._letter(INVENTORY, ANSWERS, key, VALIDATION_ERROR, value)
         raise NotImplementedError("expect messages from outside the service are not modelled")
+
+    def time_out_parked(self) -> None:
+        """``PARK_TIMEOUT`` passed: every event still parked is dead-lettered
+        (``out_of_order_timeout``), its bytes verbatim, and the state keeps the rest."""
+        for order in self.orders.values():
+            for waiting in order.parked.values():
+                self._letter(ORDER_STATE, waiting.topic, waiting.key, "out_of_order_timeout", waiting.value)
+            order.parked.clear()
 
     # -- results -------------------------------------------------------------------------
 
