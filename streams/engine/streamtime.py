@@ -43,7 +43,9 @@ The rule, enforced by :class:`StreamTime` (every pipeline's) and :class:`Process
    clock + skew, so time runs slow and decisions come late, never early.
 5. **Which decision uses which clock.** Park timeouts (``order-state``), decision and
    answer expiry (``inventory``), the dedup TTL sweep: :meth:`StreamTime.now` of the
-   partition. Dedup freshness: the record's own believed time against the marker.
+   partition. Dedup freshness: the record's own believed time against the marker
+   (a marker is stamped no older than the process clock, so a clock ahead keeps
+   markers longer — until stream time reaches them — never shorter).
    Retry due times (``x-not-before``, :func:`streams.engine.routing.due_at_ms`): the
    retry record's time + the tier's delay, and at most the delay from now on the
    :class:`ProcessClock` — monotonic within the process, so a step can make a retry
