@@ -269,7 +269,9 @@ class Pipeline:
         """Periodic work on ``partitions``: the dedup TTL sweep and the service's own;
         the same send-then-write order as a batch. Returns state changes written."""
         batch = Batch(self, BatchState(self.store), int(self.clock() * 1000))
-        self._load_times(batch, [p for p in partitions if not self.times.known(p)])
+        # every tick: another owner may have moved a partition's stream time meanwhile
+        # (taken with its quiet time counted from now, not from this process's last sight)
+        self._load_times(batch, partitions)
         if self.service.dedup_table:
             self._sweep(batch, partitions)
         await self.service.maintain(batch, partitions)
@@ -499,11 +501,10 @@ class Pipeline:
         """Stream times this batch moved, written with its state (streamtime rule 2)."""
         if self._time_table is None:
             return
-        saved = [p for p, t in self.times.dirty() if p in partitions]
-        for p, t in self.times.dirty():
-            if p in partitions:
-                batch.tx(self._time_table, p).set(STREAM_TIME_KEY, str(t).encode())
-        self.times.persisted(saved)
+        moved = [(p, t) for p, t in self.times.dirty() if p in partitions]
+        for p, t in moved:
+            batch.tx(self._time_table, p).set(STREAM_TIME_KEY, str(t).encode())
+        self.times.persisted(p for p, _ in moved)
 
     async def _flush(self, batch: Batch) -> int:
         """Step 5, until durable (a changelog send that fails is sent again)."""

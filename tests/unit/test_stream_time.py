@@ -298,3 +298,20 @@ async def test_the_dedup_sweep_runs_on_stream_time_moved_by_the_monotonic_clock_
     worker.mono.now += TTL  # the partition stays quiet for DEDUP_TTL
     await worker.pipeline.maintain([0])
     assert b"o-1" not in store.table("notifications-dedup", 0)
+
+
+async def test_a_partition_back_from_another_owner_takes_its_stream_time_before_any_timeout() -> None:
+    """This worker owned the partition, another moved its stream time (records that lag
+    the clock: it parked an event at their time), then it came back here: the first
+    tick reads the stored stream time and counts the quiet time from then — it does not
+    add the hour it was away to its own old stream time."""
+    publisher = FakePublisher()
+    store = MemoryStore(publisher)
+    here = order_state(store, publisher, NOW)
+    await here.pipeline.process([rec(OrderCreated.topic(), created("o-0"), NOW_MS)])
+    other = order_state(store, publisher, NOW + 3_600)
+    await other.pipeline.process([rec(OrderPaid.topic(), paid("o-1"), NOW_MS + 600_000, offset=1)])  # parked
+    here.elapse(3_600)  # an hour away, and back
+    await here.pipeline.maintain([0])
+    assert dlq(publisher) == []
+    assert here.pipeline.times.now(0) == NOW_MS + 600_000
