@@ -237,12 +237,16 @@ def _engine_table_manager_class() -> type:
                 return
             topics = [c for c in list(self.app.topics) if getattr(c, "internal", False)]
             topics += [table.changelog_topic for table in self.values()]
-            for result in await asyncio.gather(*(t.maybe_declare() for t in topics), return_exceptions=True):
+            for result in await asyncio.gather(ask_for_group_coordinator(self.app),
+                                               *(t.maybe_declare() for t in topics), return_exceptions=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if isinstance(result, BaseException):
                     log.warning("declaring topics at start-up: %r (declared again one at a time)", result)
                     break
+            else:
+                await wait_until_listed(self.app, {n for t in topics for n in t.topics},
+                                        timeout=float(self.app.conf.broker_request_timeout))
             await self._update_channels()
             await self.recovery.start()
 
@@ -266,6 +270,58 @@ def _engine_table_manager_class() -> type:
 
 #: ``App(TableManager=EngineTableManager)`` in :func:`streams.wiring.create_app`.
 EngineTableManager = _engine_table_manager_class()
+
+
+async def wait_until_listed(app: Any, names: set[str], *, timeout: float) -> bool:
+    """Waits (at most ``timeout`` s) until the broker's metadata lists every topic in
+    ``names`` with its partitions; False if it did not in time (then the start goes on).
+
+    Why: a CreateTopics answer does not mean the broker's metadata shows the topic yet.
+    A consumer that joined its group before then was assigned none of that topic's
+    partitions, and nothing of it until its next metadata refresh (aiokafka's
+    ``metadata_max_age_ms``, 5 minutes), while ``/health`` said 200: seen on a fresh
+    Apache Kafka in 3 of 5 starts before the start-up work (68 of 72 partitions), and
+    in every start once the join got faster. The tables register and the consumer
+    subscribes after this (:class:`EngineTableManager`)."""
+    try:
+        client = aiokafka_producer(app).client
+    except Exception as exc:  # no producer started: nothing to ask with
+        log.warning("cannot check the topics in the broker's metadata: %r", exc)
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    missing = sorted(names)
+    while True:
+        try:
+            cluster = await client.fetch_all_metadata()
+            missing = [n for n in missing if not cluster.partitions_for_topic(n)]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("metadata at start-up: %r", exc)
+        if not missing:
+            return True
+        if loop.time() >= deadline:
+            log.warning("topics not in the broker's metadata after %.0fs: %s (the consumer may not be "
+                        "assigned them until its next metadata refresh)", timeout, ", ".join(missing))
+            return False
+        await asyncio.sleep(0.05)
+
+
+async def ask_for_group_coordinator(app: Any) -> None:
+    """One FindCoordinator for the app's group, through the producer's client, while the
+    topics are declared (:class:`EngineTableManager`). Why: on an Apache Kafka cluster
+    no group has used yet, the first such request makes the broker create
+    ``__consumer_offsets``, and the coordinator is "not available" until it exists
+    (~1 s here); asked only when the consumer subscribes, after the topics, that second
+    came on top. The answer is not used (the consumer asks again); a failure changes
+    nothing."""
+    try:
+        await aiokafka_producer(app).client.coordinator_lookup(0, app.conf.id)  # 0: a group
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("group coordinator not found yet: %r", exc)
 
 
 def _engine_producer_class() -> type:

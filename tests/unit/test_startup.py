@@ -26,10 +26,12 @@ def test_the_worker_s_table_manager_is_the_engine_s(app: Any) -> None:
     assert set(app.tables) == set(app.worker_parts.tables)  # every table defined while the app is built
 
 
-async def test_tables_register_without_a_fixed_sleep_after_every_topic_was_declared_at_once(app: Any) -> None:
+async def test_tables_register_without_a_fixed_sleep_after_every_topic_was_declared_at_once(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Faust's manager sleeps a second before it registers the tables (the consumer
-    subscribes only after), then declares topics one at a time. Ours: no sleep, and
-    every declaration in flight together before the tables register."""
+    subscribes only after), then declares topics one at a time. Ours: no sleep, every
+    declaration in flight together, and the broker's metadata listing them all, before
+    the tables register."""
     manager = app.tables
     for agent in app.agents.values():  # what the agents do as they start, before the tables
         app.topics.add(agent.channel)
@@ -56,13 +58,19 @@ async def test_tables_register_without_a_fixed_sleep_after_every_topic_was_decla
     async def recovery_start() -> None:
         order.append("recovery started")
 
+    async def listed(app: Any, names: set[str], *, timeout: float) -> bool:
+        order.append("listed")
+        assert names == {n for t in topics for n in t.topics}
+        return True
+
+    monkeypatch.setattr(faust_compat, "wait_until_listed", listed)
     for topic in topics:
         topic.maybe_declare = lambda topic=topic: declare(topic)
     manager.sleep = no_sleep
     manager._update_channels = update_channels
     manager.recovery.start = recovery_start
     await manager.on_start()
-    assert order == ["declared"] * len(topics) + ["tables registered", "recovery started"]
+    assert order == ["declared"] * len(topics) + ["listed", "tables registered", "recovery started"]
 
 
 async def test_a_declaration_that_fails_at_once_is_left_to_faust_s_own(app: Any) -> None:
@@ -190,3 +198,32 @@ async def test_a_topic_declared_without_an_error_is_not_declared_again(app: Any,
     await producer.create_topic("b", 4, 1)
     await producer.create_topic("b", 4, 1)
     assert calls == ["a", "b", "b"]
+
+
+async def test_the_start_waits_until_the_broker_lists_every_declared_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A topic just created may be missing from the broker's metadata for a moment; a
+    consumer that joined then was assigned none of it for minutes."""
+    shown: list[set[str]] = [{"a"}, {"a", "b"}, {"a", "b", "c"}]
+    asked: list[int] = []
+
+    class Cluster:
+        def __init__(self, topics: set[str]) -> None:
+            self.topics = topics
+
+        def partitions_for_topic(self, name: str) -> set[int] | None:
+            return {0, 1} if name in self.topics else None
+
+    class Client:
+        async def fetch_all_metadata(self) -> Cluster:
+            asked.append(1)
+            return Cluster(shown[min(len(asked), len(shown)) - 1])
+
+    class Producer:
+        client = Client()
+
+    monkeypatch.setattr(faust_compat, "aiokafka_producer", lambda app: Producer())
+    assert await faust_compat.wait_until_listed(object(), {"a", "b", "c"}, timeout=30)
+    assert len(asked) == 3
+    asked.clear()
+    shown[:] = [{"a"}]
+    assert not await faust_compat.wait_until_listed(object(), {"a", "b"}, timeout=0)
