@@ -44,10 +44,12 @@ def worker_factory(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iter
     on_kafka = isinstance(broker, KafkaBroker)
 
     def make(name: str = "w1", *, app: str = "streams", **env: str) -> WorkerProcess:
-        if on_kafka and not made:
+        if on_kafka and not made:  # the topics of this worker's settings (partitions, retry tiers)
+            from streams.settings import WorkerSettings
             from tests.support.kafka import create_worker_topics
 
-            _run(create_worker_topics(broker.bootstrap))
+            settings = WorkerSettings(**{k.lower(): v for k, v in env.items()})
+            _run(create_worker_topics(broker.bootstrap, settings.topic_partitions, len(settings.retry_delays)))
         w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", app=app, **env)
         made.append(w)
         return w
