@@ -23,6 +23,7 @@ from orders.metrics import OrdersMetrics
 from orders.relay import Relay, relay_app
 from orders.settings import OrdersSettings, load_orders_settings
 from streams import logs
+from streams.kafka_security import KafkaAccessError
 
 log = logging.getLogger("orders")
 
@@ -49,6 +50,8 @@ async def serve(settings: OrdersSettings, *, with_api: bool, with_relay: bool) -
     relay = Relay(db, settings, metrics)
     runner: web.AppRunner | None = None
     relay_task: asyncio.Future[None] | None = None
+    if with_relay:  # credentials the broker refuses end the process (KafkaAccessError), never retried
+        await settings.check_access(settings.bootstrap)
     try:
         await db.setup()
         if with_api:
@@ -105,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(settings, with_api=args.command == "serve", with_relay=with_relay))
     except CannotListen as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except KafkaAccessError as exc:
+        print(f"orders: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -283,6 +283,7 @@ def register_commands(app: Any, settings: Any) -> None:
         """
         if after and service and dlq.parse_id(after)[0].name != service:
             raise click.BadParameter(f"{after!r} is not a dead letter of {service}", param_hint="'--after'")
+        await settings.check_access(bootstrap)  # refused credentials: one line, not "unreachable"
         letters, next_after = await dlq.page(bootstrap, service, limit=limit, reason=reason, since_ms=since,
                                              after=after, client_kwargs=kafka, preview_bytes=dlq.LIST_PREVIEW_BYTES)
         if self.json or as_json:
@@ -316,6 +317,7 @@ def register_commands(app: Any, settings: Any) -> None:
         """
         # Memory: previews of every id first (is each there?), then whole values one
         # letter at a time (--full, --json), each written before the next is read.
+        await settings.check_access(bootstrap)
         found = await dlq.get_dead_letters(bootstrap, ids, client_kwargs=kafka, preview_bytes=SHOW_PREVIEW_BYTES)
         missing = [i for i, d in found.items() if d is None]
         if missing:
@@ -382,6 +384,7 @@ def register_commands(app: Any, settings: Any) -> None:
         later redrive; runs at the same time claim each letter there first and only
         the first claim sends. Streams the DLQ topics; --dry-run lists what would be sent.
         """
+        await settings.check_access(bootstrap)
         as_json = self.json or as_json
         out = _RedriveOutput(self, as_json, dry_run)
         remaining = limit
@@ -420,6 +423,7 @@ def register_commands(app: Any, settings: Any) -> None:
             commands = [StockCommand(kind="set", sku=sku, qty=qty) for sku, qty in raw.items()]
         except (ValueError, AttributeError, TypeError) as exc:
             raise click.UsageError(f"{file}: expected a JSON object of SKU → quantity ({one_line(str(exc))})")
+        await settings.check_access(bootstrap)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka)
         try:
             await producer.start()

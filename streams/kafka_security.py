@@ -5,14 +5,31 @@
 ``SCRAM-SHA-512``), ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``; with TLS,
 ``KAFKA_SSL_CAFILE`` and, for client certificates, ``KAFKA_SSL_CERTFILE`` /
 ``KAFKA_SSL_KEYFILE``.
+
+The rule for credentials the broker refuses: **a process does not retry them.** A
+wrong password, an unknown SASL mechanism or a broker certificate the CA file does not
+vouch for cannot pass by waiting, so :meth:`KafkaSecurity.check_access` (run by the
+worker, the relay and the ``dlq`` commands before their first Kafka client) turns the
+refusal into a :class:`KafkaAccessError`: one line naming the setting to fix, never
+the secret; the process exits non-zero with it. An unreachable broker is not such an
+error (each process waits out an outage as before).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr, model_validator
+
+
+class KafkaAccessError(Exception):
+    """The broker refused this process's Kafka settings, or they cannot be used: ``str()``
+    is one line naming the setting (never a password)."""
+
+    #: streams.commands prints ``str(exc)`` as it is (no exception type in front)
+    operator_message = True
 
 
 class KafkaSecurity(BaseModel):
@@ -41,10 +58,68 @@ class KafkaSecurity(BaseModel):
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        try:
+            ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise KafkaAccessError(f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile}: no CA certificate can be read "
+                                   f"from it ({_reason(exc)})") from None
         if self.kafka_ssl_certfile:
-            ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+            try:
+                ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise KafkaAccessError(f"KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile} / KAFKA_SSL_KEYFILE="
+                                       f"{self.kafka_ssl_keyfile}: no client certificate and key can be read "
+                                       f"({_reason(exc)})") from None
         return ctx
+
+    def explain(self, exc: BaseException) -> KafkaAccessError | None:
+        """The :class:`KafkaAccessError` a connection failure means, or None when it is
+        not the settings' fault (the broker unreachable, a timeout, …)."""
+        from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+        if isinstance(exc, KafkaAccessError):
+            return exc
+        if isinstance(exc, SaslAuthenticationFailed):
+            return KafkaAccessError(
+                f"Kafka refused {self.kafka_sasl_mechanism} authentication of KAFKA_SASL_USERNAME="
+                f"{self.kafka_sasl_username}: wrong KAFKA_SASL_PASSWORD, or no such user")
+        if isinstance(exc, UnsupportedSaslMechanismError):
+            return KafkaAccessError(f"the Kafka broker does not offer KAFKA_SASL_MECHANISM="
+                                    f"{self.kafka_sasl_mechanism}")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            cafile = self.kafka_ssl_cafile or "unset, the system's CAs"
+            return KafkaAccessError(f"the Kafka broker's TLS certificate is not trusted "
+                                    f"({exc.verify_message}): check KAFKA_SSL_CAFILE ({cafile})")
+        if isinstance(exc, ssl.SSLError):
+            return KafkaAccessError(f"TLS with the Kafka broker failed ({_reason(exc)}): check "
+                                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} and KAFKA_SSL_CAFILE")
+        return None
+
+    async def check_access(self, bootstrap: str, timeout: float = 15.0) -> None:
+        """Connect (TLS handshake, SASL authentication) to the ``host:port`` addresses
+        of ``bootstrap`` until one accepts; :class:`KafkaAccessError` when one refuses
+        the settings. Addresses that cannot be reached are skipped: an outage is not a
+        settings error. Nothing to check with PLAINTEXT."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return
+        from aiokafka.conn import create_conn
+
+        kwargs = self.aiokafka_kwargs()
+        for address in (a.strip() for a in bootstrap.split(",") if a.strip()):
+            host, _, port = address.split("://")[-1].rpartition(":")
+            try:
+                conn = await asyncio.wait_for(
+                    create_conn(host.strip("[]"), int(port), request_timeout_ms=int(timeout * 1000), **kwargs),
+                    timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                problem = self.explain(exc)
+                if problem is not None:
+                    raise problem from None
+                continue
+            conn.close()
+            return
 
     def faust_credentials(self) -> Any:
         """``broker_credentials`` for ``faust.App`` (None for PLAINTEXT)."""
@@ -73,3 +148,7 @@ class KafkaSecurity(BaseModel):
                 sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
             )
         return kw
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,24 @@ def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str
     return services, closers
 
 
+def check_kafka_access_first(app: faust.App, settings: WorkerSettings) -> None:
+    """Before the worker's first Kafka client: credentials the broker refuses end it
+    with one line (streams.kafka_security), exit 1, instead of a traceback."""
+    first_start = app.on_first_start
+
+    async def on_first_start() -> None:
+        from streams.kafka_security import KafkaAccessError
+
+        try:
+            await settings.check_access(bootstrap_of(settings.kafka_broker))
+        except KafkaAccessError as exc:
+            print(f"order-streams: {exc}", file=sys.__stderr__, flush=True)  # not mode's log redirect
+            raise SystemExit(1) from None
+        await first_start()
+
+    app.on_first_start = on_first_start  # type: ignore[method-assign]
+
+
 def create_app(settings: WorkerSettings) -> faust.App:
     read_any_header_key()  # every reader of this process: worker, dlq, console
     partitions = settings.topic_partitions
@@ -200,6 +219,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
     )
     declare_topics(app, specs, policy, settings)
     worker = Worker(app, settings, metrics, health, driver, store, services, tables, progress, closers)
+
+    check_kafka_access_first(app, settings)
 
     @app.task
     async def announce() -> None:
