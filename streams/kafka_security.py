@@ -89,7 +89,7 @@ class KafkaSecurity(BaseModel):
         if isinstance(exc, ssl.SSLCertVerificationError):
             cafile = self.kafka_ssl_cafile or "unset, the system's CAs"
             return KafkaAccessError(f"the Kafka broker's TLS certificate is not trusted "
-                                    f"({exc.verify_message}): check KAFKA_SSL_CAFILE ({cafile})")
+                                    f"({getattr(exc, 'verify_message', None) or _reason(exc)}): check KAFKA_SSL_CAFILE ({cafile})")
         if isinstance(exc, ssl.SSLError):
             return KafkaAccessError(f"TLS with the Kafka broker failed ({_reason(exc)}): check "
                                     f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} and KAFKA_SSL_CAFILE")
