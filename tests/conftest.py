@@ -38,18 +38,11 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBro
 @pytest.fixture
 def worker_factory(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Make workers on this test's broker; every worker is stopped at the end (on Kafka
-    with SIGTERM first, so it leaves its group, after the worker's topics were created:
-    see tests.support.kafka.create_worker_topics)."""
+    with SIGTERM first, so it leaves its group)."""
     made: list[WorkerProcess] = []
     on_kafka = isinstance(broker, KafkaBroker)
 
     def make(name: str = "w1", *, app: str = "streams", **env: str) -> WorkerProcess:
-        if on_kafka and not made:  # the topics of this worker's settings (partitions, retry tiers)
-            from streams.settings import WorkerSettings
-            from tests.support.kafka import create_worker_topics
-
-            settings = WorkerSettings(**{k.lower(): v for k, v in env.items()})
-            _run(create_worker_topics(broker.bootstrap, settings.topic_partitions, len(settings.retry_delays)))
         w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", app=app, **env)
         made.append(w)
         return w

@@ -1,8 +1,11 @@
 """The worker on Apache Kafka (the session's one broker, emptied before each test).
 
 What Tansu cannot show: Kafka's own ListOffsets (no workaround path taken), changelog
-topics created compacted as the broker reports them, and a broker restarted with its
-logs kept losing nothing.
+topics created compacted as the broker reports them, a broker restarted with its logs
+kept losing nothing, recovery from a log the cleaner compacted. Every worker here starts
+on a Kafka without its topics: a worker that subscribed before declaring them was
+assigned nothing for minutes (Faust's assignor ignores missing topics; fixed in
+ae0f3cf, whose declaration before the subscription these tests keep honest).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from streams.events import NotificationSent, OrderPaid
 from streams.faust_compat import list_offsets_may_be_short
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
-from tests.support.kafka import create_worker_topics, produce, read_topic, topic_config, wait_consumed
+from tests.support.kafka import produce, read_topic, topic_config, wait_consumed
 from tests.support.worker import metric_value
 
 pytestmark = pytest.mark.kafka
@@ -42,7 +45,6 @@ async def test_capability_check_tells_kafka_from_tansu(kafka, broker):
 async def test_notifications_end_to_end_on_kafka(kafka, kafka_worker_factory):
     gateway = await GatewayStub().start()
     try:
-        await create_worker_topics(kafka.bootstrap)  # see its docstring: a worker gap on Kafka
         worker = kafka_worker_factory(notifier_url=gateway.url)
         await asyncio.to_thread(worker.start().wait_ready)
         ids = [f"o-{i}" for i in range(1500)]
@@ -66,7 +68,6 @@ async def test_notifications_end_to_end_on_kafka(kafka, kafka_worker_factory):
 async def test_broker_restart_with_logs_kept_loses_nothing_and_changelogs_are_compacted(kafka, kafka_worker_factory):
     gateway = await GatewayStub().start()
     try:
-        await create_worker_topics(kafka.bootstrap)  # see its docstring: a worker gap on Kafka
         worker = kafka_worker_factory(notifier_url=gateway.url)
         await asyncio.to_thread(worker.start().wait_ready)
         first = [f"a-{i}" for i in range(300)]
@@ -118,9 +119,6 @@ async def test_wiped_worker_recovers_the_same_table_from_a_compacted_changelog(k
 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from tests.support.kafka import create_worker_topics
-
-    await create_worker_topics(kafka.bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:  # the changelog as Faust would make it, but compacted soon: tiny segments, any dirt

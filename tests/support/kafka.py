@@ -211,27 +211,3 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
         return {entry[0]: entry[1] for entry in entries}
     finally:
         await admin.close()
-
-
-async def create_worker_topics(bootstrap: str, partitions: int = 4, tiers: int = 3) -> None:
-    """Create every topic a worker reads or writes (sources, derived, retry tiers, DLQs),
-    as an operator does before the services start.
-
-    Why, on Apache Kafka: a worker started on a cluster without its source topics is
-    assigned nothing (Faust's assignor ignores the missing topics; the broker creates them
-    moments later through auto-creation) and stays so until its consumer's next metadata
-    refresh (Faust's default: 5 minutes). Tansu creates topics inside the Metadata call."""
-    from streams import registry
-
-    names = set(registry.topics_written(tiers))
-    for spec in registry.SERVICES:
-        names.update(spec.sources)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(t, partitions, 1) for t in sorted(names - existing)]
-        if new:
-            await admin.create_topics(new)
-    finally:
-        await admin.close()
