@@ -259,6 +259,7 @@ async def create_acls(kafka: SecureKafka, acls: list[Acl]) -> None:
             raise AssertionError(f"CreateAcls refused: {errors}")
     finally:
         await admin.close()
+    await acls_in_effect(kafka, acls)
 
 
 async def delete_acls(kafka: SecureKafka, acls: list[Acl]) -> None:
@@ -273,6 +274,35 @@ async def delete_acls(kafka: SecureKafka, acls: list[Acl]) -> None:
         codes = [r[0] for r in response.filter_responses]
         if any(codes):
             raise AssertionError(f"DeleteAcls refused: {codes}")
+    finally:
+        await admin.close()
+    await acls_in_effect(kafka, acls, present=False)
+
+
+async def acls_in_effect(kafka: SecureKafka, acls: list[Acl], *, present: bool = True,
+                         timeout: float = 30.0) -> None:
+    """Until the broker lists every one of ``acls`` (or, ``present=False``, none of them)
+    in DescribeAcls: its authorizer then decides with them (CreateAcls answers once the
+    controller has them; the broker applies them when it reads the metadata log)."""
+    from aiokafka.protocol.admin import DescribeAclsRequest
+
+    want = set(acls)
+    admin = await _admin(kafka)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            any_ = 1  # ResourceType / PatternType / AclOperation / AclPermissionType ANY
+            request = DescribeAclsRequest(any_, None, any_, None, None, any_, any_)  # type: ignore[arg-type]
+            response = await admin._client.send(admin._client.get_random_node(), request)
+            listed = {(rt, name, pattern, principal, op, perm)
+                      for rt, name, pattern, entries in response.resources
+                      for principal, _host, op, perm in entries}
+            if (want <= listed) if present else not (want & listed):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ACLs not {'in' if present else 'out of'} effect after {timeout}s: "
+                                     f"{sorted(want - listed) if present else sorted(want & listed)}")
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
