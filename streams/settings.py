@@ -111,9 +111,9 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     #: Beyond it the longest-idle connection is closed, so /health always gets in.
     web_max_connections: int = Field(1000, ge=16, le=1_000_000)
     #: Take table-recovery end offsets from a Fetch response's high watermark instead
-    #: of ListOffsets. Needed on the embedded (Tansu) broker, whose ListOffsets answer
-    #: is short; harmless on Apache Kafka (one extra small request per partition at
-    #: recovery). See docs/operations.md, "Embedded broker".
+    #: of ListOffsets. Unset: the worker asks the broker
+    #: (``faust_compat.list_offsets_may_be_short``: on for Tansu, whose ListOffsets
+    #: answer is short; off on Apache Kafka); set, it wins. See docs/operations.md.
     end_offsets_from_fetch: bool = True
     #: ``text`` or ``json`` (one object per line: time, level, service, logger, message,
     #: and topic/partition/offset/order id/event type where known).
