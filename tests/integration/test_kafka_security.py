@@ -16,18 +16,19 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from streams import registry
+from streams.broker.kafka import KafkaSetupError
+from streams.broker.ports import PortInUseError
 from streams.events import EVENT_TYPES, NotificationSent, OrderPaid
 from streams.wiring import APP_ID
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
 from tests.support.orders import OrdersClient, OrdersProcess
 from tests.support.secure_kafka import (
-    ALLOW, CREATE, DENY, DESCRIBE, GROUP, LITERAL, PREFIXED, READ, TOPIC, WRITE, SecureKafka, committed,
+    CREATE, DENY, DESCRIBE, GROUP, LITERAL, PREFIXED, READ, TOPIC, WRITE, SecureKafka, committed,
     create_acls, create_topics, delete_acls, grant, read_all,
 )
 from tests.support.worker import ROOT, WorkerProcess
@@ -76,7 +77,10 @@ def ops_acls() -> list:
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory):
     kafka = SecureKafka(tmp_path_factory.mktemp("secure-kafka"), ("worker", "relay", "ops"))
-    kafka.start()
+    try:
+        kafka.start()
+    except (KafkaSetupError, PortInUseError) as exc:  # as conftest's kafka_session: one line, never a skip
+        pytest.fail(f"Apache Kafka (SASL_SSL) could not start: {exc}", pytrace=False)
     try:
         asyncio.run(create_topics(kafka, SERVICES_TOPICS | {t.topic() for t in EVENT_TYPES}))
         asyncio.run(create_acls(kafka, worker_acls() + relay_acls() + ops_acls()))

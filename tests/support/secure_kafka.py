@@ -52,7 +52,10 @@ class Pki:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    try:
+        result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise KafkaSetupError("no openssl on PATH to make the test CA (apt-get install openssl)") from None
     if result.returncode != 0:
         raise KafkaSetupError(f"openssl {args[0]} failed: {result.stderr.strip()[-300:]}")
 
