@@ -227,3 +227,39 @@ async def test_the_start_waits_until_the_broker_lists_every_declared_topic(monke
     asked.clear()
     shown[:] = [{"a"}]
     assert not await faust_compat.wait_until_listed(object(), {"a", "b"}, timeout=0)
+
+
+@pytest.mark.parametrize("cluster_id, members, held", [
+    ("tansu_cluster", [b"m"], True),   # a restart on Tansu: the old member may still be listed
+    ("tansu_cluster", [], False),      # a first start: nobody in the group
+    ("u2mdNY3oQ6yvTuGoqyrAVA", [b"m"], False),  # Apache Kafka: no such pause
+])
+async def test_the_join_is_held_only_on_tansu_with_members_in_the_group(
+        monkeypatch: pytest.MonkeyPatch, cluster_id: str, members: list[bytes], held: bool) -> None:
+    class Client:
+        def get_random_node(self) -> int:
+            return 1
+
+        async def send(self, node: int, request: Any) -> Any:
+            if type(request).__name__ == "MetadataRequest":
+                return type("Metadata", (), {"cluster_id": cluster_id})()
+            return type("Groups", (), {"groups": [(0, "order-streams", "Stable", "consumer", "rr", members)]})()
+
+    class Producer:
+        client = Client()
+
+    class App:
+        class conf:
+            broker_session_timeout = 8.0
+            id = "order-streams"
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(faust_compat, "aiokafka_producer", lambda app: Producer())
+    monkeypatch.setattr(faust_compat, "_process_started", lambda: faust_compat.time.monotonic())
+    monkeypatch.setattr(faust_compat.asyncio, "sleep", sleep)
+    waited = await faust_compat.hold_join_on_tansu(App())
+    assert (waited > 3.5 and slept and slept[0] == waited) if held else (waited == 0 and not slept)
