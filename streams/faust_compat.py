@@ -411,23 +411,6 @@ def _engine_producer_class() -> type:
 EngineProducer = _engine_producer_class()
 
 
-# -- consumer bookkeeping ----------------------------------------------------------------
-
-
-def acknowledge_range(consumer: Any, tp: Any, first: int, last: int) -> None:
-    """Offsets ``first..last`` of ``tp`` processed: what Faust's ``Consumer.ack`` does
-    per message, once per batch; Faust's commit loop commits them."""
-    from faust.types.tuples import ack_lock
-
-    with ack_lock:
-        committed = consumer._committed_offset[tp]
-        index = consumer._acked_index[tp]
-        start = first if committed is None else max(first, committed)
-        new = [o for o in range(start, last + 1) if o not in index]
-        index.update(new)
-        consumer._acked[tp].extend(new)
-        consumer._n_acked += len(new)
-    consumer._read_offset[tp] = last
 # -- reading records whose header keys are not UTF-8 ------------------------------------
 
 
@@ -560,6 +543,23 @@ def _tolerant_records(raw: bytes, *, skip: int) -> Iterator[Any]:
                                    key, value, headers)
 
 
+# -- consumer bookkeeping ----------------------------------------------------------------
+
+
+def acknowledge_range(consumer: Any, tp: Any, first: int, last: int) -> None:
+    """Offsets ``first..last`` of ``tp`` processed: what Faust's ``Consumer.ack`` does
+    per message, once per batch; Faust's commit loop commits them."""
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        index = consumer._acked_index[tp]
+        start = first if committed is None else max(first, committed)
+        new = [o for o in range(start, last + 1) if o not in index]
+        index.update(new)
+        consumer._acked[tp].extend(new)
+        consumer._n_acked += len(new)
+    consumer._read_offset[tp] = last
 
 
 def commit_due(consumer: Any) -> bool:

@@ -76,14 +76,14 @@ class WorkerSettings(KafkaSecurity, BaseSettings):
     #: Largest record the worker produces or fetches (producer max request size and
     #: fetch size). A record it cannot produce could not be dead-lettered.
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
-    #: Largest value one state key may hold (an order state, a stock entry); an event
-    #: that would grow a state beyond it is dead-lettered (``too_large``).
     #: Seconds a dead letter is kept (``retention.ms`` of every ``<service>.dlq``, set when
     #: the worker creates the topic): long enough for someone to look at it and redrive.
     dlq_retention: int = Field(30 * 86400, ge=3600)
     #: Seconds a retry record is kept (``retention.ms`` of ``<service>.retry.<n>``): far
     #: beyond the longest retry delay, so a worker stopped for days still finds its retries.
     retry_retention: int = Field(7 * 86400, ge=3600)
+    #: Largest value one state key may hold (an order state, a stock entry); an event
+    #: that would grow a state beyond it is dead-lettered (``too_large``).
     state_max_bytes: int = Field(256 * 1024, ge=4096)
     #: Seconds sends may keep failing (broker unreachable) before /health says 503;
     #: the worker keeps retrying — it cannot acknowledge what it has not sent.
