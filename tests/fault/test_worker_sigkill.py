@@ -27,12 +27,19 @@ async def test_issue2_worker_sigkilled_3_times_during_10000_events_loses_nothing
     worker = worker_factory("w1")
     await asyncio.to_thread(worker.start().wait_ready)
 
-    async def feed() -> None:
-        for start in range(0, len(ids), 250):
-            await produce(broker.bootstrap, PAID, [paid(i) for i in ids[start:start + 250]])
-            await asyncio.sleep(0.5)  # paces production (~20 s in all, over the 3 kills), not a wait for quiet
+    async def feed(part: list[str]) -> None:
+        for start in range(0, len(part), 100):
+            await produce(broker.bootstrap, PAID, [paid(i) for i in part[start:start + 100]])
+            # paces production (a part over ~12 s, longer than a worker's restart, so
+            # each life is killed while its part is still arriving), not a wait for quiet
+            await asyncio.sleep(0.5)
 
-    feeder = asyncio.create_task(feed())
+    # Production in KILLS + 1 parts, each started only after the previous kill: every kill
+    # comes with work left however fast a worker (re)starts (with production paced over
+    # a fixed 20 s, one faster start let a life finish everything before the last kill).
+    size = len(ids) // (KILLS + 1)
+    parts = [ids[k * size:(k + 1) * size] for k in range(KILLS)] + [ids[KILLS * size:]]
+    feeders = [asyncio.create_task(feed(parts[0]))]
 
     async def progress_since(before: int, timeout: float = 60.0) -> int:
         """The group's committed OrderPaid once this worker life has committed beyond
@@ -51,8 +58,9 @@ async def test_issue2_worker_sigkilled_3_times_during_10000_events_loses_nothing
         worker.kill()
         assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL  # a live worker, killed
         commits.append(sum((await committed(broker.bootstrap, PAID)).values()))
+        feeders.append(asyncio.create_task(feed(parts[len(commits)])))
         await asyncio.to_thread(worker.start().wait_ready)
-    await feeder
+    await asyncio.gather(*feeders)
 
     # Once the group has committed every OrderPaid, every NotificationSent derived from
     # them — duplicates too — is in the broker (acks before the offset commit).
