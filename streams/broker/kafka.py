@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from streams.broker.ports import PortInUseError, free_port, kill_when_parent_dies, port_free, process_listens
 
@@ -542,13 +543,13 @@ def _in_thread(coro: object) -> bool:
         return bool(pool.submit(asyncio.run, coro).result())  # type: ignore[arg-type]
 
 
-async def metadata_lists(bootstrap: str, nodes: int, *, timeout: float = 5.0) -> bool:
+async def metadata_lists(bootstrap: str, nodes: int, *, timeout: float = 5.0, **client_kwargs: Any) -> bool:
     """Whether a Metadata request to ``bootstrap`` answers with ``nodes`` brokers and a
-    controller (aiokafka, as the worker connects)."""
+    controller (aiokafka, as the worker connects; ``client_kwargs``: e.g. its security)."""
     from aiokafka.client import AIOKafkaClient
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
-                            metadata_max_age_ms=1000, connections_max_idle_ms=10_000)
+                            metadata_max_age_ms=1000, connections_max_idle_ms=10_000, **client_kwargs)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return len(client.cluster.brokers()) >= nodes and client.cluster.controller is not None

@@ -31,7 +31,7 @@ from typing import Any
 from streams.broker.ports import kill_when_parent_dies, process_listens
 from streams.broker.kafka import (
     KafkaSetupError, _distinct_free_ports, _in_thread, _killpg, _read_properties, check_java, kafka_jars,
-    node_properties, random_cluster_id, HEAP, LOG4J2, QUICK_START_JVM,
+    metadata_lists, node_properties, random_cluster_id, HEAP, LOG4J2, QUICK_START_JVM,
 )
 
 MECHANISM = "SCRAM-SHA-512"
@@ -189,19 +189,9 @@ class SecureKafka:
         return self
 
     async def _metadata_answers(self) -> bool:
-        from aiokafka.client import AIOKafkaClient
-
-        client = AIOKafkaClient(**self.client_kwargs("admin"), request_timeout_ms=5000)
-        try:
-            await asyncio.wait_for(client.bootstrap(), 6)
-            return bool(client.cluster.brokers()) and client.cluster.controller is not None
-        except Exception:
-            return False
-        finally:
-            try:
-                await client.close()
-            except Exception:
-                pass
+        """The runner's readiness check, over this broker's SASL_SSL listener as admin."""
+        kwargs = self.client_kwargs("admin")
+        return await metadata_lists(kwargs.pop("bootstrap_servers"), 1, **kwargs)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
