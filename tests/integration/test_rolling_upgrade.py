@@ -32,21 +32,27 @@ async def test_switching_the_order_service_from_v1_to_v2_while_orders_flow(broke
 
     target = {"url": old.url}
     ids: list[str] = []
+    served_by: dict[str, int] = {}
     stop = asyncio.Event()
 
     async def flow() -> None:  # one order after another, to whichever service is current
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                ids.append(await OrdersClient(target["url"]).create_and_pay(session))
+                url = target["url"]
+                ids.append(await OrdersClient(url).create_and_pay(session))
+                served_by[url] = served_by.get(url, 0) + 1
 
     flowing = asyncio.create_task(flow())
-    await wait_for(lambda: len(ids) >= PER_PHASE)
+    await wait_for(lambda: len(ids) >= PER_PHASE, flowing)
     new = orders_factory("serve", name="v2", order_events_version="2", **common)
     await asyncio.to_thread(new.start().wait_ready)
     target["url"] = new.url  # the switch; orders keep coming
     at_switch = len(ids)
+    # A load balancer drains before it stops a backend: the order in flight to the old
+    # process (created there, not yet paid) finishes before the old process stops.
+    await wait_for(lambda: served_by.get(new.url, 0) >= 1, flowing)
     await asyncio.to_thread(old.stop)  # its relay's lock passes to the new process
-    await wait_for(lambda: len(ids) >= at_switch + PER_PHASE)
+    await wait_for(lambda: len(ids) >= at_switch + PER_PHASE, flowing)
     stop.set()
     await flowing
 
@@ -74,9 +80,13 @@ async def test_switching_the_order_service_from_v1_to_v2_while_orders_flow(broke
     assert metric_value(text, "dead_letter_total", service="order-state") == 0
 
 
-async def wait_for(condition, timeout: float = 60.0) -> None:
+async def wait_for(condition, flowing: asyncio.Task | None = None, timeout: float = 60.0) -> None:
+    """Wait for `condition`; a failed order flow fails the test with its own error, not a timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await asyncio.to_thread(condition):
+        if flowing is not None and flowing.done():
+            flowing.result()
+            raise AssertionError("the order flow stopped before the condition was met")
         assert loop.time() < deadline, "condition not met before the deadline"
         await asyncio.sleep(0.1)
