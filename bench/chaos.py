@@ -720,7 +720,7 @@ async def diagnose(broker: EmbeddedBroker, worker: WorkerProcess, missing: set[s
              f"{missing_at}); worker notifications {statuses}; {'; '.join(lag)}")]
 
 
-#: reconcile's exit codes (streams/commands.py): clean, a failure, mismatches found.
+#: reconcile's exit codes (streams/ops/commands.py): clean, a failure, mismatches found.
 RECONCILE_CLEAN, RECONCILE_FAILED, RECONCILE_MISMATCHES = 0, 1, 3
 
 

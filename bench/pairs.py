@@ -38,7 +38,7 @@ from bench.common import (
     processed, produce_all, wait_metrics,
 )
 from streams.events import InventoryRejected, InventoryReserved, NotificationSent, OrderCreated, OrderPaid
-from streams.faust_compat import fetch_high_watermarks
+from streams.faust.compat import fetch_high_watermarks
 from streams.registry import INVENTORY_REQUESTS
 from tests.support.gateway import GatewayStub
 from tests.support.kafka import read_topic

@@ -4,7 +4,7 @@ the same number of expired keys (issue 13: "within 2 × of each other").
 In-process: the real :class:`~streams.engine.pipeline.Pipeline` with the real
 :class:`~agents.notifications.NotificationsService`, over :class:`RocksStore` — a
 RocksDB-backed :class:`~streams.engine.ports.StateStore` with the read / scan /
-write semantics of :class:`streams.stores.TableStore` minus the changelog. Markers
+write semantics of :class:`streams.faust.stores.TableStore` minus the changelog. Markers
 and their time-index entries are written the way the pipeline writes them
 (``tx.set(key, str(time_ms))`` and ``tx.schedule(time_ms, key, durable=False)``
 through the same :class:`~streams.engine.ports.Transaction`), the memtables are
@@ -36,7 +36,7 @@ from streams.engine.pipeline import MAINTENANCE_LIMIT, Pipeline
 from streams.engine.ports import BatchState, Publisher, StateStore, Writes
 from streams.engine.records import Ack, Outgoing
 from streams.engine.routing import RetryPolicy
-from streams.stores import RdictStore
+from streams.faust.stores import RdictStore
 
 TABLE = NotificationsService.dedup_table
 PARTITIONS = (0, 1, 2, 3)
@@ -46,7 +46,7 @@ TTL_MS = 86_400_000
 
 class RocksStore(RdictStore):
     """Tables of bytes in one rocksdict per (table, partition), read and scanned as
-    :class:`~streams.stores.TableStore` reads them; one write batch per partition
+    :class:`~streams.faust.stores.TableStore` reads them; one write batch per partition
     (durable and local writes alike); no changelog."""
 
     def __init__(self, root: Path, *, max_value_bytes: int = 256 * 1024) -> None:

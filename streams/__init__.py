@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
 
         from streams.settings import load_settings
 
-        built = importlib.import_module("streams.wiring").create_app(load_settings())
+        built = importlib.import_module("streams.assembly").create_app(load_settings())
         globals()["app"] = built
         return built
     raise AttributeError(f"module 'streams' has no attribute {name!r}")

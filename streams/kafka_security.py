@@ -28,7 +28,7 @@ class KafkaAccessError(Exception):
     """The broker refused this process's Kafka settings, or they cannot be used: ``str()``
     is one line naming the setting (never a password)."""
 
-    #: streams.commands prints ``str(exc)`` as it is (no exception type in front)
+    #: streams.ops.commands prints ``str(exc)`` as it is (no exception type in front)
     operator_message = True
 
 

@@ -1,11 +1,10 @@
 """Every consuming service, in one list: its name, source topics, tables, retry and
 DLQ topics.
 
-Wiring (``streams/app.py``), settings validation (``SERVICES``), metrics labels, the
-``dlq`` commands, the console and ``reconcile`` all read this module; nothing else
-spells a service name or guesses a service's topics. Retry and DLQ topic names are
-derived from the service name (``<service>.retry.<n>``, ``<service>.dlq``): the
-contract's naming, in one place.
+The composition root (``streams/assembly.py``), settings validation (``SERVICES``),
+metrics labels, the ``dlq`` commands, the console and ``reconcile`` all read this module;
+nothing else spells a service name or guesses a service's topics. Retry and DLQ topic
+names are derived from the service name (:mod:`streams.engine.topology`).
 
 Trust rule next to it: ``dlq redrive`` publishes a dead letter only to one of its
 own service's :attr:`ServiceSpec.sources` — a header on the letter may choose
@@ -14,8 +13,7 @@ among them, never add to them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from streams.engine.topology import ServiceSpec, dlq_topic, ledger_topic, retry_topic  # noqa: F401
 from streams.events import (
     InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderCreatedV2, OrderPaid,
 )
@@ -23,51 +21,6 @@ from streams.events import (
 #: Internal topics of the inventory service (the repartition by SKU, answers by order).
 INVENTORY_REQUESTS = "inventory.requests"
 INVENTORY_ANSWERS = "inventory.answers"
-
-
-def retry_topic(service: str, tier: int) -> str:
-    return f"{service}.retry.{tier}"
-
-
-def dlq_topic(service: str) -> str:
-    return f"{service}.dlq"
-
-
-def ledger_topic(service: str) -> str:
-    """Where ``dlq redrive`` records what it has redriven."""
-    return f"{dlq_topic(service)}.redriven"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """What a consuming service reads, remembers and writes on failure."""
-
-    name: str
-    #: topics the service consumes (each record of them is processed by it)
-    sources: tuple[str, ...]
-    #: Faust tables (RocksDB + changelog) holding the service's state
-    tables: tuple[str, ...]
-    #: topics the service produces to (its derived events and internal topics)
-    derived: tuple[str, ...] = ()
-    description: str = ""
-
-    @property
-    def dlq(self) -> str:
-        return dlq_topic(self.name)
-
-    @property
-    def ledger(self) -> str:
-        return ledger_topic(self.name)
-
-    def retry_topics(self, tiers: int) -> tuple[str, ...]:
-        return tuple(retry_topic(self.name, n) for n in range(1, tiers + 1))
-
-    def retry_tier_of(self, topic: str) -> int | None:
-        """``n`` when ``topic`` is this service's ``<name>.retry.<n>``, else None."""
-        prefix = f"{self.name}.retry."
-        if topic.startswith(prefix) and topic[len(prefix):].isdigit():
-            return int(topic[len(prefix):])
-        return None
 
 
 NOTIFICATIONS = ServiceSpec(

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine import routing
 from streams.engine.delivery import deliver
 from streams.engine.errors import DecodeError, StreamsError, TooLarge, TransientError, classify
@@ -54,7 +54,7 @@ from streams.engine.health import Health
 from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction
 from streams.engine.records import Outgoing, Record
 from streams.engine.streamtime import STREAM_TIME_KEY, StreamTime
-from streams.registry import ServiceSpec, dlq_topic
+from streams.engine.topology import ServiceSpec, dlq_topic
 
 log = logging.getLogger(__name__)
 

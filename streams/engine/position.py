@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine import routing
 from streams.engine.health import Health
 from streams.engine.pipeline import Pipeline, Superseded

@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine.errors import StreamsError, ValidationFailed
 from streams.engine.records import Outgoing, Record
 from streams.engine.streamtime import MAX_CLOCK_SKEW_MS  # noqa: F401  (re-exported)
-from streams.registry import ServiceSpec, dlq_topic, retry_topic
+from streams.engine.topology import ServiceSpec, dlq_topic, retry_topic
 
 #: Headers of a retry or DLQ record that are ours; on a source record they are dropped.
 OURS = H.OURS | {"x-original-size", "x-original-sha256", "x-original-key-size", "x-original-key-sha256",
@@ -99,7 +99,7 @@ def due_at_ms(record: Record, tier: int, policy: RetryPolicy, now_ms: int) -> in
 
 def _passthrough(record: Record) -> tuple[tuple[str, bytes], ...]:
     """Other people's headers in order, repeated names kept, a key that is not UTF-8
-    as ``x-raw-key:<hex>`` (:func:`streams.headers.writable`)."""
+    as ``x-raw-key:<hex>`` (:func:`streams.engine.headers.writable`)."""
     return H.writable((k, v) for k, v in record.all_headers() if k not in OURS)
 
 

@@ -1,7 +1,7 @@
 """Time for decisions: stream time per partition, and a monotonic clock per process.
 
 The rule, enforced by :class:`StreamTime` (every pipeline's) and :class:`ProcessClock`
-(the worker's clock, given to the pipelines and the driver in ``streams/wiring.py``):
+(the worker's clock, given to the pipelines and the driver in ``streams/assembly.py``):
 
 1. **No decision compares the wall clock with a time stored before a restart.** A
    time written into state (a parked event's ``since``, an inventory decision's ``t``,

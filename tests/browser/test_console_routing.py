@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from streams.events import OrderCreated
-from streams.web import SESSION_COOKIE, sessions_of
+from streams.http.web import SESSION_COOKIE, sessions_of
 from tests.support.events import created
 from tests.support.kafka import produce
 

@@ -1,5 +1,5 @@
 """``faust -A streams dlq ls|show|redrive`` against real dead letters (issue 3), and the
-dead-letter API behind it (:mod:`streams.dlq`) on the embedded broker."""
+dead-letter API behind it (:mod:`streams.ops.dlq`) on the embedded broker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams import dlq
+from streams.ops import dlq
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
@@ -136,7 +136,7 @@ async def test_redrive_never_sends_a_letter_to_a_topic_outside_its_services_sour
     assert await read_topic(broker.bootstrap, "inventory.requests", timeout=3) == []
     redriven = await read_topic(broker.bootstrap, PAID, expect=1)
     assert [(r.key, r.headers["x-redriven-from"]) for r in redriven] == [(b"o-good", good_id.encode())]
-    # The ledger: this run's claim of the good letter, then its done record (streams.dlq.Claims);
+    # The ledger: this run's claim of the good letter, then its done record (streams.ops.dlq.Claims);
     # nothing about the refused one.
     ledger = await read_topic(broker.bootstrap, f"{DLQ}.redriven", expect=2)
     assert [r.key for r in ledger] == [good_id.encode()] * 2

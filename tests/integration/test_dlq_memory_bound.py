@@ -1,9 +1,9 @@
 """Bounded memory for DLQ pages and the CLI (issue 23, item 2): with 30 letters of
 15 MB, 1/4/8 console page loads in parallel took the worker to 555 / 1,912 / 3,772 MB,
 because a page (and ``dlq ls``) kept every letter's whole value. A page now keeps
-:data:`streams.dlq.LIST_PREVIEW_BYTES` of each value, a letter's page at most
+:data:`streams.ops.dlq.LIST_PREVIEW_BYTES` of each value, a letter's page at most
 ``LETTER_PREVIEW_BYTES``, ``dlq show`` reads whole values one letter at a time, and
-heavy console requests take turns (:class:`streams.console.views.HeavyRequests`)."""
+heavy console requests take turns (:class:`streams.http.console.views.HeavyRequests`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from streams import dlq
-from streams.console import dlq_page
-from streams.console.views import LETTER_PREVIEW_BYTES
+from streams.ops import dlq
+from streams.http.console import dlq_page
+from streams.http.console.views import LETTER_PREVIEW_BYTES
 from tests.support.kafka import create_topic, produce
 from tests.support.worker import ROOT
 

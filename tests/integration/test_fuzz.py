@@ -44,7 +44,7 @@ from streams import registry
 from streams.events import (
     ID_PATTERN, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
 )
-from streams.faust_compat import read_any_header_key
+from streams.faust.compat import read_any_header_key
 from tests.support.events import created, paid
 from tests.support.hostile import (
     Gateway, HealthProbe, broker_topics, foreign_topics, python_record_builder, raw_header_names, samples,

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.events import NotificationSent, OrderPaid
 from tests.support.events import paid
 from tests.support.hostile import faust_cli, produce_raw_headers, read_raw

@@ -23,7 +23,7 @@ from streams import registry
 from streams.broker.kafka import KafkaSetupError
 from streams.broker.ports import PortInUseError
 from streams.events import EVENT_TYPES, NotificationSent, OrderPaid
-from streams.wiring import APP_ID
+from streams.assembly import APP_ID
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
 from tests.support.orders import OrdersClient, OrdersProcess

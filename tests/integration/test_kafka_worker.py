@@ -18,7 +18,7 @@ import pytest
 from aiokafka.client import AIOKafkaClient
 
 from streams.events import NotificationSent, OrderPaid
-from streams.faust_compat import list_offsets_may_be_short
+from streams.faust.compat import list_offsets_may_be_short
 from tests.support.events import paid
 from tests.support.gateway import GatewayStub
 from tests.support.kafka import produce, read_topic, topic_config, wait_consumed

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
-from streams import schemas
+from streams.events import schemas
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from tests.support.kafka import produce, read_topic, wait_consumed

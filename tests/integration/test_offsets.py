@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.faust_compat import fetch_high_watermarks
+from streams.faust.compat import fetch_high_watermarks
 from tests.support.kafka import produce
 
 pytestmark = pytest.mark.kafka

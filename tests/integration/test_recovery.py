@@ -24,7 +24,7 @@ async def test_wiped_data_dir_recovers_dedup_table_and_replay_sends_nothing_new(
     worker = worker_factory("w1")
     await asyncio.to_thread(worker.start().wait_ready)
     # Several produce calls → several broker batches per partition: the shape that
-    # makes the embedded broker's ListOffsets answer short (see streams/faust_compat.py, fetch_high_watermarks).
+    # makes the embedded broker's ListOffsets answer short (see streams/faust/compat.py, fetch_high_watermarks).
     for chunk in range(0, len(ids), 150):
         await produce(broker.bootstrap, PAID, [paid(i) for i in ids[chunk:chunk + 150]])
     await wait_consumed(broker.bootstrap, [PAID])
@@ -52,7 +52,7 @@ async def test_wiped_data_dir_recovers_dedup_table_and_replay_sends_nothing_new(
 
 
 async def test_restart_on_old_data_dir_does_not_trip_consistency_check(broker, worker_factory):
-    """Guards the embedded broker's short ListOffsets (streams/faust_compat.py): with it,
+    """Guards the embedded broker's short ListOffsets (streams/faust/compat.py): with it,
     the table's persisted changelog offset is past the reported end offset and Faust
     stops with ``ConsistencyError (persisted > highwater)``."""
     worker = worker_factory("w1")

@@ -2,7 +2,7 @@
 ``dlq redrive`` runs at once over 60 letters sent 120 records and wrote 120 ledger
 entries — "never the same one twice" held for one runner only. Every runner now claims
 each letter on the ledger and only the first claim in the broker's order sends
-(:class:`streams.dlq.Claims`). Shown with two CLI runs, then with a CLI run, a
+(:class:`streams.ops.dlq.Claims`). Shown with two CLI runs, then with a CLI run, a
 console job and a third runner at once."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections import Counter
 
 import pytest
 
-from streams import dlq
-from streams.console import redrive
-from streams.console.dlq_page import Filter
+from streams.ops import dlq
+from streams.http.console import redrive
+from streams.http.console.dlq_page import Filter
 from streams.events import OrderPaid
 from tests.support.kafka import create_topic, produce, read_topic
 from tests.support.worker import ROOT

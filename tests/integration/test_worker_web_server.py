@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.broker import EmbeddedBroker
-from streams.web import SESSION_COOKIE, sessions_of
+from streams.http.web import SESSION_COOKIE, sessions_of
 from tests.support.kafka import produce
 from tests.support.worker import WorkerProcess, http_get, metric_value
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from streams.settings import load_settings
-from streams.wiring import create_app
+from streams.assembly import create_app
 
 log = logging.getLogger("hazard")
 

@@ -338,7 +338,7 @@ async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 
     ``expect`` were read or ``timeout``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.faust_compat import read_any_header_key
+    from streams.faust.compat import read_any_header_key
 
     read_any_header_key()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.faust_compat import fetch_high_watermarks
+from streams.faust.compat import fetch_high_watermarks
 
 GROUP = "order-streams"
 

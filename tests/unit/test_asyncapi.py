@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from streams import registry, schemas
+from streams import registry
+
+from streams.events import schemas
 from streams.events import EVENT_TYPES, ce_type
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support" / "asyncapi"

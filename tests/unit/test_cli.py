@@ -3,7 +3,7 @@ are subcommands with their own ``--help``; errors are one line on stderr with ex
 (usage) or 1 (failure); ``reconcile`` exits 3 on mismatches, 0 when clean.
 
 Runs Faust's real ``faust`` command group in-process (click's CliRunner) with a bare
-Faust app and :func:`streams.commands.register_commands`, as ``create_app`` calls it.
+Faust app and :func:`streams.ops.commands.register_commands`, as ``create_app`` calls it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from faust.cli.base import cli as faust_cli
 
 from orders.db import open_database
 from streams.broker import free_port
-from streams.commands import EXIT_FAILURE, EXIT_MISMATCHES, EXIT_OK, EXIT_USAGE, register_commands
+from streams.ops.commands import EXIT_FAILURE, EXIT_MISMATCHES, EXIT_OK, EXIT_USAGE, register_commands
 from streams.settings import WorkerSettings
 
 Run = Callable[..., Result]

@@ -11,7 +11,7 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 from streams.events import (
     ORDERS_SOURCE, EVENT_TYPES, OrderCreatedV2, ce_dataschema, ce_headers,
 )
-from streams.schemas import ROOT, schema_path
+from streams.events.schemas import ROOT, schema_path
 from tests.unit.test_orders_api import open_ctx
 
 

@@ -11,10 +11,10 @@ from aiohttp import web as aioweb
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, MultiDict, MultiDictProxy
 
-from streams.console import auth, redrive
-from streams.console.auth import csrf_token, safe_next, write_refusal
+from streams.http.console import auth, redrive
+from streams.http.console.auth import csrf_token, safe_next, write_refusal
 from streams.settings import WorkerSettings
-from streams.web import SESSION_COOKIE, sessions_of
+from streams.http.web import SESSION_COOKIE, sessions_of
 
 TOKEN = "s3cret-token-of-at-least-32-characters"
 HOST = "127.0.0.1:6066"
@@ -163,7 +163,7 @@ class FakeApp:
 
 
 def console(token: str, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeApp, list[Any]]:
-    from streams.console.views import register_console
+    from streams.http.console.views import register_console
 
     started: list[Any] = []
     monkeypatch.setattr(redrive.Jobs, "start",

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from streams import dlq
-from streams.console import dlq_page
-from streams.console.dlq_page import BadQuery, Filter, find, parse_cursor, parse_filter
-from streams.console.overview import Sampler
-from streams.dlq import DeadLetter
+from streams.ops import dlq
+from streams.http.console import dlq_page
+from streams.http.console.dlq_page import BadQuery, Filter, find, parse_cursor, parse_filter
+from streams.http.console.overview import Sampler
+from streams.ops.dlq import DeadLetter
 
 TOTAL = 100_000
 
@@ -112,7 +112,7 @@ async def test_heavy_console_requests_take_turns_and_the_rest_are_told_busy():
     """Eight parallel DLQ page loads each held a page of letters at once (issue 23: 3.7 GB)."""
     import asyncio
 
-    from streams.console.views import Busy, HeavyRequests
+    from streams.http.console.views import Busy, HeavyRequests
 
     heavy = HeavyRequests(n=2, wait=0.2)
     running, most, release = 0, 0, asyncio.Event()

@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
-from streams import dlq
-from streams.console import redrive
-from streams.console.dlq_page import parse_filter
-from streams.console.redrive import Jobs, Selection, render_job
-from streams.dlq import DeadLetter
+from streams.ops import dlq
+from streams.http.console import redrive
+from streams.http.console.dlq_page import parse_filter
+from streams.http.console.redrive import Jobs, Selection, render_job
+from streams.ops.dlq import DeadLetter
 
 PAID = b"events.order.paid.v1"
 

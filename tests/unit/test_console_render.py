@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import re
 
-from streams.console import dlq_page, html, letters, state
-from streams.console.dlq_page import Filter, Found
-from streams.dlq import DeadLetter
+from streams.http.console import dlq_page, html, letters, state
+from streams.http.console.dlq_page import Filter, Found
+from streams.ops.dlq import DeadLetter
 
 SCRIPT = b"<script>alert(1)</script>"
 HOSTILE = "\x1b]0;pwned\x07\u202eevil"

@@ -16,9 +16,9 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, MultiDict, MultiDictProxy
 from prometheus_client import CollectorRegistry
 
-from streams.console import auth
+from streams.http.console import auth
 from streams.settings import SettingsError, WorkerSettings, load_settings
-from streams.web import SESSION_COOKIE, Sessions, host_middleware, own_hosts, sessions_of, token_ok
+from streams.http.web import SESSION_COOKIE, Sessions, host_middleware, own_hosts, sessions_of, token_ok
 
 TOKEN = "sign-in-test-token-0123456789abcdef"
 HOST = "127.0.0.1:6066"
@@ -108,7 +108,7 @@ async def test_parallel_wrong_tokens_from_one_address_are_throttled_logged_and_c
     registry = CollectorRegistry()
     app = sign_in_pages(registry)
     login = app.pages["/console/login"]
-    with caplog.at_level(logging.WARNING, logger="streams.console.auth"):
+    with caplog.at_level(logging.WARNING, logger="streams.http.console.auth"):
         answers = await asyncio.gather(*(login.post(request(form={"token": f"guess-{i}"})) for i in range(300)))
     statuses = [r.status for r in answers]
     assert statuses.count(401) == auth.MAX_FAILURES and statuses.count(429) == 300 - auth.MAX_FAILURES

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 from collections import Counter
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine.errors import GatewayRejected, UnknownDestination
 from streams.engine.records import Record
 from streams.engine.routing import LETTER_HEAD_BYTES, shrink_letter

@@ -1,4 +1,4 @@
-"""streams.dlq without a broker: showing someone else's bytes safely, dead letter ids,
+"""streams.ops.dlq without a broker: showing someone else's bytes safely, dead letter ids,
 the redrive trust rule, and that every service comes from the registry."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from streams import dlq, registry
-from streams.dlq import DeadLetter, decide, parse_id, printable, show_bytes
+from streams import registry
+
+from streams.ops import dlq
+from streams.ops.dlq import DeadLetter, decide, parse_id, printable, show_bytes
 
 PAID = "events.order.paid.v1"
 #: An OSC title change, a bell, clear-screen, a right-to-left override, a zero-width space.
@@ -115,9 +117,9 @@ async def test_an_unreachable_broker_is_one_dlq_error():
 
 
 def test_the_first_live_claim_owns_a_letter():
-    """Redrive's claim rule (streams.dlq.Claims): the broker's order decides, and a claim
+    """Redrive's claim rule (streams.ops.dlq.Claims): the broker's order decides, and a claim
     left by a runner that died stops holding the letter after the TTL."""
-    from streams.dlq import first_live_claim
+    from streams.ops.dlq import first_live_claim
 
     ttl = 1000
     assert first_live_claim([], ttl) is None
@@ -128,7 +130,7 @@ def test_the_first_live_claim_owns_a_letter():
 
 
 def test_a_claim_record_is_no_redrive():
-    from streams.dlq import ledger_kind
+    from streams.ops.dlq import ledger_kind
 
     assert ledger_kind(b'{"claim": "r1", "at": 1}') == "claim"
     assert ledger_kind(b'{"to": "events.order.paid.v1", "at": 1}') == "done"

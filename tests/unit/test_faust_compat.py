@@ -1,4 +1,4 @@
-"""Every private Faust/aiokafka name streams/faust_compat.py relies on still exists and
+"""Every private Faust/aiokafka name streams/faust/compat.py relies on still exists and
 does what the engine relies on (faust-streaming and aiokafka are pinned; an upgrade
 that renames one fails here, not silently in production)."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from streams import faust_compat
+from streams.faust import compat as faust_compat
 from streams.engine.records import TP
 from streams.engine.keys import key_partition, murmur2
 from streams.settings import WorkerSettings
@@ -21,7 +21,7 @@ from streams.settings import WorkerSettings
 
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
-    from streams.wiring import create_app
+    from streams.assembly import create_app
 
     return create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
 
@@ -236,8 +236,8 @@ def test_read_any_header_key_reads_a_batch_whose_header_key_is_not_utf8() -> Non
     from aiokafka.consumer import fetcher
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-    from streams import headers as H
-    from streams.faust_compat import read_any_header_key
+    from streams.engine import headers as H
+    from streams.faust.compat import read_any_header_key
 
     class RawKey(str):
         def encode(self, *args, **kwargs):  # the pure-Python builder writes these bytes

@@ -14,10 +14,10 @@ from aiohttp import web as aioweb
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from streams import dlq
-from streams.console import auth, dlq_page, letters
-from streams.dlq import DeadLetter
-from streams.web import auth_middleware, host_middleware
+from streams.ops import dlq
+from streams.http.console import auth, dlq_page, letters
+from streams.ops.dlq import DeadLetter
+from streams.http.web import auth_middleware, host_middleware
 
 TOKEN = "hostile-console-input-token-0123456789"
 #: epoch ms of a day in the year 3,170,843 (no datetime holds it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from agents.order_state import OrderStateService
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine.pipeline import Pipeline
 from streams.engine.records import Record
 from streams.engine.routing import RetryPolicy
@@ -75,7 +75,7 @@ async def test_an_inventory_answer_without_a_known_kind_is_a_validation_error() 
     differential test: `{}` and `{"kind": "bogus"}` were decode_error)."""
     from agents.inventory import InventoryService
     from streams.engine.errors import DecodeError, ValidationFailed
-    from streams.rpc import BestEffortCaller
+    from streams.http.rpc import BestEffortCaller
 
     service = InventoryService(BestEffortCaller(Metrics().rpc_calls, timeout=1, max_in_flight=1),
                                search_url="", decision_ttl=60)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from agents.notifications import NotificationsService
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine.errors import GatewayRejected, GatewayUnavailable, TooLarge
 from streams.engine.pipeline import Pipeline
 from streams.engine.records import Outgoing, Record

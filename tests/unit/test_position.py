@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams.engine.pipeline import Superseded
 from streams.engine.position import Driver
 from streams.engine.records import TP, Record

@@ -1,4 +1,4 @@
-"""streams.reconcile.classify and repair_events: which orders disagree, and what fixes them."""
+"""streams.ops.reconcile.classify and repair_events: which orders disagree, and what fixes them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from streams.events import OrderItem
-from streams.reconcile import Mismatch, classify, prometheus_text, repair_events, report_json, report_rows, summary
-from streams.reconcile import OrderRow
+from streams.ops.reconcile import Mismatch, classify, prometheus_text, repair_events, report_json, report_rows, summary
+from streams.ops.reconcile import OrderRow
 
 NOW = 1000.0
 

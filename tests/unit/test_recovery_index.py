@@ -1,4 +1,4 @@
-"""streams.recovery.BulkLoader writes a fetch's index entries as the live worker had
+"""streams.faust.recovery.BulkLoader writes a fetch's index entries as the live worker had
 them: an entry the changelog tombstoned after the value it came from stays deleted."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import rocksdict
 
 from agents.order_state import OrderStateService
 from streams.engine.ports import index_key
-from streams.recovery import BulkLoader, Progress
+from streams.faust.recovery import BulkLoader, Progress
 
 
 def test_an_index_entry_tombstoned_after_its_value_stays_deleted(tmp_path) -> None:

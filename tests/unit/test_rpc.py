@@ -1,4 +1,4 @@
-"""streams.rpc.BestEffortCaller: deadline, bounded in flight, outcomes counted, no tasks left."""
+"""streams.http.rpc.BestEffortCaller: deadline, bounded in flight, outcomes counted, no tasks left."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.rpc import BestEffortCaller
+from streams.http.rpc import BestEffortCaller
 
 
 def counter() -> Counter:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from streams import schemas
+from streams.events import schemas
 from streams.events import (
     EVENT_TYPES, UPCASTERS, Amount, Event, Id, NotificationSent, OrderPaid, OrderCancelled, chain_gaps,
 )

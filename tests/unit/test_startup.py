@@ -1,5 +1,5 @@
 """Start-up (issue 21 item 4): what the worker skips or does at once at start, and the
-rules that keep it safe (streams/faust_compat.py ``EngineTableManager``, ``EngineStore``)."""
+rules that keep it safe (streams/faust/compat.py ``EngineTableManager``, ``EngineStore``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from streams import faust_compat
+from streams.faust import compat as faust_compat
 from streams.settings import WorkerSettings
 
 
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
-    from streams.wiring import create_app
+    from streams.assembly import create_app
 
     return create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
 

@@ -1,6 +1,6 @@
 """One contract for the :class:`~streams.engine.ports.StateStore` port, run against the
 fake the unit tests use (:class:`tests.unit.fakes.MemoryStore`) and the adapter the
-worker runs (:class:`streams.stores.TableStore` on Faust's RocksDB tables, with a fake
+worker runs (:class:`streams.faust.stores.TableStore` on Faust's RocksDB tables, with a fake
 publisher for the changelog). A behaviour the engine tests rely on from the fake must
 hold for the real store too — and the other way round."""
 
@@ -140,20 +140,20 @@ class TestMemoryStore(StateStoreContract):
 class TestTableStore(StateStoreContract):
     def make_store(self, publisher: FakePublisher, tmp_path: Path) -> StateStore:
         from streams.settings import WorkerSettings
-        from streams.stores import TableStore
-        from streams.wiring import create_app
+        from streams.faust.stores import TableStore
+        from streams.assembly import create_app
 
         app = create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
         self.tables: dict[str, Any] = dict(app.worker_parts.tables)
         return TableStore(self.tables, publisher, max_value_bytes=256 * 1024)
 
     def changelog(self, store: StateStore, table: str) -> str:
-        from streams.faust_compat import changelog_topic
+        from streams.faust.compat import changelog_topic
 
         return changelog_topic(self.tables[table])
 
     def persisted(self, store: StateStore, table: str, partition: int) -> int | None:
-        from streams.faust_compat import offset_key, partition_db
+        from streams.faust.compat import offset_key, partition_db
 
         raw = partition_db(self.tables[table], partition).get(offset_key(self.tables[table]))
         return None if raw is None else int(raw)

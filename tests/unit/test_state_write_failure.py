@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from streams.engine.ports import Writes
-from streams.faust_compat import open_partitions, partition_db
+from streams.faust.compat import open_partitions, partition_db
 from tests.unit.fakes import FakePublisher
 
 TABLE = "order-state"
@@ -41,8 +41,8 @@ class StuckHandle:
 
 async def test_a_partition_that_failed_a_write_is_written_again_through_a_fresh_handle(tmp_path: Path) -> None:
     from streams.settings import WorkerSettings
-    from streams.stores import StateWriteFailed, TableStore
-    from streams.wiring import create_app
+    from streams.faust.stores import StateWriteFailed, TableStore
+    from streams.assembly import create_app
 
     app = create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
     tables = dict(app.worker_parts.tables)

@@ -1,10 +1,10 @@
-"""The configs the worker creates its topics with (streams.wiring): explicit retention for
+"""The configs the worker creates its topics with (streams.assembly): explicit retention for
 retry and DLQ topics, and a min.insync.replicas that lets one replica of three be lost."""
 
 from __future__ import annotations
 
 from streams.settings import WorkerSettings
-from streams.wiring import durability_config, topic_configs
+from streams.assembly import durability_config, topic_configs
 
 
 def test_three_replicas_need_two_in_sync_and_one_replica_needs_one() -> None:

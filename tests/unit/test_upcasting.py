@@ -19,7 +19,7 @@ from streams.events import (
     EVENT_TYPES, NEWEST, UPCASTERS, OrderCreated, OrderCreatedV2, OrderPaid, UnknownVersion, UpcastContext,
     ce_type, decode_newest, upcast,
 )
-from streams.schemas import schema_name
+from streams.events.schemas import schema_name
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 BY_NAME = {schema_name(t): t for t in EVENT_TYPES}

@@ -1,7 +1,7 @@
 """The worker's web server limits without a worker (issue 23, item 4): the connection
 cap stays below the file limit, the quietest connection makes room for a new one, the
 event loop's accept errors are logged once per interval, and the Faust/aiohttp private
-names :func:`streams.web.guard_server` relies on exist. (Idle and half-open connections
+names :func:`streams.http.web.guard_server` relies on exist. (Idle and half-open connections
 closed on a real worker, /health during a flood: tests/integration/test_worker_web_server.py.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import faust
 from aiohttp.web_runner import AppRunner, TCPSite
 
 from streams.logs import RateLimitAcceptErrors
-from streams.web import ConnectionGuard, GuardedSite, connection_cap
+from streams.http.web import ConnectionGuard, GuardedSite, connection_cap
 
 
 def test_the_connection_cap_leaves_half_the_file_limit_for_outgoing_calls():

@@ -30,8 +30,8 @@ from faust.cli import argument, option
 from faust.cli.base import AppCommand
 from faust.cli.base import cli as faust_cli
 
-from streams import dlq
-from streams.faust_compat import apply_click_options
+from streams.ops import dlq
+from streams.faust.compat import apply_click_options
 from streams import registry
 
 #: Exit codes (documented in the README's Commands section).
@@ -465,7 +465,7 @@ def register_commands(app: Any, settings: Any) -> None:
         from pathlib import Path
 
         from orders.db import open_database
-        from streams import reconcile as rc
+        from streams.ops import reconcile as rc
 
         db = open_database(settings.database_url)
         await db.setup()
@@ -508,7 +508,7 @@ def register_schema_commands(app: Any) -> None:
         """Write schemas/<domain>.<event>.v<N>.json and docs/asyncapi.json from the models (commit them)."""
         from pathlib import Path
 
-        from streams import schemas
+        from streams.events import schemas
 
         written = schemas.export(Path(root) if root else schemas.ROOT)
         self.say(f"{len(written)} files written under {Path(root) if root else schemas.ROOT}")

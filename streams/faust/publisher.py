@@ -22,7 +22,7 @@ from streams.engine.errors import TooLarge, UnknownDestination, Unserializable
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher
 from streams.engine.records import Ack, Outgoing
-from streams.faust_compat import aiokafka_producer
+from streams.faust.compat import aiokafka_producer
 
 PERMANENT: dict[type[BaseException], type[Exception]] = {
     MessageSizeTooLargeError: TooLarge,

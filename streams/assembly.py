@@ -1,8 +1,8 @@
-"""The composition root (``streams.app`` is the Faust app it builds): settings → registry → Faust app, tables, engine, web, commands.
+"""The composition root (``streams.app`` is the Faust app it builds; this module is not named ``app.py`` because ``faust -A streams`` looks up the attribute ``streams.app``, which a submodule of that name would shadow): settings → registry → Faust app, tables, engine, web, commands.
 
 The only module that imports ``agents/`` and ``tables/``. The path of one
 ``OrderPaid`` through the worker, top to bottom:
-``events.order.paid.v1`` → the engine consumer (:mod:`streams.faust_compat`) →
+``events.order.paid.v1`` → the engine consumer (:mod:`streams.faust.compat`) →
 :class:`streams.engine.position.Driver` (position rules, batches) →
 :class:`streams.engine.pipeline.Pipeline` of ``notifications`` (decode, dedup,
 :class:`agents.notifications.NotificationsService`, acks, state) *and* of
@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -28,20 +26,22 @@ from agents.notifier import make_notifier
 from agents.order_state import OrderStateService
 from streams import registry
 from streams.engine.health import Health, watch_broker
-from streams.faust_compat import broker_round_trip
 from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.engine.streamtime import ProcessClock
-from streams.faust_compat import EngineProducer, EngineTableManager, engine_consumer_class, read_offset, read_any_header_key
+from streams.faust.compat import (
+    EngineProducer, EngineTableManager, broker_round_trip, engine_consumer_class, read_any_header_key,
+)
+from streams.faust.publisher import KafkaPublisher
+from streams.faust.recovery import BulkLoader, Progress
+from streams.faust.stores import TableStore
+from streams.http.rpc import BestEffortCaller
+from streams.http.web import register_web
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
-from streams.publisher import KafkaPublisher
-from streams.recovery import BulkLoader, Progress
-from streams.rpc import BestEffortCaller
 from streams.settings import WorkerSettings
-from streams.stores import TableStore
-from streams.web import register_web
+from streams.worker import Worker, consumer_lag, retry_age
 
 log = logging.getLogger(__name__)
 
@@ -50,54 +50,13 @@ APP_ID = "order-streams"
 #: needs from them is a warning or an error.
 WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafka": "ERROR",
                 # Faust's services log under the module that subclasses them
-                "streams.faust_compat": "WARNING"}
-
-
-@dataclass
-class Worker:
-    """What the app factory built, for the web routes, commands and tests."""
-
-    app: Any
-    settings: WorkerSettings
-    metrics: Metrics
-    health: Health
-    driver: Driver
-    store: TableStore
-    services: dict[str, Any]
-    tables: dict[str, Any]
-    recovery: Progress
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-    def engine_lag(self) -> int:
-        return sum(lag for topic, _, lag in consumer_lag(self.app) if topic in self.driver.topics)
+                "streams.faust.compat": "WARNING"}
 
 
 def broker_urls(value: str) -> list[str]:
     """``kafka://a:9092,b:9092`` → ``["kafka://a:9092", "kafka://b:9092"]``."""
     scheme, _, hosts = value.partition("://")
     return [f"{scheme}://{h.strip()}" for h in hosts.split(",") if h.strip()]
-
-
-def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
-    """Per assigned partition: the high watermark − the next offset to read."""
-    consumer = app.consumer if not app.rebalancing else None
-    if consumer is None:
-        return []
-    try:
-        assigned = consumer.assignment()
-    except Exception:  # not started yet
-        return []
-    out = []
-    for tp in sorted(assigned):
-        try:
-            high = consumer.highwater(tp)
-        except Exception:
-            continue
-        if high is None:
-            continue
-        read = read_offset(consumer, tp)
-        out.append((tp.topic, tp.partition, max(0, int(high) - (int(read) + 1 if read is not None else 0))))
-    return out
 
 
 def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str, Any], list[Callable[[], Awaitable[None]]]]:
@@ -148,7 +107,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         APP_ID,
         broker=broker_urls(settings.kafka_broker),
         # Faust's RocksDB store plus the engine's index entries for what Faust applies
-        # itself (streams.faust_compat.EngineStore, a ``faust.stores`` entry point).
+        # itself (streams.faust.compat.EngineStore, a ``faust.stores`` entry point).
         store="engine://",
         # no fixed 1 s sleep before the tables register; topics declared at once (start-up)
         TableManager=EngineTableManager,
@@ -245,16 +204,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
         metrics.oldest_retry_age.labels(spec.name).set_function(
             lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))
     register_web(app, worker)
-    from streams.commands import register_commands
+    from streams.ops.commands import register_commands
 
     register_commands(app, settings)
     app.worker_parts = worker  # type: ignore[attr-defined]
     return app
-
-
-def retry_age(failed_at_ms: int | None) -> float:
-    """Seconds since the oldest waiting retry failed (0 when none waits)."""
-    return max(0.0, time.time() - failed_at_ms / 1000) if failed_at_ms is not None else 0.0
 
 
 def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[str, Any]:

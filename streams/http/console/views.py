@@ -8,7 +8,7 @@
 | ``GET /console/dlq`` | dead letters: ``service``, ``reason``, ``since``, ``key``, ``after`` (cursor), ``limit`` |
 | ``GET /console/dlq/letters/{id}`` | one letter: headers and value (``…/value``: its raw bytes) |
 | ``POST /console/dlq/redrive`` | start a redrive or dry run → 303 to ``/console/dlq/redrive/{job}`` |
-| ``GET/POST /console/login``, ``POST /console/logout`` | the sign-in form (:mod:`streams.console.auth`) |
+| ``GET/POST /console/login``, ``POST /console/logout`` | the sign-in form (:mod:`streams.http.console.auth`) |
 """
 
 from __future__ import annotations
@@ -24,21 +24,21 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import View
 
-from streams import dlq
-from streams.console import auth, dlq_page, overview, redrive, state
-from streams.console.assets import CSS, JS
-from streams.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
-from streams.console.html import e, page
-from streams.console.ledger import LedgerMarks
-from streams.console.letters import letter_view
+from streams.ops import dlq
+from streams.http.console import auth, dlq_page, overview, redrive, state
+from streams.http.console.assets import CSS, JS
+from streams.http.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
+from streams.http.console.html import e, page
+from streams.http.console.ledger import LedgerMarks
+from streams.http.console.letters import letter_view
 from streams.events import ID_PATTERN
-from streams.web import read_value, table_page
+from streams.http.web import read_value, table_page
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
 from tables.order_state import public_view
 
 if TYPE_CHECKING:
-    from streams.wiring import Worker
+    from streams.worker import Worker
 
 _ID = re.compile(ID_PATTERN)
 NOT_HERE = "The partition that holds it is not served by this worker right now (a rebalance?); try again in a moment."

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from streams import registry
-from streams.console.html import badge, e, number, table, url
+from streams.http.console.html import badge, e, number, table, url
 
 if TYPE_CHECKING:
-    from streams.wiring import Worker
+    from streams.worker import Worker
 
 WINDOW = 60.0
 STATUSES = ("success", "duplicate", "parked", "retry", "dead_letter")

@@ -2,11 +2,11 @@
 
 - Without ``WEB_TOKEN`` the console is read-only: no redrive button is rendered and
   every write (``POST /console/dlq/redrive``) is refused with 403 (and the worker
-  answers only requests whose ``Host`` is its own: :func:`streams.web.host_middleware`).
-- With it, the worker's auth middleware (:func:`streams.web.auth_middleware`) lets a
+  answers only requests whose ``Host`` is its own: :func:`streams.http.web.host_middleware`).
+- With it, the worker's auth middleware (:func:`streams.http.web.auth_middleware`) lets a
   request through with ``Authorization: Bearer <token>`` or the session cookie
-  :data:`streams.web.SESSION_COOKIE` carrying a valid signed session
-  (:class:`streams.web.Sessions`: never the token itself; it expires, and signing out
+  :data:`streams.http.web.SESSION_COOKIE` carrying a valid signed session
+  (:class:`streams.http.web.Sessions`: never the token itself; it expires, and signing out
   revokes it). The console's own middleware (:func:`console_middleware`, outermost)
   sends a browser without either to the sign-in form, which sets that cookie:
   HttpOnly, SameSite=Strict, Path=/console.
@@ -37,8 +37,8 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web as aioweb
 
-from streams.console.html import e, hidden, page
-from streams.web import SESSION_COOKIE, SESSION_SECONDS, bad_encoding, sessions_of, token_ok
+from streams.http.console.html import e, hidden, page
+from streams.http.web import SESSION_COOKIE, SESSION_SECONDS, bad_encoding, sessions_of, token_ok
 
 log = logging.getLogger(__name__)
 

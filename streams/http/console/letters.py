@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streams import headers as H
-from streams.console.html import badge, e, hidden, multiline, table, text, when
-from streams.dlq import MAX_TIME_DIGITS, DeadLetter, utf8_or_none
+from streams.engine import headers as H
+from streams.http.console.html import badge, e, hidden, multiline, table, text, when
+from streams.ops.dlq import MAX_TIME_DIGITS, DeadLetter, utf8_or_none
 
 #: Bytes of a value shown as a hex dump (the rest is counted, and downloadable).
 HEX_BYTES = 4096

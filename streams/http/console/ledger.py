@@ -3,7 +3,7 @@ incrementally: the first page reads each ``<service>.dlq.redriven`` once, later 
 only what was appended since (100,000 redriven letters are read once, not per page).
 
 Only done records count (a claim is no redrive yet). Redrive itself never trusts this
-cache: every send is claimed on the ledger first (:class:`streams.dlq.Claims`).
+cache: every send is claimed on the ledger first (:class:`streams.ops.dlq.Claims`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from streams import dlq
+from streams.ops import dlq
 from streams.registry import ledger_topic
 
 

@@ -218,7 +218,7 @@ def _engine_table_manager_class() -> type:
         once.
 
         Rule: every table of the worker is defined while the app is built
-        (:func:`streams.wiring.create_app`), before anything starts. Faust's sleep gave
+        (:func:`streams.assembly.create_app`), before anything starts. Faust's sleep gave
         code running at start-up one second to define more tables before they are
         finalised (``_update_channels``); none does here, and a table defined later is
         refused loudly by Faust ("Too late to add tables"), never lost. The consumer
@@ -269,7 +269,7 @@ def _engine_table_manager_class() -> type:
     return EngineTableManager
 
 
-#: ``App(TableManager=EngineTableManager)`` in :func:`streams.wiring.create_app`.
+#: ``App(TableManager=EngineTableManager)`` in :func:`streams.assembly.create_app`.
 EngineTableManager = _engine_table_manager_class()
 
 
@@ -407,7 +407,7 @@ def _engine_producer_class() -> type:
     return EngineProducer
 
 
-#: ``app.transport.Producer`` in :func:`streams.wiring.create_app`.
+#: ``app.transport.Producer`` in :func:`streams.assembly.create_app`.
 EngineProducer = _engine_producer_class()
 
 
@@ -423,7 +423,7 @@ def read_any_header_key() -> None:
     every service (the worker died 6–7 ms after each restart) and broke ``dlq ls``. With
     this, a key that is not UTF-8 arrives as a ``str`` decoded with ``surrogateescape``
     (lossless: ``key.encode("utf-8", "surrogateescape")`` gives back the bytes), which
-    :func:`streams.headers.is_raw` recognises. Batches whose keys are all UTF-8 are read
+    :func:`streams.engine.headers.is_raw` recognises. Batches whose keys are all UTF-8 are read
     by aiokafka's own (C) reader as before."""
     from aiokafka.consumer import fetcher
 
@@ -803,7 +803,7 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
 
         async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
             """Faust asks for the changelogs' end offsets first thing in a recovery: the
-            bulk loader (:mod:`streams.recovery`) fills the stores up to them, and
+            bulk loader (:mod:`streams.faust.recovery`) fills the stores up to them, and
             Faust's recovery offsets are moved along, so it replays nothing."""
             ends = await super().highwaters(*partitions)
             ours = {tp: int(end) for tp, end in ends.items() if loader is not None and tp.topic in loader.changelogs}

@@ -45,7 +45,7 @@ import orjson
 from aiohttp import web as aioweb
 from aiohttp.web_runner import BaseSite, TCPSite
 
-from streams.console import register_console
+from streams.http.console import register_console
 from streams.events import ID_PATTERN
 from streams.logs import add_secrets
 from tables.inventory import STOCK_TABLE
@@ -53,7 +53,7 @@ from tables.order_state import TABLE as ORDER_TABLE
 from tables.order_state import public_view
 
 if TYPE_CHECKING:
-    from streams.wiring import Worker
+    from streams.worker import Worker
 
 log = logging.getLogger(__name__)
 _ID = re.compile(ID_PATTERN)
@@ -475,7 +475,7 @@ def register_web(app: Any, worker: "Worker") -> None:
     @app.page("/asyncapi.json")
     async def asyncapi_json(web: Any, request: Any) -> Any:
         """The AsyncAPI 3.0 document (docs/asyncapi.json, generated from the registry and models)."""
-        from streams.schemas import asyncapi_bytes
+        from streams.events.schemas import asyncapi_bytes
 
         return web.bytes(asyncapi_bytes(), content_type="application/json")
 

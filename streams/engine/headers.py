@@ -34,7 +34,7 @@ RAW_KEY_PREFIX = "x-raw-key:"
 
 def is_raw(name: str) -> bool:
     """True for a header key read from bytes that are not UTF-8 (decoded with
-    ``surrogateescape`` by the record reader, see ``streams.faust_compat``)."""
+    ``surrogateescape`` by the record reader, see ``streams.faust.compat``)."""
     if name.isascii():
         return False
     try:

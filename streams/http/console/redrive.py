@@ -1,12 +1,12 @@
 """Redrive from the console: a job per request, run in the worker, watched from a page.
 
-``POST /console/dlq/redrive`` (token and CSRF checked first, :mod:`streams.console.auth`)
+``POST /console/dlq/redrive`` (token and CSRF checked first, :mod:`streams.http.console.auth`)
 takes a *selection* (``id`` fields: dead letter ids) or a *filter* (``service``,
 ``reason``, ``since``, ``key``) and ``dry_run``. It starts a :class:`Job` and answers
 303 to the job's page, which shows its progress live; a dry run ends with the
 preview and a confirmation form that posts the same request without ``dry_run``.
 
-The job calls :func:`streams.dlq.redrive_letters` — the CLI's protocol, ledger
+The job calls :func:`streams.ops.dlq.redrive_letters` — the CLI's protocol, ledger
 included: a letter already in ``<service>.dlq.redriven`` is marked "already
 redriven" and never sent again. Jobs of one worker run one at a time.
 """
@@ -24,11 +24,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams import dlq
-from streams.console.dlq_page import BadQuery, Filter, parse_filter
-from streams.console.html import badge, e, hidden, number, table, text, url, when
-from streams.console.letters import outcome_row
-from streams.dlq import DeadLetter
+from streams.ops import dlq
+from streams.http.console.dlq_page import BadQuery, Filter, parse_filter
+from streams.http.console.html import badge, e, hidden, number, table, text, url, when
+from streams.http.console.letters import outcome_row
+from streams.ops.dlq import DeadLetter
 
 log = logging.getLogger(__name__)
 

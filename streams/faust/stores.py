@@ -21,7 +21,7 @@ Risk next to it: local state written (2) before the changelog acks (1) could lea
 local value no recovery reproduces; the order above never does.
 
 A local write that fails (a full ``DATA_DIR``) raises :class:`StateWriteFailed` after
-the partition's handle is closed (:func:`~streams.faust_compat.reopen_partition_db`):
+the partition's handle is closed (:func:`~streams.faust.compat.reopen_partition_db`):
 RocksDB keeps such an error for the life of a handle, so without a fresh one the
 worker stayed stuck after space came back. The caller writes the batch again (the
 changelog records again too: same keys and values, so a compacted changelog holds the
@@ -38,7 +38,7 @@ import rocksdict
 
 from streams.engine.delivery import gather_acks
 from streams.engine.ports import Publisher, StateStore, Writes
-from streams.faust_compat import changelog_topic, offset_key, partition_db, reopen_partition_db
+from streams.faust.compat import changelog_topic, offset_key, partition_db, reopen_partition_db
 
 
 class StateWriteFailed(OSError):

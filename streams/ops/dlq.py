@@ -62,9 +62,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from streams import headers as H
+from streams.engine import headers as H
 from streams import registry
-from streams.faust_compat import aiokafka_client, fetch_high_watermarks
+from streams.faust.compat import aiokafka_client, fetch_high_watermarks
 from streams.registry import dlq_topic, ledger_topic
 
 __all__ = [

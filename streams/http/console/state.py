@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.console.html import badge, e, text, url, when
+from streams.http.console.html import badge, e, text, url, when
 
 STATUS_KIND = {"NOTIFIED": "ok", "PAID": "", "CREATED": "", "CANCELLED": "bad"}
 RESERVATION_KIND = {"RESERVED": "ok", "REJECTED": "bad", "PENDING": "warn"}

@@ -35,7 +35,7 @@ from typing import Any
 
 from streams.events import EVENT_TYPES, UPCASTERS, Event, chain_gaps
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schemas"
 
 #: Keywords that only document: a change to them is not a change of the schema.
@@ -237,7 +237,7 @@ def _jsoncompat_verdict(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
 
 ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.json"
 
-#: Headers the engine writes on retry and DLQ records (see streams.headers), as strings.
+#: Headers the engine writes on retry and DLQ records (see streams.engine.headers), as strings.
 _ENGINE_HEADERS = {
     "x-attempt": "attempts made so far",
     "x-not-before": "retry: epoch milliseconds before which the retry must not run",

@@ -8,7 +8,7 @@ producer that sends a field we do not know is sending a version we do not know,
 and that event goes to the dead-letter topic instead of being half-understood.
 
 Versions: a published ``vN`` never changes (``schemas/`` and the gate in
-:mod:`streams.schemas`); a change is a ``vN+1`` model on its own topic plus one
+:mod:`streams.events.schemas`); a change is a ``vN+1`` model on its own topic plus one
 upcaster ``vN → vN+1`` in :data:`UPCASTERS`. Consumers read every version's topic and
 get the newest model (:func:`decode_newest`); a record whose payload ``version`` or
 ``ce_type`` header names another version than its topic is a ``validation_error``, one

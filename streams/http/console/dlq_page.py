@@ -1,16 +1,16 @@
 """``GET /console/dlq``: every service's dead letters, filtered, a page at a time.
 
 A page is one bounded scan (:func:`find`): it streams the DLQ topics from the
-cursor (:func:`streams.dlq.iter_dead_letters`, a partition and a fetch at a time)
+cursor (:func:`streams.ops.dlq.iter_dead_letters`, a partition and a fetch at a time)
 and stops after ``limit`` matches or :data:`SCAN_BUDGET` records, whichever comes
 first; the next page resumes after the last record it looked at. With 100,000
 letters and a filter that matches few, each page still reads at most the budget.
 
-Memory: a page keeps :data:`streams.dlq.LIST_PREVIEW_BYTES` of each letter's value
+Memory: a page keeps :data:`streams.ops.dlq.LIST_PREVIEW_BYTES` of each letter's value
 (the list shows none of it; the letter's own page shows more), so a page of 500
 letters of 15 MB holds 128 KB of values; the scan itself holds one fetch (at most
 16 MiB) at a time. The worker runs at most :data:`HEAVY_REQUESTS` such scans at once
-(:class:`streams.console.views` waits for a turn, then answers 503).
+(:class:`streams.http.console.views` waits for a turn, then answers 503).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams import dlq, registry
-from streams.console.html import e, hidden, table, url
-from streams.console.ledger import LedgerMarks
-from streams.console.letters import SUMMARY_HEADERS, summary_cells
-from streams.dlq import DeadLetter
+from streams import registry
+
+from streams.ops import dlq
+from streams.http.console.html import e, hidden, table, url
+from streams.http.console.ledger import LedgerMarks
+from streams.http.console.letters import SUMMARY_HEADERS, summary_cells
+from streams.ops.dlq import DeadLetter
 from streams.events import ID_PATTERN
 
 SCAN_BUDGET = 5000
