@@ -42,7 +42,7 @@ from streams.events import (
     decode_newest, require_whole_chains, validation_summary,
 )
 from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
-from streams.http.rpc import BestEffortCaller
+from agents.rpc import BestEffortCaller
 from tables.inventory import (
     ANSWER, ORDERS_TABLE, STOCK_TABLE, Expected, SkuAnswer, StockCommand, apply_command, decision_key,
     outcome, per_sku, record_answer, record_expected, settled,

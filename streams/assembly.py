@@ -36,7 +36,7 @@ from streams.faust.compat import (
 from streams.faust.publisher import KafkaPublisher
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import TableStore
-from streams.http.rpc import BestEffortCaller
+from agents.rpc import BestEffortCaller
 from streams.http.web import register_web
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics

@@ -75,7 +75,7 @@ async def test_an_inventory_answer_without_a_known_kind_is_a_validation_error() 
     differential test: `{}` and `{"kind": "bogus"}` were decode_error)."""
     from agents.inventory import InventoryService
     from streams.engine.errors import DecodeError, ValidationFailed
-    from streams.http.rpc import BestEffortCaller
+    from agents.rpc import BestEffortCaller
 
     service = InventoryService(BestEffortCaller(Metrics().rpc_calls, timeout=1, max_in_flight=1),
                                search_url="", decision_ttl=60)

@@ -1,4 +1,4 @@
-"""streams.http.rpc.BestEffortCaller: deadline, bounded in flight, outcomes counted, no tasks left."""
+"""agents.rpc.BestEffortCaller: deadline, bounded in flight, outcomes counted, no tasks left."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.http.rpc import BestEffortCaller
+from agents.rpc import BestEffortCaller
 
 
 def counter() -> Counter:

@@ -17,7 +17,7 @@ from streams.engine.streamtime import MAX_CLOCK_SKEW_MS, STREAM_TIME_KEY, Proces
 from streams.events import InventoryReserved, NotificationSent, OrderCreated, OrderPaid
 from streams.metrics import Metrics
 from streams.registry import INVENTORY_REQUESTS, topics_written
-from streams.http.rpc import BestEffortCaller
+from agents.rpc import BestEffortCaller
 from tables.inventory import StockCommand, decision_key
 from tables.order_state import Incoming, expired_parked, new_state
 from tests.support.events import created, notification_sent, paid
