@@ -24,16 +24,21 @@ offsets only after it returns):
    of its key and value; a dead letter that still cannot be sent is sent again after a
    backoff — the batch does not return, so its offsets are not acknowledged.
 5. **Write state**: the dedup markers of the events that succeeded, and every
-   transaction's writes — changelog records acknowledged, then one local write
-   batch per partition, then the persisted offset (the last record written).
+   transaction's writes, made durable by
+   :meth:`~streams.engine.ports.StateStore.write` (its contract: changelog records
+   acknowledged, then one local write batch per partition, then the persisted
+   offset — the last record written).
 6. Return; the caller then **acknowledges the batch's offsets**.
 
 Data-loss risk: writing state (5) before the acks of 4 loses messages on SIGKILL —
 the marker survives, the derived record dies in the producer buffer, the replayed
-input is skipped as a duplicate (0–2 of 20,000 ids lost per run with 3–5 SIGKILLs
-when it was done that way; 0 lost in 3 of 3 runs with this order). Acknowledging
-offsets (6) before 5 can only cause duplicates; a crash between 4 and 5 repeats at
-most this batch's side effects (≤ ``BATCH_SIZE`` per crash).
+input is skipped as a duplicate. Acknowledging offsets (6) before 5 can only cause
+duplicates; a crash between 4 and 5 repeats at most this batch's side effects
+(≤ ``BATCH_SIZE`` per crash). The measurements behind this order:
+docs/design-notes.md, "The commit protocol".
+
+This docstring is the commit protocol's one statement: the README,
+streams/engine/ports.py and streams/faust/stores.py link here rather than restate it.
 """
 
 from __future__ import annotations
@@ -386,7 +391,8 @@ class Pipeline:
         messages: list[Outgoing] = []
         owners: list[Item | None] = []
         # failed-at and not-before are taken after the handlers ran, not at the batch's
-        # start: a retry once ran 6 ms before its delay had passed since the failed call
+        # start: a retry never runs before its delay has passed since the failed call
+        # (docs/design-notes.md, "Retry timing")
         failed_ms = int(self.clock() * 1000)
         for item in items:
             if item.error is not None:
@@ -453,9 +459,9 @@ class Pipeline:
         for item in items:
             if item.status == SUCCESS and item.error is None:
                 tx = batch.tx(table, item.partition)
-                # Stamped with the record's time, but never older than now: a copy
-                # stamped hours ago once left a marker that the same event, produced
-                # now, already saw as expired (processed twice).
+                # Stamped with the record's time, but never older than now: an old
+                # copy's marker must still hold for the same event produced now, or
+                # that event is processed twice (docs/design-notes.md, "Dedup markers").
                 marked = max(item.time_ms, batch.now_ms)
                 tx.set(item.key, str(marked).encode())
                 # Indexed by the marker's time (a changed DEDUP_TTL applies to it too);
