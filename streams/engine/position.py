@@ -8,9 +8,9 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
    sought.** A partition becomes *ready* only in :meth:`Driver.sought`, called after
    the seek to committed offsets that follows table recovery, with the offset the
    consumer now stands at. Records of a partition that is not ready are not
-   processed. (Data-loss risk: a fetch that arrived at the end of recovery, before
-   the seek, was skipped by the old fast path and by Faust; acking the next fetch
-   then committed over the hole — 487 events lost in one chaos run.)
+   processed. (Data-loss risk: a fetch that arrives at the end of recovery, before
+   the seek, and is skipped lets the next fetch's acknowledgement commit over the
+   hole; what that cost once: docs/design-notes.md, "The consumer position".)
 2. **Records of an owned partition that are not processed cause a seek back to the
    first of them**, so a later fetch delivers them again. That covers records of a
    partition not yet ready, the rest of a fetch when a rebalance starts, retry
@@ -33,6 +33,10 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
 6. **The stored changelog offset is the last record written** (the state store's
    contract, :meth:`streams.engine.ports.StateStore.write`), so recovery re-reads
    nothing a batch wrote.
+
+This docstring is the consumer-position protocol's one statement (the commit protocol
+of one batch is streams/engine/pipeline.py's); the README and the consumer adapter
+(streams/faust/compat.py) link here rather than restate it.
 """
 
 from __future__ import annotations
