@@ -23,7 +23,7 @@ from orders.metrics import OrdersMetrics
 from orders.relay import Relay, relay_app
 from orders.settings import OrdersSettings, load_orders_settings
 from streams import logs
-from streams.kafka_security import KafkaAccessError
+from streams.kafka_connection import KafkaAccessError
 
 log = logging.getLogger("orders")
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.kafka_security import KafkaSecurity
+from streams.kafka_connection import KafkaConnection
 from orders.dburl import check_database_url, mask_database_url
 from streams.settings import SettingsError, describe_error
 
@@ -20,7 +20,7 @@ def _default_relay_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class OrdersSettings(KafkaSecurity, BaseSettings):
+class OrdersSettings(KafkaConnection, BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
     )
@@ -37,7 +37,6 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
     orders_max_body_bytes: int = Field(64 * 1024, ge=1024)
     #: Seconds an ``Idempotency-Key`` and its stored answer are kept (default 24 h).
     idempotency_ttl: float = Field(24 * 3600.0, gt=0)
-    kafka_broker: str = Field("kafka://127.0.0.1:9092", pattern=r"^(kafka|aiokafka)://[^\s]+$")
     topic_partitions: int = Field(4, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
     #: ``serve`` also runs the relay in-process; false = API only.
@@ -84,9 +83,6 @@ class OrdersSettings(KafkaSecurity, BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(h.split("://", 1)[-1] for h in self.kafka_broker.split(","))
 
 
 def load_orders_settings(**overrides: object) -> OrdersSettings:

@@ -53,12 +53,6 @@ WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafk
                 "streams.faust.compat": "WARNING"}
 
 
-def broker_urls(value: str) -> list[str]:
-    """``kafka://a:9092,b:9092`` → ``["kafka://a:9092", "kafka://b:9092"]``."""
-    scheme, _, hosts = value.partition("://")
-    return [f"{scheme}://{h.strip()}" for h in hosts.split(",") if h.strip()]
-
-
 def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str, Any], list[Callable[[], Awaitable[None]]]]:
     """The consuming services this worker runs (``SERVICES``), by registry name."""
     services: dict[str, Any] = {}
@@ -84,14 +78,14 @@ def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str
 
 def check_kafka_access_first(app: faust.App, settings: WorkerSettings) -> None:
     """Before the worker's first Kafka client: credentials the broker refuses end it
-    with one line (streams.kafka_security), exit 1, instead of a traceback."""
+    with one line (streams.kafka_connection), exit 1, instead of a traceback."""
     first_start = app.on_first_start
 
     async def on_first_start() -> None:
-        from streams.kafka_security import KafkaAccessError
+        from streams.kafka_connection import KafkaAccessError
 
         try:
-            await settings.check_access(bootstrap_of(settings.kafka_broker))
+            await settings.check_access(settings.bootstrap)
         except KafkaAccessError as exc:
             print(f"order-streams: {exc}", file=sys.__stderr__, flush=True)  # not mode's log redirect
             raise SystemExit(1) from None
@@ -105,7 +99,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     partitions = settings.topic_partitions
     app = faust.App(
         APP_ID,
-        broker=broker_urls(settings.kafka_broker),
+        broker=settings.broker_urls,
         # Faust's RocksDB store plus the engine's index entries for what Faust applies
         # itself (streams.faust.compat.EngineStore, a ``faust.stores`` entry point).
         store="engine://",
@@ -164,7 +158,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     for name, indexer in indexers.items():
         tables[name].engine_indexer = indexer
     progress = Progress()
-    loader = BulkLoader(tables, bootstrap=bootstrap_of(settings.kafka_broker),
+    loader = BulkLoader(tables, bootstrap=settings.bootstrap,
                         client_kwargs=settings.aiokafka_kwargs(), indexers=indexers, progress=progress,
                         max_fetch_bytes=settings.max_message_bytes,
                         budget=0.8 * app.conf.broker_request_timeout)
@@ -235,10 +229,6 @@ def _with_many(indexer: Any, many: Any) -> Any:
 
     index.many = many  # type: ignore[attr-defined]
     return index
-
-
-def bootstrap_of(kafka_broker: str) -> str:
-    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
 def define_table(app: Any, name: str, partitions: int, topic_config: dict[str, str] | None = None) -> Any:

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from streams.kafka_security import KafkaSecurity
+from streams.kafka_connection import KafkaConnection
 from streams.registry import SERVICE_NAMES
 
 
@@ -24,18 +24,13 @@ from streams.registry import SERVICE_NAMES
 MIN_TOKEN_CHARS = 32
 
 
-class WorkerSettings(KafkaSecurity, BaseSettings):
+class WorkerSettings(KafkaConnection, BaseSettings):
     """Environment of ``faust -A streams worker`` (names are the upper-cased fields)."""
 
     model_config = SettingsConfigDict(
         frozen=True, extra="ignore", case_sensitive=False, allow_inf_nan=False
     )
 
-    kafka_broker: str = Field(
-        "kafka://127.0.0.1:9092",
-        description="Faust broker URL; comma-separated hosts allowed",
-        pattern=r"^(kafka|aiokafka)://[^\s]+$",
-    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     #: URL other workers use to reach this one (``table_route``); defaults to

@@ -55,8 +55,6 @@ TABLE_CHUNK = 200
 MAX_REFUSED_LINES = 100
 
 
-def bootstrap_of(kafka_broker: str) -> str:
-    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
 def one_line(text: str) -> str:
@@ -249,7 +247,7 @@ JSON_OPTION = option("--json", "as_json", is_flag=True, default=False, show_defa
 
 
 def register_commands(app: Any, settings: Any) -> None:
-    bootstrap = bootstrap_of(settings.kafka_broker)
+    bootstrap = settings.bootstrap
     kafka = dict(settings.aiokafka_kwargs())
     dlq.CLIENT_KWARGS.update(kafka)
 
@@ -580,6 +578,6 @@ class _RedriveOutput:
             self.cmd.say("\n" + f'], "services": {json.dumps(self.results)}}}')
 
 
-__all__ = ["register_commands", "bootstrap_of", "OpsCommand", "CommandFailed", "EXIT_OK", "EXIT_FAILURE",
+__all__ = ["register_commands", "OpsCommand", "CommandFailed", "EXIT_OK", "EXIT_FAILURE",
            "EXIT_USAGE", "EXIT_MISMATCHES"]
 

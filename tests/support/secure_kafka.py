@@ -1,5 +1,5 @@
 """An Apache Kafka node that asks for credentials: SASL_SSL (SCRAM-SHA-512) with a test
-CA, a KRaft StandardAuthorizer and ACLs — for tests of :mod:`streams.kafka_security`.
+CA, a KRaft StandardAuthorizer and ACLs — for tests of :mod:`streams.kafka_connection`.
 
 Built beside :mod:`streams.broker.kafka` (same pinned jars, same small-machine
 settings from :func:`~streams.broker.kafka.node_properties`), not inside it: the
@@ -141,9 +141,9 @@ class SecureKafka:
 
     def client_kwargs(self, user: str = "admin") -> dict[str, Any]:
         """aiokafka keyword arguments for ``user`` (``bootstrap_servers`` included)."""
-        from streams.kafka_security import KafkaSecurity
+        from streams.kafka_connection import KafkaConnection
 
-        sec = KafkaSecurity(**{k.lower(): v for k, v in self.env(user).items() if k != "KAFKA_BROKER"})
+        sec = KafkaConnection(**{k.lower(): v for k, v in self.env(user).items() if k != "KAFKA_BROKER"})
         return {"bootstrap_servers": self.bootstrap, **sec.aiokafka_kwargs()}
 
     def start(self, timeout: float = 120.0) -> "SecureKafka":

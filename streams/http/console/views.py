@@ -76,8 +76,6 @@ class HeavyRequests:
             self.semaphore.release()
 
 
-def bootstrap_of(kafka_broker: str) -> str:
-    return ",".join(h.split("://", 1)[-1] for h in kafka_broker.split(","))
 
 
 def json_response(value: Any, status: int = 200) -> aioweb.Response:
@@ -91,7 +89,7 @@ def wants_json(request: Any) -> bool:
 def register_console(app: Any, worker: "Worker") -> None:
     settings = worker.settings
     token = settings.web_token.get_secret_value()
-    bootstrap = bootstrap_of(settings.kafka_broker)
+    bootstrap = settings.bootstrap
     kafka = dict(settings.aiokafka_kwargs())
     sampler = overview.Sampler()
     marks = LedgerMarks(bootstrap, kafka)

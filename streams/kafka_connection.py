@@ -1,4 +1,5 @@
-"""Kafka connection security for a real cluster: TLS and SASL, shared by every process.
+"""How every process connects to Kafka: the broker addresses (``KAFKA_BROKER``, parsed
+here and nowhere else) and, for a real cluster, TLS and SASL.
 
 ``KAFKA_SECURITY_PROTOCOL`` = ``PLAINTEXT`` (default) | ``SSL`` | ``SASL_PLAINTEXT`` |
 ``SASL_SSL``; with SASL, ``KAFKA_SASL_MECHANISM`` (``PLAIN``, ``SCRAM-SHA-256``,
@@ -8,7 +9,7 @@
 
 The rule for credentials the broker refuses: **a process does not retry them.** A
 wrong password, an unknown SASL mechanism or a broker certificate the CA file does not
-vouch for cannot pass by waiting, so :meth:`KafkaSecurity.check_access` (run by the
+vouch for cannot pass by waiting, so :meth:`KafkaConnection.check_access` (run by the
 worker, the relay and the ``dlq`` commands before their first Kafka client) turns the
 refusal into a :class:`KafkaAccessError`: one line naming the setting to fix, never
 the secret; the process exits non-zero with it. An unreachable broker is not such an
@@ -21,7 +22,7 @@ import asyncio
 import ssl
 from typing import Any, Literal
 
-from pydantic import BaseModel, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 class KafkaAccessError(Exception):
@@ -32,9 +33,14 @@ class KafkaAccessError(Exception):
     operator_message = True
 
 
-class KafkaSecurity(BaseModel):
+class KafkaConnection(BaseModel):
     """Fields mixed into each process's settings model."""
 
+    kafka_broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="the Kafka bootstrap servers as a Faust broker URL: kafka://host:port[,host:port…]",
+        pattern=r"^(kafka|aiokafka)://[^\s]+$",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str = ""
@@ -44,12 +50,29 @@ class KafkaSecurity(BaseModel):
     kafka_ssl_keyfile: str = ""
 
     @model_validator(mode="after")
-    def _complete(self) -> "KafkaSecurity":
+    def _complete(self) -> "KafkaConnection":
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise ValueError("KAFKA_SASL_USERNAME is required with a SASL security protocol")
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
         return self
+
+    @property
+    def broker_hosts(self) -> tuple[str, ...]:
+        """``kafka://a:9092,b:9092`` → ``("a:9092", "b:9092")``: the one parse of ``KAFKA_BROKER``
+        (a scheme may repeat on each host, ``kafka://a:9092,kafka://b:9092``)."""
+        return tuple(h.strip().split("://", 1)[-1] for h in self.kafka_broker.split(",") if h.strip())
+
+    @property
+    def bootstrap(self) -> str:
+        """``bootstrap_servers`` for aiokafka clients: ``a:9092,b:9092``."""
+        return ",".join(self.broker_hosts)
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """``broker`` for ``faust.App``: ``["kafka://a:9092", "kafka://b:9092"]``."""
+        scheme = self.kafka_broker.partition("://")[0]
+        return [f"{scheme}://{h}" for h in self.broker_hosts]
 
     @property
     def uses_tls(self) -> bool:

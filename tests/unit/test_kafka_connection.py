@@ -1,4 +1,4 @@
-"""streams.kafka_security: a refusal is one line naming the setting, never the secret
+"""streams.kafka_connection: KAFKA_BROKER parsed once; a refusal is one line naming the setting, never the secret
 (the broker side runs in tests/integration/test_kafka_security.py)."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
 from streams.broker import free_port
-from streams.kafka_security import KafkaAccessError, KafkaSecurity
+from streams.kafka_connection import KafkaAccessError, KafkaConnection
 
 SECRET = "s3cret-Password-42"
 
 
-def sasl(**kw: str) -> KafkaSecurity:
-    return KafkaSecurity(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+def sasl(**kw: str) -> KafkaConnection:
+    return KafkaConnection(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                          kafka_sasl_username="worker", kafka_sasl_password=SECRET, **kw)
 
 
@@ -45,4 +45,11 @@ def test_an_unreadable_ca_file_names_the_setting(tmp_path):
 def test_check_access_waits_out_an_unreachable_broker_and_skips_plaintext():
     port = free_port()  # nothing listens there
     asyncio.run(sasl().check_access(f"127.0.0.1:{port}", timeout=2))  # no error: an outage
-    asyncio.run(KafkaSecurity().check_access(f"127.0.0.1:{port}"))
+    asyncio.run(KafkaConnection().check_access(f"127.0.0.1:{port}"))
+
+
+def test_kafka_broker_is_parsed_once_into_what_each_client_takes() -> None:
+    conn = KafkaConnection(kafka_broker="kafka://a:9092,b:9093,kafka://c:9094")
+    assert conn.broker_hosts == ("a:9092", "b:9093", "c:9094")
+    assert conn.bootstrap == "a:9092,b:9093,c:9094"  # aiokafka's bootstrap_servers
+    assert conn.broker_urls == ["kafka://a:9092", "kafka://b:9093", "kafka://c:9094"]  # faust.App(broker=…)
