@@ -1,161 +1,23 @@
-"""Fakes of the engine's ports (streams.engine.ports), for unit tests.
+"""Fakes of the app's own ports, for unit tests of its services. The engine's fakes
+(publisher, state store, consumer, clock) are :mod:`streams.engine.testing`.
 
-* :class:`FakePublisher` — a :class:`~streams.engine.ports.Publisher`: each send gets
-  a future the test controls — acked at once (``auto_ack=True``) or held until
-  :meth:`FakePublisher.release` / :meth:`FakePublisher.fail`. Every send and ack is
-  appended to a shared ``log``.
-* :class:`MemoryStore` — a :class:`~streams.engine.ports.StateStore` over dicts;
-  ``write`` sends changelog records through a publisher first (acks awaited) and
-  logs what the publisher still had unacknowledged when it wrote locally.
 * :class:`FakeNotifier` — the SMS gateway port; raises per order id on demand.
-* :class:`FakeConsumer` — the position protocol's ConsumerPort: seeks, pauses,
-  acknowledgements and the generation, all recorded.
+* :func:`paid_record` — a raw OrderPaid record in the contract's shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from agents.notifier import Notification
-from streams.engine.delivery import gather_acks
-from streams.engine.ports import Publisher, StateStore, Writes
-from streams.engine.records import TP, Ack, Outgoing, Record
+from streams.engine.records import Record
+from streams.engine.testing import NOW_MS
 from streams.events import OrderPaid
 
 PAID_TOPIC = OrderPaid.topic()
-#: A fixed "now" for clocks: 2023-11-14T22:13:20Z.
-NOW = 1_700_000_000.0
-NOW_MS = int(NOW * 1000)
-
-
-class Meta:
-    """What a batch future resolves to (like aiokafka's RecordMetadata)."""
-
-    def __init__(self, topic: str, partition: int | None, offset: int) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-
-
-class FakePublisher(Publisher):
-    def __init__(self, *, auto_ack: bool = True, log: list[tuple[Any, ...]] | None = None,
-                 max_message_bytes: int = 1024 * 1024) -> None:
-        self.auto_ack = auto_ack
-        self.max_message_bytes = max_message_bytes
-        self.log: list[tuple[Any, ...]] = log if log is not None else []
-        self.sent: list[Outgoing] = []
-        self.futures: list[asyncio.Future[Any]] = []
-        #: number of upcoming sends whose ack fails (a transient error), then they succeed
-        self.fail_acks = 0
-        #: number of upcoming send_many() calls that raise before enqueueing anything
-        self.raise_on_send = 0
-        #: topic → exception every ack to it fails with (e.g. a permanent TooLarge)
-        self.reject: dict[str, BaseException] = {}
-        self._offsets: dict[tuple[str, int | None], int] = {}
-
-    async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
-        if self.raise_on_send:
-            self.raise_on_send -= 1
-            self.log.append(("send-raised", len(messages)))
-            raise ConnectionError("producer cannot reach the broker")
-        out: list[Ack] = []
-        for message in messages:
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self.sent.append(message)
-            self.futures.append(fut)
-            self.log.append(("send", message.topic, message.key))
-            if message.topic in self.reject:
-                fut.set_exception(self.reject[message.topic])
-            elif self.fail_acks:
-                self.fail_acks -= 1
-                self.log.append(("nack", message.topic, message.key))
-                fut.set_exception(ConnectionError("ack lost"))
-            elif self.auto_ack:
-                self._ack(message, fut)
-            out.append((fut, 0))
-        return out
-
-    def _ack(self, message: Outgoing, fut: asyncio.Future[Any]) -> None:
-        tp = (message.topic, message.partition)
-        offset = self._offsets.get(tp, -1) + 1
-        self._offsets[tp] = offset
-        self.log.append(("ack", message.topic, message.key))
-        fut.set_result(Meta(message.topic, message.partition, offset))
-
-    def pending(self) -> list[Outgoing]:
-        return [m for m, f in zip(self.sent, self.futures) if not f.done()]
-
-    def release(self, n: int | None = None) -> int:
-        """Ack the first ``n`` pending sends (all when None); returns how many."""
-        done = 0
-        for m, f in zip(self.sent, self.futures):
-            if n is not None and done >= n:
-                break
-            if not f.done():
-                self._ack(m, f)
-                done += 1
-        return done
-
-    def to(self, topic: str) -> list[Outgoing]:
-        return [m for m in self.sent if m.topic == topic]
-
-
-class MemoryStore(StateStore):
-    """Tables as ``{(table, partition): {key: value}}``; changelogs through ``publisher``."""
-
-    def __init__(self, publisher: FakePublisher | None = None, *, max_value_bytes: int = 256 * 1024) -> None:
-        self.publisher = publisher
-        self.max_value_bytes = max_value_bytes
-        self.data: dict[tuple[str, int], dict[bytes, bytes]] = {}
-        self.reads: list[tuple[str, int, list[bytes]]] = []
-        #: per write(): the publisher's sends still unacknowledged when it wrote locally
-        self.pending_at_write: list[list[Outgoing]] = []
-        #: table partition → offset of the last changelog record written
-        self.persisted: dict[tuple[str, int], int] = {}
-        #: number of upcoming write() calls that fail (their changelog send failed)
-        self.fail_writes = 0
-
-    def table(self, name: str, partition: int) -> dict[bytes, bytes]:
-        return self.data.setdefault((name, partition), {})
-
-    def read(self, table: str, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
-        self.reads.append((table, partition, list(keys)))
-        data = self.table(table, partition)
-        return [data.get(k) for k in keys]
-
-    def scan(self, table: str, partition: int, start: bytes, stop: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        data = self.table(table, partition)
-        return sorted((k, v) for k, v in data.items() if start <= k < stop)[:limit]
-
-    async def write(self, writes: Sequence[Writes]) -> None:
-        if self.fail_writes:
-            self.fail_writes -= 1
-            raise ConnectionError("changelog ack lost")
-        if self.publisher is not None:
-            acks: list[Ack] = []
-            for w in writes:
-                if w.durable:
-                    acks += await self.publisher.send_partition(f"{w.table}-changelog", w.partition,
-                                                                list(w.durable.items()))
-            results = await gather_acks(acks)
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            if failed is not None:
-                raise failed
-            self.pending_at_write.append(self.publisher.pending())
-            self.publisher.log.append(("write", [(w.table, w.partition, sorted(w.durable)) for w in writes]))
-            done = 0
-            for w in writes:
-                if w.durable:
-                    done += len(w.durable)
-                    self.persisted[(w.table, w.partition)] = int(results[done - 1])  # type: ignore[arg-type]
-        for w in writes:
-            data = self.table(w.table, w.partition)
-            for key, value in [*w.durable.items(), *w.local.items()]:
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
 
 
 class FakeNotifier:
@@ -189,47 +51,6 @@ class FakeNotifier:
         return [k for _, k in self.calls]
 
 
-class FakeConsumer:
-    """The driver's ConsumerPort: a generation the test moves, and a record of calls."""
-
-    def __init__(self, assigned: set[TP] | None = None) -> None:
-        self.gen = 1
-        self.ready = True
-        self.owned: set[TP] = set(assigned or ())
-        self.seeks: list[tuple[TP, int]] = []
-        self.paused: set[TP] = set()
-        self.acks: list[tuple[TP, int, int]] = []
-        #: topic → partition count (none known: no record is rerouted)
-        self.partitions: dict[str, int] = {}
-
-    def generation(self) -> int:
-        return self.gen
-
-    def may_process(self) -> bool:
-        return self.ready
-
-    def assigned(self) -> set[TP]:
-        return set(self.owned)
-
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
-
-    def pause(self, tp: TP) -> None:
-        self.paused.add(tp)
-
-    def resume(self, tp: TP) -> None:
-        self.paused.discard(tp)
-
-    def acknowledge(self, tp: TP, first: int, last: int) -> None:
-        self.acks.append((tp, first, last))
-
-    def partition_count(self, topic: str) -> int | None:
-        return self.partitions.get(topic)
-
-    def acked_offsets(self, tp: TP) -> list[int]:
-        return [o for t, first, last in self.acks if t == tp for o in range(first, last + 1)]
-
-
 def paid_record(
     order_id: str,
     *,
@@ -252,23 +73,3 @@ def paid_record(
         timestamp_ms=timestamp_ms,
         headers=dict(headers or {}),
     )
-
-
-async def wait_until(predicate: Any, timeout: float = 2.0) -> None:
-    """Yield to the loop until ``predicate()`` is true (fails after ``timeout``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0)
-
-
-class Clock:
-    """A settable clock: ``clock()`` returns ``clock.now``."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now

@@ -12,7 +12,8 @@ from streams.engine import headers as H
 from streams.engine.errors import GatewayRejected, UnknownDestination
 from streams.engine.records import Record
 from streams.engine.routing import LETTER_HEAD_BYTES, shrink_letter
-from tests.unit.fakes import NOW_MS, PAID_TOPIC, paid_record, wait_until
+from streams.engine.testing import NOW_MS, wait_until
+from tests.unit.fakes import PAID_TOPIC, paid_record
 from tests.unit.test_pipeline import DLQ, Harness
 
 RAW = b"\xff\xfe"

@@ -13,7 +13,7 @@ from streams.events import NotificationSent, OrderCreated, OrderPaid
 from streams.metrics import Metrics
 from streams.registry import topics_written
 from tests.support.events import created, notification_sent, paid
-from tests.unit.fakes import NOW, Clock, FakePublisher, MemoryStore
+from streams.engine.testing import NOW, Clock, FakePublisher, MemoryStore
 
 DLQ = "order-state.dlq"
 

@@ -20,7 +20,7 @@ from orders.api import OrdersApi
 from orders.db import SqliteDatabase
 from orders.metrics import OrdersMetrics
 from streams.events import MAX_AMOUNT, MAX_ITEMS, MAX_QTY, OrderCancelled, OrderCreated, OrderPaid
-from tests.unit.fakes import Clock
+from streams.engine.testing import Clock
 
 T0 = 1_700_000_000.0
 CREATED = "events.order.created.v1"

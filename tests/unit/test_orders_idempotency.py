@@ -19,7 +19,7 @@ from orders.api import OrdersApi
 from orders.db import Database, PostgresDatabase, SqliteDatabase
 from orders.metrics import OrdersMetrics
 from tests.support.outbox_waits import wait_for
-from tests.unit.fakes import Clock
+from streams.engine.testing import Clock
 
 T0 = 1_700_000_000.0
 VALID = {"user_id": "u-1", "items": [{"sku": "sku-1", "qty": 2}], "amount": "12.50"}

@@ -22,7 +22,7 @@ from orders.metrics import OrdersMetrics
 from orders.relay import Relay, relay_app
 from orders.settings import OrdersSettings
 from streams.events import Event, OrderCreated, OrderItem, OrderPaid
-from tests.unit.fakes import Clock
+from streams.engine.testing import Clock
 
 T0 = 1_700_000_000.0
 BASE = 2.0

@@ -18,9 +18,8 @@ from streams.engine.routing import RetryPolicy
 from streams.events import NotificationSent
 from streams.metrics import Metrics
 from streams.registry import topics_written
-from tests.unit.fakes import (
-    NOW, NOW_MS, PAID_TOPIC, Clock, FakeNotifier, FakePublisher, MemoryStore, paid_record, wait_until,
-)
+from streams.engine.testing import NOW, NOW_MS, Clock, FakePublisher, MemoryStore, wait_until
+from tests.unit.fakes import PAID_TOPIC, FakeNotifier, paid_record
 
 DELAYS = (1.0, 2.0)
 TTL_MS = 3_600_000

@@ -14,7 +14,7 @@ from streams.engine.position import Driver
 from streams.engine.records import TP, Record
 from streams.engine.routing import RetryPolicy
 from streams.registry import ServiceSpec
-from tests.unit.fakes import NOW, NOW_MS, Clock, FakeConsumer
+from streams.engine.testing import NOW, NOW_MS, Clock, FakeConsumer
 
 PAID = "events.order.paid.v1"
 SPEC = ServiceSpec("svc", sources=(PAID,), tables=())
@@ -280,7 +280,7 @@ async def test_records_on_a_partition_their_key_does_not_map_to_are_sent_on_not_
     key does not map to was processed a second time (dedup state is per partition)."""
     from streams.engine.keys import key_partition
     from streams.engine.position import REROUTED_FROM
-    from tests.unit.fakes import FakePublisher
+    from streams.engine.testing import FakePublisher
 
     publisher = FakePublisher()
     p = Recording()

@@ -14,7 +14,7 @@ import pytest
 
 from streams.engine.ports import Writes
 from streams.faust.compat import open_partitions, partition_db
-from tests.unit.fakes import FakePublisher
+from streams.engine.testing import FakePublisher
 
 TABLE = "order-state"
 DISK_FULL = "IO error: No space left on device: While appending to file: 000004.log"

@@ -21,7 +21,7 @@ from agents.rpc import BestEffortCaller
 from tables.inventory import StockCommand, decision_key
 from tables.order_state import Incoming, expired_parked, new_state
 from tests.support.events import created, notification_sent, paid
-from tests.unit.fakes import NOW, NOW_MS, Clock, FakePublisher, MemoryStore
+from streams.engine.testing import NOW, NOW_MS, Clock, FakePublisher, MemoryStore
 
 DAY = 86_400
 PARK_TIMEOUT = 300.0

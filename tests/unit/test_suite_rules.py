@@ -5,7 +5,8 @@ A test must be able to fail: every test function asserts something, directly (an
 calling a helper that does. A helper *asserts* when its body has an ``assert``, a
 ``raise`` or one of those ``pytest`` calls, or calls another helper that asserts; the
 helpers are the functions and methods defined in ``tests/support``, ``tests/conftest.py``,
-``tests/unit/fakes.py``, ``bench/`` (the chaos tests run its scenarios) and the test's
+``tests/unit/fakes.py``, ``bench/`` (the chaos tests run its scenarios), ``harness/``,
+``streams/engine/testing.py`` and the test's
 own module. Names are matched by their last part (``kafka.wait_consumed(…)``,
 ``self.persisted(…)``), which errs on the side of passing: this check finds tests that
 assert nothing at all, it does not judge what they assert.
@@ -22,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
-HELPER_SOURCES = [TESTS / "support", TESTS / "conftest.py", TESTS / "unit" / "fakes.py", ROOT / "bench"]
+HELPER_SOURCES = [TESTS / "support", TESTS / "conftest.py", TESTS / "unit" / "fakes.py", ROOT / "bench",
+                  ROOT / "harness", ROOT / "streams" / "engine" / "testing.py"]
 
 #: "path::test" → why the test asserts nothing (kept short; every entry must still be needed)
 ALLOWED: dict[str, str] = {}
