@@ -3,8 +3,10 @@ subclass: a :class:`Publisher`, a :class:`StateStore` (read, scan, write), and t
 per-batch, per-partition :class:`Transaction` every service uses for its state.
 
 One state port for every table — dedup markers, order states, stock — so the commit
-protocol's last step is the same for all of them: changelog records sent and
-acknowledged, then one local write batch per partition.
+protocol's last step (step 5 in streams/engine/pipeline.py, where the protocol is
+written) is the same for all of them: :meth:`StateStore.write`, whose docstring below
+is the store's contract, checked against every store by
+tests/unit/test_state_store_contract.py.
 """
 
 from __future__ import annotations
@@ -38,15 +40,6 @@ class Publisher(abc.ABC):
         """Enqueue ``(key, value)`` records to one partition, in order (a table's
         changelog writes); same acks as :meth:`send_many`."""
         return await self.send_many([Outgoing(topic, k, v, (), partition) for k, v in records])
-
-
-class Change(NamedTuple):
-    """One write of a batch: ``value=None`` deletes ``key`` (a changelog tombstone)."""
-
-    table: str
-    partition: int
-    key: bytes
-    value: bytes | None
 
 
 class Writes(NamedTuple):
@@ -98,17 +91,25 @@ def parse_index_key(raw: bytes) -> tuple[int, bytes]:
     return int.from_bytes(raw[2:10], "big"), raw[10:]
 
 
+class TransactionClosed(RuntimeError):
+    """A write to a transaction (or a new transaction) of a batch whose state is
+    flushed or being flushed: it would never be written, so it is refused."""
+
+
 class Transaction:
     """A batch's view of one table partition: reads see the batch's own writes;
-    nothing is written until the batch's state is flushed (after every derived
-    record, retry and dead letter of the batch was acknowledged).
+    nothing is written until the batch's state is flushed (the commit protocol's
+    step 5, streams/engine/pipeline.py). From the flush on it refuses writes
+    (:class:`TransactionClosed`): a write then — by a handler that kept the
+    transaction past its batch, or during the flush's own sends — would be lost or
+    half-written, never an error anyone sees.
 
     ``schedule(at_ms, key)`` keeps a time index beside the table (same partition,
     same changelog), so work that falls due — TTL expiry, parked-event timeouts —
     is found by a range scan over what is due, not by reading the table.
     """
 
-    __slots__ = ("store", "table", "partition", "_cache", "_writes", "_local")
+    __slots__ = ("store", "table", "partition", "_cache", "_writes", "_local", "closed")
 
     def __init__(self, store: StateStore, table: str, partition: int) -> None:
         self.store = store
@@ -117,6 +118,12 @@ class Transaction:
         self._cache: dict[bytes, bytes | None] = {}
         self._writes: dict[bytes, bytes | None] = {}
         self._local: dict[bytes, bytes | None] = {}
+        #: set when the batch's flush begins: every write is refused from then on
+        self.closed = False
+
+    def _refuse(self) -> None:
+        raise TransactionClosed(f"{self.table}[{self.partition}]: a write after the batch's state "
+                                "was flushed would never be written")
 
     def get_many(self, keys: Iterable[bytes]) -> list[bytes | None]:
         keys = list(keys)
@@ -137,12 +144,16 @@ class Transaction:
         return value
 
     def set(self, key: bytes, value: bytes) -> None:
+        if self.closed:
+            self._refuse()
         limit = self.store.max_value_bytes
         if len(value) > limit:
             raise TooLarge(f"{self.table} value for {key[:64]!r} would be {len(value)} bytes (limit {limit})")
         self._writes[key] = value
 
     def delete(self, key: bytes) -> None:
+        if self.closed:
+            self._refuse()
         self._writes[key] = None
 
     def schedule(self, at_ms: int, key: bytes, *, durable: bool = True) -> None:
@@ -151,11 +162,15 @@ class Transaction:
         applies to entries already there). A
         ``durable=False`` entry is written locally only: for an index the table's
         recovery rebuilds from the values (one changelog record less per write)."""
+        if self.closed:
+            self._refuse()
         (self._writes if durable else self._local)[index_key(at_ms, key)] = b"1"
 
     def unschedule(self, at_ms: int, key: bytes) -> None:
         """Remove an index entry (a tombstone in the changelog too, which is harmless
         for an entry that was only local)."""
+        if self.closed:
+            self._refuse()
         self._writes[index_key(at_ms, key)] = None
 
     def due(self, until_ms: int, limit: int) -> list[tuple[int, bytes]]:
@@ -168,29 +183,32 @@ class Transaction:
     def writes(self) -> Writes:
         return Writes(self.table, self.partition, self._writes, self._local)
 
-    def changes(self) -> list[Change]:
-        return [Change(self.table, self.partition, k, v) for k, v in self._writes.items()]
-
 
 class BatchState:
-    """Every transaction a batch opened, flushed together."""
+    """Every transaction a batch opened, flushed together. Once :meth:`flush` began,
+    its transactions refuse writes and no new one is opened (:class:`TransactionClosed`);
+    a flush that raised may be called again and writes the same writes again."""
 
-    __slots__ = ("store", "_txs")
+    __slots__ = ("store", "_txs", "_flushed")
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._txs: dict[tuple[str, int], Transaction] = {}
+        self._flushed = False
 
     def tx(self, table: str, partition: int) -> Transaction:
         found = self._txs.get((table, partition))
         if found is None:
+            if self._flushed:
+                raise TransactionClosed(f"{table}[{partition}]: a transaction opened after the batch's "
+                                        "state was flushed would never be written")
             found = self._txs[(table, partition)] = Transaction(self.store, table, partition)
         return found
 
-    def changes(self) -> list[Change]:
-        return [c for tx in self._txs.values() for c in tx.changes()]
-
     async def flush(self) -> int:
+        self._flushed = True
+        for tx in self._txs.values():
+            tx.closed = True
         writes = [tx.writes() for tx in self._txs.values() if tx._writes or tx._local]
         if writes:
             await self.store.write(writes)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.engine.ports import INDEX_PREFIX, StateStore, TooLarge, Transaction, Writes
+from streams.engine.ports import INDEX_PREFIX, BatchState, StateStore, TooLarge, Transaction, TransactionClosed, Writes
 from streams.engine.testing import FakePublisher, MemoryStore
 
 TABLE = "order-state"
@@ -117,6 +117,29 @@ class StateStoreContract:
         assert later.get(b"o-1") == b"new" and later.due(15, 10) == [(10, b"o-1")]
         later.unschedule(10, b"o-1")
         assert later.due(25, 10) == [(20, b"o-2")]
+
+    async def test_a_transaction_refuses_writes_from_its_flush_on(self, publisher, store) -> None:
+        publisher.auto_ack = False
+        state = BatchState(store)
+        tx = state.tx(TABLE, 0)
+        tx.set(b"o-1", b"a")
+        tx.schedule(10, b"o-1")
+        late_writes = {"set": lambda: tx.set(b"o-1", b"late"), "delete": lambda: tx.delete(b"o-1"),
+                       "schedule": lambda: tx.schedule(20, b"o-2"), "unschedule": lambda: tx.unschedule(10, b"o-1")}
+        flushing = asyncio.create_task(state.flush())
+        await wait_until(lambda: len(publisher.pending()) == 2, "the changelog sends pending")
+        for name, write in late_writes.items():  # while the flush waits for its acks …
+            with pytest.raises(TransactionClosed):
+                write()
+        publisher.release()
+        assert await flushing == 2
+        for name, write in late_writes.items():  # … and after it
+            with pytest.raises(TransactionClosed, match=r"order-state\[0\]"):
+                write()
+        with pytest.raises(TransactionClosed):
+            state.tx(TABLE, 1)  # a transaction opened now would never be flushed either
+        assert tx.get(b"o-1") == b"a" and store.read(TABLE, 0, [b"o-1"]) == [b"a"]
+        assert [(m.key, m.value) for m in publisher.sent] == [(b"o-1", b"a"), (INDEX_PREFIX + (10).to_bytes(8, "big") + b"o-1", b"1")]
 
     def test_a_value_over_the_limit_is_refused_before_anything_is_sent(self, publisher, store) -> None:
         tx = Transaction(store, TABLE, 0)
