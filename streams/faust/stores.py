@@ -7,26 +7,20 @@ table's per-partition rocksdict handles, with explicit partitions — Faust's
 ``table[key] = …`` needs a "current event" and writes its changelog one record at a
 time.
 
-:meth:`TableStore.write` is the commit protocol's last step, per batch:
-
-1. a changelog record per change (``None`` = tombstone) to the table partition's
-   changelog partition, sent as record batches, **every ack awaited**;
-2. one rocksdict write batch per table partition;
-3. the partition's persisted changelog offset set to the offset of the **last**
-   record written, in the same atomic write batch as 2 (so recovery starts right
-   after it; it once was a batch's first offset, and recovery re-read a batch per
-   partition).
-
-Risk next to it: local state written (2) before the changelog acks (1) could leave a
-local value no recovery reproduces; the order above never does.
+:meth:`TableStore.write` is the commit protocol's last step (the protocol:
+streams/engine/pipeline.py) and keeps the port's contract,
+:meth:`streams.engine.ports.StateStore.write`. How, here: the changelog records go
+to the table partition's changelog partition as record batches, and the persisted
+offset is written in the same atomic rocksdict write batch as the partition's values.
 
 A local write that fails (a full ``DATA_DIR``) raises :class:`StateWriteFailed` after
 the partition's handle is closed (:func:`~streams.faust.compat.reopen_partition_db`):
-RocksDB keeps such an error for the life of a handle, so without a fresh one the
-worker stayed stuck after space came back. The caller writes the batch again (the
-changelog records again too: same keys and values, so a compacted changelog holds the
-same table); the next use of the partition opens a new handle, which fails until the
-disk can be written again and then writes.
+RocksDB keeps such an error for the life of a handle, so only a fresh handle can
+write once space is back (docs/design-notes.md, "The state store's offset"). The
+caller writes the batch again (the changelog records again too: same keys and
+values, so a compacted changelog holds the same table); the next use of the
+partition opens a new handle, which fails until the disk can be written again and
+then writes.
 """
 
 from __future__ import annotations
