@@ -92,12 +92,12 @@ from streams.events import (
 )
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS, SERVICES
 from streams.settings import WorkerSettings
-from tests.support.events import created, paid
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import Consumed, committed, end_offsets, read_topic, wait_consumed
-from tests.support.orders import OrdersClient, OrdersProcess
-from tests.support.outbox_waits import outbox_stats, wait_for
-from tests.support.worker import ROOT, WorkerProcess, metric_value
+from harness.events import created, paid
+from harness.gateway import GatewayStub
+from harness.kafka import Consumed, committed, end_offsets, read_topic, wait_consumed
+from harness.orders import OrdersClient, OrdersProcess
+from harness.outbox_waits import outbox_stats, wait_for
+from harness.worker import ROOT, WorkerProcess, metric_value
 
 PAID, CREATED, SENT, DLQ = OrderPaid.topic(), OrderCreated.topic(), NotificationSent.topic(), "notifications.dlq"
 DLQS = tuple(s.dlq for s in SERVICES)
@@ -989,7 +989,7 @@ async def leader_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result
     3 with ``min.insync.replicas=2``; the full lifecycle under load while the leader of
     ``OrderPaid`` partition 0 (every partition takes the same share) is SIGKILLed every
     ``leader_every`` seconds and started again ``leader_down`` seconds later."""
-    from tests.support.hostile import HealthProbe
+    from harness.worker import HealthProbe
 
     result = Result("leader-kill", faults=f"{sizes.leader_kills}× SIGKILL partition leader (3 Kafka nodes)")
     orders = [(f"lk-{i}", f"sku-{i % STORM_SKUS}") for i in range(sizes.leader_orders)]

@@ -163,7 +163,7 @@ def fresh_broker() -> Iterator[Any]:
 
 def processed(text: str, service: str, type_name: str | None = None, status: str | None = None) -> float:
     """``event_processed_total`` of ``service`` (optionally one event type / status)."""
-    from tests.support.worker import metric_value
+    from harness.worker import metric_value
 
     labels = {"service": service}
     if type_name:

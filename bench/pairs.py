@@ -40,9 +40,9 @@ from bench.common import (
 from streams.events import InventoryRejected, InventoryReserved, NotificationSent, OrderCreated, OrderPaid
 from streams.faust.compat import fetch_high_watermarks
 from streams.registry import INVENTORY_REQUESTS
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import read_topic
-from tests.support.worker import WorkerProcess, metric_value
+from harness.gateway import GatewayStub
+from harness.kafka import read_topic
+from harness.worker import WorkerProcess, metric_value
 
 PAID, SENT, CREATED = OrderPaid.topic(), NotificationSent.topic(), OrderCreated.topic()
 DEFAULT_SERVICES = "notifications,order-state,inventory"

@@ -313,7 +313,7 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
         "commit of its last batch, once it has consumed every record. `--repeat K` runs every pair K times.")
     out.append("")
     out.append(
-        "**Worker side.** The real `faust -A streams worker` (tests/support/worker.py) on a fresh broker; "
+        "**Worker side.** The real `faust -A streams worker` (harness/worker.py) on a fresh broker; "
         "every input is produced before it starts. The clock starts when `/health` first answers 200 "
         "(polled every 50 ms) and stops at the first `/metrics` poll whose "
         "`event_processed_total` counts show that every service reading the inputs processed all of "

@@ -8,7 +8,7 @@ Each round on a fresh broker of the kind the bench runs on (``bench.common.BROKE
   the topics and the group exist (what a restart or a takeover pays).
 
 Measured from outside, as the tests see it: from just before the ``Popen`` to the first
-200 of ``/health`` (``tests/support/worker.py``, polled every 50 ms), so interpreter
+200 of ``/health`` (``harness/worker.py``, polled every 50 ms), so interpreter
 start, imports, app creation, the group join, table recovery and the engine's seek are
 all in. The worker's own log names the phases (``-l info``) for a profile.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.common as common
-from tests.support.worker import WorkerProcess
+from harness.worker import WorkerProcess
 
 #: every consuming service, as the goal row says
 SERVICES = "notifications,order-state,inventory"

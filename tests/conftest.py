@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker, KafkaBroker, KafkaSetupError, PortInUseError
-from tests.support.worker import WorkerProcess
+from harness.worker import WorkerProcess
 
 
 #: ``TEST_BROKER=kafka``: the ``broker`` fixture is the session's Apache Kafka (emptied per
@@ -73,7 +73,7 @@ def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBro
 def kafka(kafka_session: KafkaBroker) -> Iterator[KafkaBroker]:
     """The session's Apache Kafka, emptied for this test: no topic (but Kafka's internal
     ones), no consumer group. Tests that stop it must start it again (same ports)."""
-    from tests.support.kafka import reset_broker
+    from harness.kafka import reset_broker
 
     if not kafka_session.processes:
         kafka_session.start(die_with_parent=True)
@@ -103,7 +103,7 @@ def kafka_worker_factory(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Callabl
 @pytest.fixture
 def orders_factory(tmp_path: Path):
     """Make order-service processes (serve / relay); all are killed at the end."""
-    from tests.support.orders import OrdersProcess
+    from harness.orders import OrdersProcess
 
     made: list[OrdersProcess] = []
 

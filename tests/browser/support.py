@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from tests.support.gateway import GatewayStub
+from harness.gateway import GatewayStub
 
 
 class GatewayThread:

@@ -15,8 +15,8 @@ from streams.events import NotificationSent, OrderCreated, OrderPaid
 from streams.http.web import SESSION_COOKIE, sessions_of
 from tests.browser.chrome import browser, screenshot, wait
 from tests.browser.support import GatewayThread, post
-from tests.support.events import created, paid
-from tests.support.kafka import produce, read_topic
+from harness.events import created, paid
+from harness.kafka import produce, read_topic
 
 pytestmark = pytest.mark.kafka
 

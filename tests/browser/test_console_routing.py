@@ -14,8 +14,8 @@ import pytest
 
 from streams.events import OrderCreated
 from streams.http.web import SESSION_COOKIE, sessions_of
-from tests.support.events import created
-from tests.support.kafka import produce
+from harness.events import created
+from harness.kafka import produce
 
 pytestmark = pytest.mark.kafka
 

@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 
 from bench import chaos
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import Consumed
+from harness.gateway import GatewayStub
+from harness.kafka import Consumed
 
 
 def gateway_with(calls: dict[str, list[float]]) -> GatewayStub:

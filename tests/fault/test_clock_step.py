@@ -40,9 +40,9 @@ from streams.engine.keys import key_partition
 from streams.events import InventoryRejected, InventoryReserved, OrderCancelled, OrderCreated, OrderPaid
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from tables.inventory import StockCommand
-from tests.support.events import cancelled, created, paid, with_event_id
-from tests.support.kafka import create_topic, produce, read_topic, wait_consumed
-from tests.support.worker import http_get
+from harness.events import cancelled, created, paid, with_event_id
+from harness.kafka import create_topic, produce, read_topic, wait_consumed
+from harness.worker import http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -19,7 +19,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from tests.support.outbox_waits import wait_for
+from harness.outbox_waits import wait_for
 
 pytestmark = [pytest.mark.slow]
 

@@ -15,10 +15,10 @@ import pytest
 
 from streams.events import NotificationSent, OrderPaid
 from streams.engine.keys import key_partition
-from tests.support.events import paid
-from tests.support.gateway import GatewayStub, always
-from tests.support.kafka import committed, produce, read_topic, wait_consumed
-from tests.support.worker import http_get, metric_value
+from harness.events import paid
+from harness.gateway import GatewayStub, always
+from harness.kafka import committed, produce, read_topic, wait_consumed
+from harness.worker import http_get, metric_value
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

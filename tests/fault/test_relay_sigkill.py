@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from tests.support.kafka import read_topic, wait_consumed
-from tests.support.orders import OrdersClient
-from tests.support.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
+from harness.kafka import read_topic, wait_consumed
+from harness.orders import OrdersClient
+from harness.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -18,9 +18,9 @@ from collections import Counter
 import pytest
 
 from streams.events import OrderCreated
-from tests.support.kafka import read_topic
-from tests.support.orders import OrdersClient
-from tests.support.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
+from harness.kafka import read_topic
+from harness.orders import OrdersClient
+from harness.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -12,9 +12,9 @@ import pytest
 
 from bench.chaos import batch_size_of, drained
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from tests.support.events import created, paid
-from tests.support.kafka import produce, read_topic
-from tests.support.worker import http_get
+from harness.events import created, paid
+from harness.kafka import produce, read_topic
+from harness.worker import http_get
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ import pytest
 
 from bench.chaos import batch_size_of
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
-from tests.support.kafka import committed, produce, read_topic, wait_consumed
+from harness.events import paid
+from harness.kafka import committed, produce, read_topic, wait_consumed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

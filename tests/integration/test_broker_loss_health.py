@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.support.worker import http_get
+from harness.worker import http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port, port_free
-from tests.support.worker import http_get
+from harness.worker import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_RUN = ROOT / "scripts" / "dev-run"

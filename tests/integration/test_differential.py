@@ -47,13 +47,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic, wait_consumed
+from harness.gateway import GatewayStub
+from harness.kafka import produce, read_topic, wait_consumed
 from tests.support.reference import (
     ANSWERS, CANCELLED, CREATED, INVENTORY, NOTIFICATIONS, ORDER_STATE, PAID, REJECTED, REQUESTS, RESERVED,
     RESERVATION_TYPES, SENT, SERVICES, STATUS_TYPES, Reference, dlq,
 )
-from tests.support.worker import http_get, metric_value
+from harness.worker import http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.ops import dlq
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import create_topic, produce, read_topic, wait_consumed
-from tests.support.worker import ROOT
+from harness.events import paid
+from harness.gateway import GatewayStub
+from harness.kafka import create_topic, produce, read_topic, wait_consumed
+from harness.worker import ROOT
 
 pytestmark = pytest.mark.kafka
 

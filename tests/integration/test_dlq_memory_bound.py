@@ -18,8 +18,8 @@ import pytest
 from streams.ops import dlq
 from streams.http.console import dlq_page
 from streams.http.console.views import LETTER_PREVIEW_BYTES
-from tests.support.kafka import create_topic, produce
-from tests.support.worker import ROOT
+from harness.kafka import create_topic, produce
+from harness.worker import ROOT
 
 pytestmark = pytest.mark.kafka
 

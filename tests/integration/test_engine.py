@@ -14,9 +14,9 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from tests.support.events import created, paid
-from tests.support.kafka import committed, end_offsets, produce, read_topic, wait_consumed
-from tests.support.worker import ROOT, metric_value
+from harness.events import created, paid
+from harness.kafka import committed, end_offsets, produce, read_topic, wait_consumed
+from harness.worker import ROOT, metric_value
 
 pytestmark = pytest.mark.kafka
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from streams.events import OrderCreated, OrderPaid
-from tests.support.events import created, paid
-from tests.support.kafka import produce, wait_consumed
-from tests.support.worker import WorkerProcess, http_get
+from harness.events import created, paid
+from harness.kafka import produce, wait_consumed
+from harness.worker import WorkerProcess, http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -45,13 +45,13 @@ from streams.events import (
     ID_PATTERN, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderPaid,
 )
 from streams.faust.compat import read_any_header_key
-from tests.support.events import created, paid
+from harness.events import created, paid
 from tests.support.hostile import (
-    Gateway, HealthProbe, broker_topics, foreign_topics, python_record_builder, raw_header_names, samples,
+    Gateway, broker_topics, foreign_topics, python_record_builder, raw_header_names, samples,
     wait_caught_up, wait_for,
 )
-from tests.support.kafka import end_offsets, read_topic
-from tests.support.worker import metric_value, http_get
+from harness.kafka import end_offsets, read_topic
+from harness.worker import HealthProbe, http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

@@ -15,10 +15,10 @@ import pytest
 
 from streams.engine import headers as H
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
+from harness.events import paid
 from tests.support.hostile import faust_cli, produce_raw_headers, read_raw
-from tests.support.kafka import read_topic, wait_consumed
-from tests.support.worker import WorkerProcess, http_get
+from harness.kafka import read_topic, wait_consumed
+from harness.worker import WorkerProcess, http_get
 
 pytestmark = pytest.mark.kafka
 

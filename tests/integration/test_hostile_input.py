@@ -25,13 +25,13 @@ import pytest
 from streams.broker import EmbeddedBroker
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
 from streams.engine.keys import key_partition
-from tests.support.events import cancelled, created, paid
+from harness.events import cancelled, created, paid
 from tests.support.hostile import (
-    Gateway, HealthProbe, broker_topics, changelog, faust_cli, foreign_topics, health, listening,
+    Gateway, broker_topics, changelog, faust_cli, foreign_topics, health, listening,
     non_loopback_address, wait_caught_up, wait_for,
 )
-from tests.support.kafka import create_topic, produce, read_topic, wait_consumed
-from tests.support.worker import WorkerProcess, http_get, metric_value
+from harness.kafka import create_topic, produce, read_topic, wait_consumed
+from harness.worker import HealthProbe, WorkerProcess, http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

@@ -13,10 +13,10 @@ from collections import Counter
 import pytest
 
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated
-from tests.support.events import created
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import ROOT, http_get, metric_value
+from harness.events import created
+from harness.gateway import GatewayStub
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import ROOT, http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kafka import produce, read_topic
+from harness.kafka import produce, read_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -24,14 +24,14 @@ from streams.broker.kafka import KafkaSetupError
 from streams.broker.ports import PortInUseError
 from streams.events import EVENT_TYPES, NotificationSent, OrderPaid
 from streams.assembly import APP_ID
-from tests.support.events import paid
-from tests.support.gateway import GatewayStub
-from tests.support.orders import OrdersClient, OrdersProcess
+from harness.events import paid
+from harness.gateway import GatewayStub
+from harness.orders import OrdersClient, OrdersProcess
 from tests.support.secure_kafka import (
     CREATE, DENY, DESCRIBE, GROUP, LITERAL, PREFIXED, READ, TOPIC, WRITE, SecureKafka, committed,
     create_acls, create_topics, delete_acls, grant, read_all,
 )
-from tests.support.worker import ROOT, WorkerProcess
+from harness.worker import ROOT, WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

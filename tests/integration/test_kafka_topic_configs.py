@@ -9,8 +9,8 @@ import time
 import pytest
 
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
-from tests.support.kafka import produce, read_topic, topic_config
+from harness.events import paid
+from harness.kafka import produce, read_topic, topic_config
 
 pytestmark = pytest.mark.kafka
 

@@ -19,10 +19,10 @@ from aiokafka.client import AIOKafkaClient
 
 from streams.events import NotificationSent, OrderPaid
 from streams.faust.compat import list_offsets_may_be_short
-from tests.support.events import paid
-from tests.support.gateway import GatewayStub
-from tests.support.kafka import produce, read_topic, topic_config, wait_consumed
-from tests.support.worker import metric_value
+from harness.events import paid
+from harness.gateway import GatewayStub
+from harness.kafka import produce, read_topic, topic_config, wait_consumed
+from harness.worker import metric_value
 
 pytestmark = pytest.mark.kafka
 

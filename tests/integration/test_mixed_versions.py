@@ -19,8 +19,8 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 from streams.events import schemas
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import http_get, metric_value
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

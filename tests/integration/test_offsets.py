@@ -6,7 +6,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.faust.compat import fetch_high_watermarks
-from tests.support.kafka import produce
+from harness.kafka import produce
 
 pytestmark = pytest.mark.kafka
 

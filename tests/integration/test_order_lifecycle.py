@@ -9,9 +9,9 @@ import random
 import pytest
 
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
-from tests.support.events import cancelled, created, notification_sent, paid
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import http_get, metric_value
+from harness.events import cancelled, created, notification_sent, paid
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

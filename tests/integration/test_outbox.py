@@ -17,10 +17,10 @@ from orders.relay import Relay
 from orders.settings import OrdersSettings
 from streams.broker import EmbeddedBroker
 from streams.events import OrderCreated, OrderPaid
-from tests.support.kafka import read_topic
-from tests.support.orders import OrdersClient
-from tests.support.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
-from tests.support.worker import http_get
+from harness.kafka import read_topic
+from harness.orders import OrdersClient
+from harness.outbox_waits import outbox_stats, wait_for, wait_outbox_drained
+from harness.worker import http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import metric_value
+from harness.events import paid
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import metric_value
 
 pytestmark = pytest.mark.kafka
 

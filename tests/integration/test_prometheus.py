@@ -13,9 +13,9 @@ import pytest
 
 from streams.broker import free_port
 from streams.events import OrderPaid
-from tests.support.events import paid
-from tests.support.kafka import produce
-from tests.support.worker import http_get
+from harness.events import paid
+from harness.kafka import produce
+from harness.worker import http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tests.support.orders import OrdersClient
-from tests.support.worker import ROOT, http_get
+from harness.orders import OrdersClient
+from harness.worker import ROOT, http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from streams.events import NotificationSent, OrderPaid
-from tests.support.events import paid
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import metric_value
+from harness.events import paid
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import metric_value
 
 pytestmark = pytest.mark.kafka
 
@@ -127,7 +127,7 @@ async def test_recovered_tables_equal_the_originals_key_by_key(broker, worker_fa
     inventory stock and decisions, after a wiped-dir recovery: the same keys and values
     as before the wipe — tombstones applied, and records written after a restart on
     the old data dir included."""
-    from tests.support.events import created
+    from harness.events import created
 
     worker = worker_factory("w1", park_timeout="3600")
     await asyncio.to_thread(worker.start().wait_ready)

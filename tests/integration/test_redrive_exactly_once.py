@@ -21,8 +21,8 @@ from streams.ops import dlq
 from streams.http.console import redrive
 from streams.http.console.dlq_page import Filter
 from streams.events import OrderPaid
-from tests.support.kafka import create_topic, produce, read_topic
-from tests.support.worker import ROOT
+from harness.kafka import create_topic, produce, read_topic
+from harness.worker import ROOT
 
 pytestmark = pytest.mark.kafka
 

@@ -13,9 +13,9 @@ import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
 from streams.events import NotificationSent, OrderCreated, OrderCreatedV2
-from tests.support.kafka import read_topic
-from tests.support.orders import OrdersClient
-from tests.support.worker import http_get, metric_value
+from harness.kafka import read_topic
+from harness.orders import OrdersClient
+from harness.worker import http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

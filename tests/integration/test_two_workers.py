@@ -9,9 +9,9 @@ import time
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from tests.support.events import created, paid
-from tests.support.kafka import produce, read_topic, wait_consumed
-from tests.support.worker import http_get
+from harness.events import created, paid
+from harness.kafka import produce, read_topic, wait_consumed
+from harness.worker import http_get
 
 pytestmark = pytest.mark.kafka
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from streams.events import OrderPaid
-from tests.support.kafka import produce, wait_consumed
+from harness.kafka import produce, wait_consumed
 
 pytestmark = pytest.mark.kafka
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from streams.broker import EmbeddedBroker
 from streams.http.web import SESSION_COOKIE, sessions_of
-from tests.support.kafka import produce
-from tests.support.worker import WorkerProcess, http_get, metric_value
+from harness.kafka import produce
+from harness.worker import WorkerProcess, http_get, metric_value
 
 pytestmark = pytest.mark.kafka
 

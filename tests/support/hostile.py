@@ -7,7 +7,6 @@
   :func:`allowed_topics` — the ones a worker may create or write (the registry's
   sources, derived, retry and DLQ topics, the redrive ledgers, the tables'
   changelogs, Faust's own);
-- :class:`HealthProbe` — polls ``GET /health`` in a thread for the whole run;
 - :func:`listening` — the local addresses a port is listened on (``ss -ltn`` from /proc);
 - :func:`faust_cli` — ``faust -A streams …`` as a subprocess;
 - :func:`samples` — a metric's samples with their labels.
@@ -24,7 +23,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams import registry
 from streams.broker import free_port
-from tests.support.worker import ROOT, http_get
+from harness.worker import ROOT, http_get
 
 APP_ID = "order-streams"
 
@@ -148,7 +146,7 @@ async def wait_caught_up(bootstrap: str, topics: Iterable[str], *, stall: float 
     """Until the group has committed every record now in ``topics``; fails early when the
     committed offsets have not moved for ``stall`` seconds although records wait (a
     stalled worker), instead of waiting out ``timeout``."""
-    from tests.support.kafka import committed, end_offsets
+    from harness.kafka import committed, end_offsets
 
     topics = list(topics)
     ends = {t: await end_offsets(bootstrap, t) for t in topics}
@@ -170,37 +168,6 @@ async def wait_caught_up(bootstrap: str, topics: Iterable[str], *, stall: float 
         if now > deadline:
             raise AssertionError(f"not caught up in {timeout:.0f}s; behind (committed, end): {behind}")
         await asyncio.sleep(0.3)
-
-
-class HealthProbe:
-    """``GET /health`` every ``interval`` seconds in a thread; every answer kept."""
-
-    def __init__(self, url: str, interval: float = 0.25) -> None:
-        self.url = url.rstrip("/") + "/health"
-        self.interval = interval
-        self.answers: list[tuple[float, int, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, body = http_get(self.url, timeout=5)
-            except OSError as exc:
-                status, body = 0, repr(exc).encode()
-            self.answers.append((time.time(), status, body))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "HealthProbe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def failures(self) -> list[tuple[float, int, bytes]]:
-        return [a for a in self.answers if a[1] != 200]
 
 
 # ---------------------------------------------------------------------------------------

@@ -64,8 +64,8 @@ async def test_a_dry_run_of_a_selection_sorts_every_letter(kafka):
 async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(broker):
     """On the embedded broker, nothing faked: a real run sends the letter back to its
     source topic and appends it to the ledger — both read back from the broker."""
-    from tests.support.events import paid
-    from tests.support.kafka import produce, read_topic
+    from harness.events import paid
+    from harness.kafka import produce, read_topic
 
     key, value = paid("o-redrive")
     headers = [("x-source-topic", PAID), ("x-dlq-reason", b"max_attempts"), ("x-attempt", b"3"),

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from orders.settings import OrdersSettings
 from streams.settings import WorkerSettings, describe_error
-from tests.support.worker import ROOT
+from harness.worker import ROOT
 
 SECRET = "hunter2-S3cr3t"
 

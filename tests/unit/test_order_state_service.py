@@ -12,7 +12,7 @@ from streams.engine.routing import RetryPolicy
 from streams.events import NotificationSent, OrderCreated, OrderPaid
 from streams.metrics import Metrics
 from streams.registry import topics_written
-from tests.support.events import created, notification_sent, paid
+from harness.events import created, notification_sent, paid
 from streams.engine.testing import NOW, Clock, FakePublisher, MemoryStore
 
 DLQ = "order-state.dlq"

@@ -18,7 +18,7 @@ from orders import idempotency, outbox
 from orders.api import OrdersApi
 from orders.db import Database, PostgresDatabase, SqliteDatabase
 from orders.metrics import OrdersMetrics
-from tests.support.outbox_waits import wait_for
+from harness.outbox_waits import wait_for
 from streams.engine.testing import Clock
 
 T0 = 1_700_000_000.0

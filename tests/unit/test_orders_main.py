@@ -23,8 +23,8 @@ from orders.db import SqliteDatabase
 from orders.settings import OrdersSettings
 from streams.broker import free_port
 from streams.events import OrderCreated, OrderItem
-from tests.support.orders import OrdersProcess
-from tests.support.worker import ROOT, http_get
+from harness.orders import OrdersProcess
+from harness.worker import ROOT, http_get
 
 NO_BROKER = "kafka://127.0.0.1:1"  # nothing listens there: the relay's rows wait
 

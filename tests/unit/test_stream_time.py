@@ -20,7 +20,7 @@ from streams.registry import INVENTORY_REQUESTS, topics_written
 from agents.rpc import BestEffortCaller
 from tables.inventory import StockCommand, decision_key
 from tables.order_state import Incoming, expired_parked, new_state
-from tests.support.events import created, notification_sent, paid
+from harness.events import created, notification_sent, paid
 from streams.engine.testing import NOW, NOW_MS, Clock, FakePublisher, MemoryStore
 
 DAY = 86_400

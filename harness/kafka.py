@@ -1,4 +1,4 @@
-"""Produce and consume helpers for integration tests (plain aiokafka).
+"""Produce and consume helpers for tests and benchmarks (plain aiokafka).
 
 Tests wait for conditions, never for quiet periods: :func:`read_topic` returns as
 soon as its condition holds (then reads on to the topic's current end, so extra

@@ -4,7 +4,7 @@ A relay marks a row ``sent`` only after the broker acknowledged its record (and,
 PostgreSQL, in the transaction that holds the row's claim). So once the order
 service's ``GET /outbox/stats`` shows no pending row — after every API call that
 wrote rows was answered — every record the relays will publish for those rows is
-already in the broker: reading a topic to its end (:func:`tests.support.kafka.read_topic`)
+already in the broker: reading a topic to its end (:func:`harness.kafka.read_topic`)
 then sees every duplicate too.
 """
 

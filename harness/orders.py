@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from streams.broker import free_port
-from tests.support.worker import ROOT, http_get
+from harness.worker import ROOT, http_get
 
 
 class OrdersProcess:

@@ -1,4 +1,5 @@
-"""Worker processes for integration and fault tests: the real ``faust … worker``."""
+"""Worker processes for tests and benchmarks: the real ``faust … worker``, and a probe of
+its ``/health`` for the whole of a run (:class:`HealthProbe`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from streams.broker import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -30,7 +32,7 @@ class WorkerProcess:
 
     def __init__(self, broker_url: str, data_dir: Path, log_path: Path, *, app: str = "streams", **env: str) -> None:
         self.broker_url = broker_url
-        #: the ``-A`` app module (``tests.support.hazard_app`` causes a position hazard)
+        #: the ``-A`` app module (a test's own app module, e.g. one that causes a position hazard)
         self.app = app
         self.data_dir = data_dir
         self.log_path = log_path
@@ -156,3 +158,34 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     if seen and set(labels) - label_keys:
         raise KeyError(f"no sample of {name!r} has the label(s) {sorted(set(labels) - label_keys)}")
     return total
+
+
+class HealthProbe:
+    """``GET /health`` every ``interval`` seconds in a thread; every answer kept."""
+
+    def __init__(self, url: str, interval: float = 0.25) -> None:
+        self.url = url.rstrip("/") + "/health"
+        self.interval = interval
+        self.answers: list[tuple[float, int, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = http_get(self.url, timeout=5)
+            except OSError as exc:
+                status, body = 0, repr(exc).encode()
+            self.answers.append((time.time(), status, body))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "HealthProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def failures(self) -> list[tuple[float, int, bytes]]:
+        return [a for a in self.answers if a[1] != 200]
