@@ -75,8 +75,8 @@ class NotificationsService:
         key = event.order_id
         await self.notifier.send(Notification(key, event.user_id, amount=event.amount), key)
         # Every field comes from a validated event or from us: serialised directly, the
-        # shape NotificationSent validates (tests/unit/test_notifications.py checks it).
-        # Building the model and dumping it was a quarter of the worker's CPU here.
+        # shape NotificationSent validates (tests/unit/test_pipeline.py checks it), not
+        # through the model (what that cost: docs/design-notes.md, "Hot-path costs").
         event_id = notification_id(key)
         body = orjson.dumps({
             "version": "v1", "event_id": event_id, "occurred_at": sent_at, "order_id": key,
