@@ -62,7 +62,7 @@ class LogNotifier:
     concurrent = False
 
     def __init__(self) -> None:
-        #: decided once: per call, isEnabledFor was 4 % of the worker's CPU under Faust's logging
+        #: decided once, not per call (docs/design-notes.md, "Hot-path costs")
         self.debug = log.isEnabledFor(logging.DEBUG)
 
     async def send(self, notification: Notification, idempotency_key: str) -> None:

@@ -59,8 +59,8 @@ MIN_JAVA = 17
 #: their defaults).
 HEAP = ("-Xms256m", "-Xmx512m")
 #: JIT and GC for a development or test broker: the client compiler only and the serial
-#: collector start a node ~25% sooner on 2 busy cores (measured: 22.6/24.4 s → 19.7/16.0 s
-#: to a Metadata answer at load average 14). A benchmark of the broker itself passes
+#: collector start a node sooner on a busy machine (measured: docs/design-notes.md,
+#: "The Kafka runner's JVM"). A benchmark of the broker itself passes
 #: ``jvm_options=()`` for the JVM's defaults (C2, G1).
 QUICK_START_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 

@@ -73,7 +73,7 @@ class Delivered(NamedTuple):
 
 #: The broker's answer to one sent message: ``(future, index)`` — ``future`` resolves to
 #: the metadata (``.offset``) of the first record of the message's record batch (one
-#: future per batch, not per message: per-message callbacks were 17 % of the fast
-#: path's samples) and the message is ``index`` records after it. A plain tuple: one
-#: is made per message, and a NamedTuple with a default cost ~10 × as much.
+#: future per batch, not per message) and the message is ``index`` records after it. A
+#: plain tuple: one is made per message (the profile: docs/design-notes.md, "Hot-path
+#: costs").
 Ack = tuple[Awaitable[Any], int]

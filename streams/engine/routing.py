@@ -5,9 +5,7 @@ topics"), enforced by :func:`origin_of`:
 
 1. On a **source topic** every ``x-*`` header is someone else's data: ignored for
    routing, attempts and redrive targets, and not copied onward as if it were ours.
-   (``x-attempt: -2`` on a source record once sent a retry to an auto-created
-   ``notifications.retry.-1`` that nothing reads; ``-1`` stalled every service;
-   ``x-source-partition: 999`` crash-looped the worker.)
+   (What trusting them did: docs/design-notes.md, "Header trust".)
 2. On the service's **own retry topic** ``<service>.retry.<n>`` the headers are
    ours, and still checked: the attempt count is ``n`` (the topic says it, not the
    header); ``x-source-topic`` must be one of the service's sources, else the record

@@ -60,7 +60,8 @@ import time
 from collections.abc import Callable, Iterable
 
 #: A record timestamp this far past the anchor (rule 4) is not believed: one record
-#: stamped 9999-12-31 once expired a partition's dedup markers.
+#: stamped far in the future would otherwise expire its partition's dedup markers
+#: (docs/design-notes.md, "Dedup markers").
 MAX_CLOCK_SKEW_MS = 60_000
 
 #: Where a service's stream time of a partition is kept (rule 2): in partition ``p`` of

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 #: Identifiers (order, user, SKU ids) are data from other people's code that ends up
 #: in record keys, HTTP headers (the gateway's ``Idempotency-Key``), URLs and logs:
 #: 1–128 characters from a safe set — letters, digits and ``._:-`` — starting with
-#: a letter or digit. A control character in an order id once made the HTTP client
-#: refuse the header on every retry; a 10,000-character id came back 400.
+#: a letter or digit, so every one of those places takes it as it is (what other ids
+#: did: docs/design-notes.md, "Identifiers").
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ID_MAX_LENGTH = 128
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
