@@ -280,10 +280,9 @@ async def wait_until_listed(app: Any, names: set[str], *, timeout: float) -> boo
     Why: a CreateTopics answer does not mean the broker's metadata shows the topic yet.
     A consumer that joined its group before then was assigned none of that topic's
     partitions, and nothing of it until its next metadata refresh (aiokafka's
-    ``metadata_max_age_ms``, 5 minutes), while ``/health`` said 200: seen on a fresh
-    Apache Kafka in 3 of 5 starts before the start-up work (68 of 72 partitions), and
-    in every start once the join got faster. The tables register and the consumer
-    subscribes after this (:class:`EngineTableManager`)."""
+    ``metadata_max_age_ms``, 5 minutes), while ``/health`` said 200 (how often:
+    docs/design-notes.md, "Start-up and group membership"). The tables register and
+    the consumer subscribes after this (:class:`EngineTableManager`)."""
     try:
         client = aiokafka_producer(app).client
     except Exception as exc:  # no producer started: nothing to ask with
@@ -332,14 +331,11 @@ async def hold_join_on_tansu(app: Any) -> float:
     started. Returns the seconds waited.
 
     Why: Tansu answers a JoinGroup that comes less than about half a session timeout
-    after a member *left* the group only after ~15 s (measured with a bare aiokafka
-    consumer, session 8 s: a rejoin 0–3.5 s after a leave took 15.1 s, 4 s after it
-    4.0 s). A worker restarted on Tansu (SIGTERM, start) used to join ~4 s after the
-    old one left because its start-up was slow; once the start-up got faster a restart
-    took 16 s instead of 6.5 (with this hold: 8.3–8.9 s; a first start 5.3 s, was 8.2). Tansu lists a member that left for seconds after (its
-    DescribeGroups still says Stable, 1 member, 5 s after the leave), so the hold runs
+    after a member *left* the group only after ~15 s, so a fast restart is slower than
+    one that waits. Tansu lists a member that left for seconds after, so the hold runs
     from this process's start, which comes after the old one's leave. A first start
-    (no member) is not held; Apache Kafka has no such pause: nothing is held there."""
+    (no member) is not held; Apache Kafka has no such pause: nothing is held there.
+    (The measurements: docs/design-notes.md, "Start-up and group membership".)"""
     from aiokafka.protocol.admin import DescribeGroupsRequest
     from aiokafka.protocol.metadata import MetadataRequest
 
@@ -590,16 +586,16 @@ def aiokafka_client(consumer: Any) -> Any:
 
 def to_records(records: Sequence[Any]) -> list[Record]:
     """aiokafka ``ConsumerRecord`` s → engine :class:`Record` s. A header with a null
-    value (Kafka allows it) becomes an empty one: it once crashed every send of its
-    batch, and the partition stalled."""
+    value (Kafka allows it) becomes an empty one, which every send of the batch
+    accepts (docs/design-notes.md, "Header trust")."""
     return [_record(r) if r.headers else
             Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0)
             for r in records]
 
 
 def _record(r: Any) -> Record:
-    """A record with headers: every one kept in order (repeated names too: the DLQ's
-    evidence once showed one ``trace`` of three), a lookup map beside them."""
+    """A record with headers: every one kept in order (repeated names too, so a dead
+    letter's evidence shows each), a lookup map beside them."""
     items = tuple((k, v if v is not None else b"") for k, v in r.headers)
     return Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, dict(items), items)
 
@@ -646,8 +642,8 @@ async def fetch_high_watermarks(
 
     Why: the embedded broker answers ``ListOffsets(LATEST)`` with "base offset of the
     newest batch + 1" (batches of 10, 1 and 5 records → 12, not 16); recovery then
-    stopped early (2 of 1,800 table updates missing) and a restart on an old data dir
-    crashed with ``ConsistencyError``. A Fetch response carries the true high
+    stops early and a restart on an old data dir crashes with ``ConsistencyError``
+    (docs/operations.md, "Embedded broker"). A Fetch response carries the true high
     watermark. On Apache Kafka both agree. A partition whose leader is unknown, or
     whose Fetch fails, keeps its listed offset."""
     result = {tp: int(listed.get(tp) or 0) for tp in partitions}
@@ -686,8 +682,8 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
     class EngineConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc, valid-type]
         def _create_consumer(self, loop: Any) -> Any:
             # Faust builds its consumer with fetch_max_wait_ms=1500: on an idle broker a
-            # fetch waited up to 1.5 s even when a record arrived meanwhile (retries of a
-            # 1 s tier ran 1.51 s after the failure).
+            # fetch waits that long even when a record arrives meanwhile, and so do
+            # retries that fall due (docs/design-notes.md, "Retry timing").
             consumer = super()._create_consumer(loop)
             consumer._fetch_max_wait_ms = wait_ms
             return consumer
