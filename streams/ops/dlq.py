@@ -10,7 +10,9 @@ operator console pages through (100,000 dead letters never sit in memory at once
 - :func:`get_dead_letters` — given ids, seeks to each partition/offset and reads
   that one record (no scan);
 - :func:`redrive` / :func:`redrive_letters` — republish, trusting the registry,
-  never the letter, for where to.
+  never the letter, for where to;
+- :func:`redriven_ids` / :class:`RedrivenIds` — the ids a ledger records as redriven
+  (the latter incrementally, for the console's marks).
 
 A dead letter is named by where it sits: ``<service>.dlq:<partition>:<offset>``. Every
 service name and topic comes from :mod:`streams.registry`.
@@ -42,7 +44,7 @@ between 2 and 3 gives the letter up instead of sending it (:meth:`Claims.still_m
 Claim times are the records' timestamps (the runners' clocks): keep clocks in step.
 
 Showing a letter: its key, value and headers are someone else's bytes. Text is shown
-through :func:`printable` (control and other non-printable characters escaped, so a
+through :func:`~streams.ops.text.printable` (control and other non-printable characters escaped, so a
 letter's escape sequences never reach a terminal raw) and as hex when not UTF-8;
 :meth:`DeadLetter.to_dict` gives JSON-ready text the same way.
 """
@@ -65,11 +67,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from streams.engine import headers as H
 from streams import registry
 from streams.faust.compat import aiokafka_client, fetch_high_watermarks
+from streams.ops.text import printable, utf8_or_none
 from streams.registry import dlq_topic, ledger_topic
 
 __all__ = [
     "DeadLetter", "DlqError", "RedriveResult", "Outcome", "iter_dead_letters", "page",
-    "get_dead_letters", "redrive", "redrive_letters", "redriven_ids", "record_count",
+    "get_dead_letters", "redrive", "redrive_letters", "redriven_ids", "RedrivenIds", "record_count",
     "parse_id", "parse_since", "printable", "show_bytes", "decide", "dlq_topic", "ledger_topic",
 ]
 
@@ -98,35 +101,7 @@ class DlqError(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# Showing someone else's bytes
-
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def printable(text: str) -> str:
-    """``text`` with every control and other non-printable character escaped
-    (``\\x1b``, ``\\n``, ``\\u202e``, …; a backslash is doubled so the escapes are
-    unambiguous). What is left is safe to print on a terminal."""
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        else:
-            cp = ord(ch)
-            out.append(f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
-    return "".join(out)
-
-
-def utf8_or_none(raw: bytes) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+# Showing someone else's bytes (text: streams.ops.text)
 
 
 def show_bytes(raw: bytes | None, limit: int | None = None) -> str:
@@ -557,18 +532,60 @@ async def redriven_ids(
     """Every id with a done record in ``<service>.dlq.redriven`` (claims are not
     redrives). Read whole, on purpose: the ledger is small (a short record or two per
     redriven letter), and redrive skips these without claiming them again."""
-    out: set[str] = set()
-    topic = ledger_topic(service)
-    async with _consumer(bootstrap, client_kwargs) as consumer:
-        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic, bootstrap)]
-        ends = await _ends(consumer, tps, bootstrap) if tps else {}
+    return await RedrivenIds(bootstrap, client_kwargs).redriven([service])
+
+
+class RedrivenIds:
+    """The ids with a done record in the services' ledgers, read incrementally: the
+    first call reads each ``<service>.dlq.redriven`` once, later calls only what was
+    appended since (the console's "already redriven" marks: 100,000 redriven letters
+    are read once, not per page).
+
+    Only done records count (a claim is no redrive yet). Redrive itself never trusts
+    these: every send is claimed on the ledger first (:class:`Claims`)."""
+
+    def __init__(self, bootstrap: str, client_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.kafka = None if client_kwargs is None else dict(client_kwargs)
+        #: service → ids read so far
+        self.ids: dict[str, set[str]] = {}
+        #: service → partition → next offset to read
+        self.positions: dict[str, dict[int, int]] = {}
+        self.lock = asyncio.Lock()
+
+    async def redriven(self, services: Iterable[str]) -> set[str]:
+        """Every id in the ledgers of ``services``, brought up to date."""
+        names = list(services)
+        async with self.lock:
+            async with _consumer(self.bootstrap, self.kafka) as consumer:
+                for name in names:
+                    await self._catch_up(consumer, name)
+            return set().union(*(self.ids.get(n, set()) for n in names))
+
+    async def _catch_up(self, consumer: AIOKafkaConsumer, service: str) -> None:
+        topic = ledger_topic(service)
+        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic, self.bootstrap)]
+        if not tps:
+            return
+        ends = await _ends(consumer, tps, self.bootstrap)
+        ids = self.ids.setdefault(service, set())
+        positions = self.positions.setdefault(service, {})
+        if any(ends[tp] < positions.get(tp.partition, 0) for tp in tps):  # the topic was recreated
+            ids.clear()
+            positions.clear()
         for tp in tps:
-            if ends[tp] > 0:
-                async with aclosing(_scan(consumer, tp, None, ends[tp], bootstrap)) as records:
-                    async for r in records:
-                        if r.key and ledger_kind(r.value) == "done":
-                            out.add(r.key.decode("utf-8", "replace"))
-    return out
+            start = positions.get(tp.partition, 0)
+            if ends[tp] <= start:
+                continue
+            async with aclosing(_scan(consumer, tp, start or None, ends[tp], self.bootstrap)) as records:
+                async for r in records:
+                    if r.key and ledger_kind(r.value) == "done":  # a claim is no redrive yet
+                        ids.add(r.key.decode("utf-8", "replace"))
+            positions[tp.partition] = ends[tp]
+
+    def add(self, service: str, letter_id: str) -> None:
+        """A redrive just made here (shown before the ledger is read again)."""
+        self.ids.setdefault(service, set()).add(letter_id)
 
 
 #: Milliseconds a claim holds a letter for its runner (see the module's docstring).

@@ -26,7 +26,6 @@ from streams import registry
 
 from streams.ops import dlq
 from streams.http.console.html import e, hidden, table, url
-from streams.http.console.ledger import LedgerMarks
 from streams.http.console.letters import SUMMARY_HEADERS, summary_cells
 from streams.ops.dlq import DeadLetter
 from streams.events import ID_PATTERN
@@ -135,7 +134,7 @@ async def find(bootstrap: str, f: Filter, *, after: str | None = None, limit: in
     return out
 
 
-async def load(bootstrap: str, f: Filter, *, after: str | None, limit: int, ledger: LedgerMarks,
+async def load(bootstrap: str, f: Filter, *, after: str | None, limit: int, ledger: dlq.RedrivenIds,
                client_kwargs: Mapping[str, Any] | None) -> tuple[Found, int, set[str]]:
     """The page, the record count of the chosen DLQ topics and the ledgers' ids, at once."""
     found, total, redriven = await asyncio.gather(

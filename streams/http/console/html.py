@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from streams.ops.dlq import printable
+from streams.ops.text import printable
 
 ASSETS = "/console/login/assets"  # under the sign-in prefix: the form needs them before the token
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from streams.engine import headers as H
 from streams.http.console.html import badge, e, hidden, multiline, table, text, when
-from streams.ops.dlq import MAX_TIME_DIGITS, DeadLetter, utf8_or_none
+from streams.ops.dlq import MAX_TIME_DIGITS, DeadLetter
+from streams.ops.text import utf8_or_none
 
 #: Bytes of a value shown as a hex dump (the rest is counted, and downloadable).
 HEX_BYTES = 4096

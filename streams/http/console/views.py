@@ -29,7 +29,6 @@ from streams.http.console import auth, dlq_page, overview, redrive, state
 from streams.http.console.assets import CSS, JS
 from streams.http.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
 from streams.http.console.html import e, page
-from streams.http.console.ledger import LedgerMarks
 from streams.http.console.letters import letter_view
 from streams.events import ID_PATTERN
 from streams.http.web import read_value, table_page
@@ -92,7 +91,7 @@ def register_console(app: Any, worker: "Worker") -> None:
     bootstrap = settings.bootstrap
     kafka = dict(settings.aiokafka_kwargs())
     sampler = overview.Sampler()
-    marks = LedgerMarks(bootstrap, kafka)
+    marks = dlq.RedrivenIds(bootstrap, kafka)
     jobs = redrive.Jobs(bootstrap, kafka, on_redriven=marks.add)
     middleware = auth.console_middleware(token)
     previous_init = app.on_webserver_init
