@@ -15,11 +15,6 @@ from prometheus_client.registry import Collector
 
 from streams.engine.pipeline import DEAD_LETTER, DUPLICATE, PARKED, RETRY, SUCCESS
 
-#: (topic, partition, lag in records) for each partition this worker consumes.
-LagSource = Callable[[], Iterable[tuple[str, int, int]]]
-#: (table, partition, records remaining) while a table partition recovers.
-RecoverySource = Callable[[], Iterable[tuple[str, int, int]]]
-
 __all__ = ["Metrics", "SUCCESS", "DUPLICATE", "RETRY", "DEAD_LETTER", "PARKED"]
 
 
@@ -40,8 +35,8 @@ class _Source(Collector):
 
 class BatchHistogram(Collector):
     """A histogram observed a batch at a time: one bisect per value, no lock (the
-    engine runs on one event loop). ``prometheus_client``'s ``observe`` per event was
-    6 % of the worker's CPU."""
+    engine runs on one event loop), not ``prometheus_client``'s ``observe`` per event
+    (its cost: docs/design-notes.md, "Hot-path costs")."""
 
     def __init__(self, name: str, doc: str, label: str, buckets: Sequence[float]) -> None:
         self.name, self.doc, self.label = name, doc, label

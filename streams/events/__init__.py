@@ -314,8 +314,6 @@ def ce_type(event_type: type[Event]) -> str:
     return f"{event_type.domain}.{event_type.name}.v{event_type.schema_version}"
 
 
-#: Headers of the CloudEvents Kafka protocol binding, binary mode (``ce_`` + attribute).
-CE_SPECVERSION = "1.0"
 #: ``ce_source`` of what the order service publishes; a worker service's is ``/order-streams/<service>``.
 ORDERS_SOURCE = "/order-streams/orders"
 
