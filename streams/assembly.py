@@ -30,9 +30,8 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
 from streams.engine.streamtime import ProcessClock
-from streams.faust.compat import (
-    EngineProducer, EngineTableManager, broker_round_trip, engine_consumer_class, read_any_header_key,
-)
+from streams.faust.compat import EngineProducer, EngineTableManager, broker_round_trip, read_any_header_key
+from streams.faust.consumer import engine_consumer_class
 from streams.faust.publisher import KafkaPublisher
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import TableStore
@@ -50,7 +49,7 @@ APP_ID = "order-streams"
 #: needs from them is a warning or an error.
 WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafka": "ERROR",
                 # Faust's services log under the module that subclasses them
-                "streams.faust.compat": "WARNING"}
+                "streams.faust.compat": "WARNING", "streams.faust.consumer": "WARNING"}
 
 
 def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str, Any], list[Callable[[], Awaitable[None]]]]:

@@ -7,7 +7,8 @@ upgrade that renames or changes one fails there, not silently in production
 
 What the worker leans on, and why:
 
-- **the consumer** — :class:`EngineConsumer` replaces Faust's per-message path for
+- **the consumer** — :class:`streams.faust.consumer.EngineConsumer` (on
+  :func:`faust_consumer_class`) replaces Faust's per-message path for
   the engine's topics: ``Consumer._wait_next_records`` (where a fetch arrives from
   the consumer thread), ``perform_seek``/``seek_to_committed`` (the seek after
   table recovery), ``wait_empty`` (a rebalance waits for in-flight work),
@@ -704,159 +705,47 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
     return EngineConsumerThread
 
 
-# -- the engine's consumer ----------------------------------------------------------------
+# -- the engine's consumer's base (streams/faust/consumer.py builds on it) ----------------
 
 
-def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool | None,
-                          empty_wait: float, loader: Any = None) -> type:
-    """Faust's aiokafka ``Consumer``, with the engine's topics processed by ``driver``
-    (:class:`streams.engine.position.Driver`) — a batch at a time, never through
-    Faust's per-message path — and the consumer-position protocol's hooks.
+def faust_consumer_class() -> type:
+    """Faust's aiokafka ``Consumer`` with its two private hooks named here once, so
+    :class:`streams.faust.consumer.EngineConsumer` overrides only public names:
 
-    The consumer is the driver's :class:`~streams.engine.position.ConsumerPort`."""
+    - ``_new_consumer_thread`` builds the subclass's ``engine_thread_class``
+      (:func:`consumer_thread_class`);
+    - ``_wait_next_records`` (where a fetch arrives from the consumer thread) calls
+      ``before_fetch(timeout)`` → the timeout to wait with, and ``take_fetched(records)``
+      → the records left for Faust's per-message path."""
     from faust.transport.drivers.aiokafka import Consumer
-    from faust.types import TP as FaustTP
 
-    thread_class = consumer_thread_class(fetch_max_wait=fetch_max_wait,
-                                         end_offsets_from_fetch=end_offsets_from_fetch)
-    topics = frozenset(driver.topics)
-
-    class EngineConsumer(Consumer):  # type: ignore[misc, valid-type]
-        engine = driver
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            #: one engine step at a time: a fetch, a tick, or the seek after recovery
-            self.engine_lock = asyncio.Lock()
-            self._last_committed: dict[Any, int | None] = {}
+    class FaustConsumer(Consumer):  # type: ignore[misc, valid-type]
+        engine_thread_class: type
 
         def _new_consumer_thread(self) -> Any:
-            return thread_class(self, loop=self.loop, beacon=self.beacon)
+            return self.engine_thread_class(self, loop=self.loop, beacon=self.beacon)
 
-        # -- ConsumerPort ----------------------------------------------------------
-        def generation(self) -> Any:
-            return (self.app.rebalancing_count, self.app.consumer_generation_id)
-
-        def may_process(self) -> bool:
-            return bool(self.flow_active and not self.app.rebalancing and not self.should_stop)
-
-        def assigned(self) -> set[TP]:
-            return {TP(tp.topic, tp.partition) for tp in self.assignment()}
-
-        def pause(self, tp: TP) -> None:
-            self.pause_partitions({self._tp(tp)})
-
-        def resume(self, tp: TP) -> None:
-            if self._tp(tp) in self.assignment():
-                self.resume_partitions({self._tp(tp)})
-
-        def acknowledge(self, tp: TP, first: int, last: int) -> None:
-            real = self._tp(tp)
-            acknowledge_range(self, real, first, last)
-            monitor = self.app.monitor
-            if monitor is not None and monitor.stream_inbound_time is not None:
-                monitor.stream_inbound_time[real] = time.monotonic()
-
-        def partition_count(self, topic: str) -> int | None:
-            count = self.topic_partitions(topic)
-            return int(count) if count else None
-
-        def _tp(self, tp: Any) -> Any:
-            return FaustTP(tp.topic, tp.partition)  # Faust's own sets hold only its TP type
-
-        # -- Faust hooks -------------------------------------------------------------
         async def _wait_next_records(self, timeout: float) -> Any:
-            async with self.engine_lock:
-                await self._guarded(driver.tick(self), "maintenance")
-            due = driver.seconds_until_due()
-            if due is not None:  # wake up for the next retry that falls due
-                timeout = max(0.005, min(timeout, due))
+            timeout = await self.before_fetch(timeout)
             records, active = await super()._wait_next_records(timeout)
             if not records or self.should_stop:
                 return records, active
-            ours = {tp: recs for tp, recs in records.items() if tp.topic in topics}
-            if not ours:
-                return records, active
-            async with self.engine_lock:
-                if self.flow_active:  # else Faust seeks back to committed offsets next
-                    await self._guarded(driver.on_fetch(self, {TP(tp.topic, tp.partition): to_records(recs)
-                                                               for tp, recs in ours.items()}), "a fetch")
-            if commit_due(self):
-                await self.commit()
-            return {tp: recs for tp, recs in records.items() if tp.topic not in topics}, active
+            return await self.take_fetched(records), active
 
-        async def _guarded(self, step: Any, what: str) -> None:
-            """An exception escaping here would stop Faust's fetcher for good (the
-            worker then exits): log it and go on; the driver has already sought back
-            what it did not process, so the records come again."""
-            try:
-                await step
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("engine: %s failed; its unprocessed records will be fetched again", what)
-                await asyncio.sleep(1.0)
+        async def before_fetch(self, timeout: float) -> float:
+            return timeout
 
-        async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
-            """Faust asks for the changelogs' end offsets first thing in a recovery: the
-            bulk loader (:mod:`streams.faust.recovery`) fills the stores up to them, and
-            Faust's recovery offsets are moved along, so it replays nothing."""
-            ends = await super().highwaters(*partitions)
-            ours = {tp: int(end) for tp, end in ends.items() if loader is not None and tp.topic in loader.changelogs}
-            if ours:
-                recovery = self.app.tables.recovery
-                for tp, last in (await loader.load(ours)).items():
-                    offsets = recovery.active_offsets if tp in recovery.active_tps else recovery.standby_offsets
-                    offsets[tp] = last
-            return ends
+        async def take_fetched(self, records: Any) -> Any:
+            return records
 
-        async def seek_to_committed(self) -> Mapping[Any, int]:
-            offsets = await super().seek_to_committed()
-            self._last_committed = dict(offsets)
-            return offsets
+    return FaustConsumer
 
-        async def perform_seek(self) -> None:
-            """Faust's seek to committed offsets (after table recovery), then rule 1: the
-            engine's partitions are ready from where the consumer now stands. A partition
-            with no committed offset is sought to its first offset explicitly —
-            aiokafka's ``seek_to_committed`` leaves such a position wherever the fetcher
-            had got to, which is how a fetch read before the seek was once skipped."""
-            async with self.engine_lock:
-                generation = self.generation()
-                self._last_committed = {}
-                await super().perform_seek()
-                ours = [tp for tp in self.assignment() if tp.topic in topics]
-                positions: dict[TP, int] = {}
-                fresh = [tp for tp in ours if not (self._last_committed.get(tp) or 0) > 0]
-                earliest = await self.earliest_offsets(*fresh) if fresh else {}
-                for tp in ours:
-                    committed = self._last_committed.get(tp)
-                    if committed is not None and committed > 0:
-                        positions[TP(tp.topic, tp.partition)] = int(committed)
-                    else:
-                        start = int(earliest.get(tp) or 0)
-                        await self.seek(tp, start)
-                        positions[TP(tp.topic, tp.partition)] = start
-                driver.sought(generation, positions)
 
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            driver.reset()
-            await super().on_partitions_revoked(revoked)
-
-        async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-            driver.reset()
-            await super().on_partitions_assigned(assigned, generation_id)
-
-        async def wait_empty(self) -> None:
-            """A rebalance or shutdown waits (at most ``empty_wait`` s) for the engine's
-            batch in flight, which stops at its next batch boundary (rule 3)."""
-            try:
-                await asyncio.wait_for(self.engine_lock.acquire(), empty_wait)
-            except asyncio.TimeoutError:
-                log.warning("a batch still running after %.0fs; its records will be processed again",
-                            empty_wait)
-            else:
-                self.engine_lock.release()
-            await super().wait_empty()
-
-    return EngineConsumer
+def move_recovery_offsets(app: Any, offsets: Mapping[Any, int]) -> None:
+    """Faust's table recovery counts ``offsets`` (changelog partition → last offset) as
+    already applied: its ``active_offsets`` or ``standby_offsets``, as the partition is
+    an active or a standby one."""
+    recovery = app.tables.recovery
+    for tp, last in offsets.items():
+        moved = recovery.active_offsets if tp in recovery.active_tps else recovery.standby_offsets
+        moved[tp] = last
