@@ -17,9 +17,8 @@ Three stages, one per source topic, each keyed by what it decides on:
 Derived events get ids derived from the order id, so a replay re-sends the same ids.
 Records that cannot be read go to ``inventory.dlq``. Decisions and settled orders
 expire after ``DEDUP_TTL`` through the time index, in their partition's stream time
-(:mod:`streams.engine.streamtime`), never by the worker's wall clock: a worker
-restarted with its clock 400 days ahead once expired every decision at once, and
-replayed ``OrderCreated`` reserved stock again.
+(:mod:`streams.engine.streamtime`), never by the worker's wall clock, whose jump
+would expire every decision at once (docs/design-notes.md, "Dedup markers").
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ Two tables, both bounded per key:
   outcome, kept (without the items) until it expires.
 
 Messages between them are ours (``extra="forbid"``) and carry no item lists but the
-one ``expect`` message per order: an order of 1,000 SKUs once became 104 MB across
-the topics because every per-SKU command and answer carried the whole order.
+one ``expect`` message per order, so an order's size on the topics grows with its
+SKUs, not with their square (docs/design-notes.md, "State and message sizes").
 """
 
 from __future__ import annotations

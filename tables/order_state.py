@@ -10,9 +10,8 @@ For each incoming event the machine gives one verdict:
 - ``APPLY``: the transition is allowed now → ``version + 1``, appended to ``history``;
   then every parked event of the order is judged again (it may now apply).
 - ``DUPLICATE``: an event of that type was already applied — or one is already
-  parked — → nothing changes. So an order parks **at most one event per type**:
-  four 5 MB ``OrderPaid`` with different ids once grew one state to a 20 MB changelog
-  record and crash-looped the worker.
+  parked — → nothing changes. So an order parks **at most one event per type**, and
+  its state stays bounded (docs/design-notes.md, "State and message sizes").
 - ``PARK``: its predecessor has not arrived but still can (``OrderPaid`` before
   ``OrderCreated``) → kept in ``parked`` until it applies or ``PARK_TIMEOUT`` passes
   in the partition's stream time (``since`` is a stream time, never a wall clock's:

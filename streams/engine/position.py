@@ -298,8 +298,9 @@ class Driver:
     async def _reroute(self, port: ConsumerPort, batch: list[Record]) -> list[Record]:
         """Records on a partition their key does not map to go on to the key's
         partition (same topic, acks awaited) instead of being processed here: the state
-        of a key lives in its key's partition, and a copy of an event on another
-        partition was once processed a second time (another SMS). Returns the records
+        of a key lives in its key's partition, and a copy of an event processed on
+        another partition would be processed a second time (docs/design-notes.md,
+        "Keys on another partition"). Returns the records
         to process here; the offsets of the rerouted ones are acknowledged with them."""
         if self.publisher is None:
             return batch

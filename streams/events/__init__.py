@@ -65,8 +65,8 @@ def new_event_id() -> uuid.UUID:
     """A random (version 4) event id for an event that came without one.
 
     From the process's PRNG, not ``os.urandom`` (ids must be unique, not secret), and
-    built without ``UUID.__init__``'s argument checks: the two were 5 % of the
-    worker's CPU when every decoded OrderPaid lacked an id. Equal to
+    built without ``UUID.__init__``'s argument checks (what the two cost:
+    docs/design-notes.md, "Hot-path costs"). Equal to
     ``uuid.UUID(int=n, version=4)`` (tests/unit/test_events.py checks it)."""
     u = _new_uuid(uuid.UUID)
     _set(u, "int", (_random.getrandbits(128) & _V4_CLEAR) | _V4_SET)

@@ -102,8 +102,8 @@ def reopen_partition_db(table: Any, partition: int) -> None:
     ``Store._dbs``); the next use opens it again (``Store._db_for_partition``).
 
     Why: RocksDB keeps a write error — a full disk — for the life of an open handle
-    (its "background error"): every later write failed with the same "No space left on
-    device" after space came back, and the worker stayed stuck until restarted by hand.
+    (its "background error"): every later write fails with the same "No space left on
+    device" after space came back (docs/design-notes.md, "The state store's offset").
     A fresh handle replays its write-ahead log and writes again. Closing first: the
     directory's lock is held until the old handle is closed."""
     db = table.data._dbs.pop(partition, None)
@@ -416,8 +416,8 @@ def read_any_header_key() -> None:
     are not UTF-8 (idempotent; called where the app is built and by every other reader).
 
     Rule: Kafka carries any bytes in a header key, but aiokafka's record reader decodes
-    keys as strict UTF-8 and raises inside the fetcher; one such record crash-looped
-    every service (the worker died 6–7 ms after each restart) and broke ``dlq ls``. With
+    keys as strict UTF-8 and raises inside the fetcher: one such record would stop
+    every service and ``dlq ls`` (docs/design-notes.md, "Header trust"). With
     this, a key that is not UTF-8 arrives as a ``str`` decoded with ``surrogateescape``
     (lossless: ``key.encode("utf-8", "surrogateescape")`` gives back the bytes), which
     :func:`streams.engine.headers.is_raw` recognises. Batches whose keys are all UTF-8 are read

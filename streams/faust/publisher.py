@@ -2,7 +2,7 @@
 
 :meth:`KafkaPublisher.send_many` groups records by topic and partition into aiokafka
 record batches (``create_batch`` / ``send_batch``): one future per batch instead of
-per record (per-record callbacks were 17 % of the fast path's samples). A record
+per record (docs/design-notes.md, "Hot-path costs"). A record
 without an explicit partition gets the one its key maps to under the producer's own
 partitioner, exactly as a plain ``send`` would choose. Broker errors that cannot
 pass by waiting are translated to the engine's permanent errors.
