@@ -146,7 +146,8 @@ class EngineConsumer(_FaustConsumer):  # type: ignore[misc, valid-type]
         engine's partitions are ready from where the consumer now stands. A partition
         with no committed offset is sought to its first offset explicitly —
         aiokafka's ``seek_to_committed`` leaves such a position wherever the fetcher
-        had got to, which is how a fetch read before the seek was once skipped."""
+        had got to, and a fetch read before the seek would be skipped
+        (docs/design-notes.md, "The consumer position")."""
         async with self.engine_lock:
             generation = self.generation()
             self._last_committed = {}
