@@ -36,7 +36,7 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
 
 This docstring is the consumer-position protocol's one statement (the commit protocol
 of one batch is streams/engine/pipeline.py's); the README and the consumer adapter
-(streams/faust/compat.py) link here rather than restate it.
+(streams/faust/consumer.py) link here rather than restate it.
 """
 
 from __future__ import annotations
