@@ -37,8 +37,10 @@ CODE = ("streams", "agents", "tables", "orders", "bench")
 #: Top-level folders a path in a docstring may start with.
 FOLDERS = ("streams", "agents", "tables", "orders", "bench", "tests", "docs", "deploy", "schemas",
            "scripts", "harness", "data")
-#: Folders that are made by running something (ignored by git), not kept in the repository.
-GENERATED = ("bench/results",)
+#: Folders that are made by running something, not kept in the repository: what
+#: .gitignore names by path (``bench/kafka-streams/target/``, ``data/``).
+GENERATED = tuple(line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+                  if line.strip().endswith("/") and "*" not in line and not line.startswith(("#", ".", "_")))
 PACKAGES = ("streams", "agents", "tables", "orders", "bench")
 
 PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./<>{}*\[\]-]*)" % "|".join(FOLDERS))
