@@ -36,6 +36,7 @@ from streams.faust.publisher import KafkaPublisher
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import TableStore
 from agents.rpc import BestEffortCaller
+from streams.http.console import register_console
 from streams.http.web import register_web
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
@@ -196,6 +197,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         metrics.oldest_retry_age.labels(spec.name).set_function(
             lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))
     register_web(app, worker)
+    register_console(app, worker)  # after the web's routes and auth middleware
     from streams.ops.commands import register_commands
 
     register_commands(app, settings)

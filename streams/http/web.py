@@ -8,17 +8,12 @@ The web surface is what the README lists, on the address it names:
   ``WEB_TABLE_VIEWS`` (they returned raw table values, an ``authorization`` header
   sent with a record included);
 - with ``WEB_TOKEN`` set, every route except ``/health`` and ``/metrics`` needs
-  ``Authorization: Bearer <token>`` (or the console's session cookie);
+  ``Authorization: Bearer <token>`` (or the console's session cookie: :mod:`streams.http.sessions`);
 - ids in paths are validated (400); views return their documented fields only.
 
-Sessions (the console's cookie) are never the token itself (:class:`Sessions`): a
-cookie is ``v1.<session id>.<expiry>.<mac>``, the MAC an HMAC-SHA256 over id and
-expiry with a key derived from ``WEB_TOKEN`` (so every worker of a deployment accepts
-it, and changing the token ends every session). It expires after
-:data:`SESSION_SECONDS`; signing out revokes its id in this worker's revocation set
-(kept until the session would have expired anyway; another worker that also serves
-this console learns nothing of it — restart it or change ``WEB_TOKEN`` to end every
-session everywhere).
+The console's routes are added next to these by the composition root
+(:mod:`streams.assembly`), not from here: the console uses this package's sessions and
+table lookups, so this package never imports the console.
 
 Without ``WEB_TOKEN`` (:func:`host_middleware`) a request must name this worker in
 its ``Host`` header — ``127.0.0.1``, ``localhost``, ``::1``, ``WEB_HOST``, the host of
@@ -31,22 +26,19 @@ DNS name to this worker's address sends its own name as ``Host`` and is refused.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import re
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web as aioweb
 from aiohttp.web_runner import BaseSite, TCPSite
 
-from streams.http.console import register_console
 from streams.events import ID_PATTERN
+from streams.http.lookup import read_value, table_page
+from streams.http.sessions import bad_encoding, token_ok
 from streams.logs import add_secrets
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
@@ -59,119 +51,6 @@ log = logging.getLogger(__name__)
 _ID = re.compile(ID_PATTERN)
 #: Routes anyone may read, with or without ``WEB_TOKEN``.
 OPEN_ROUTES = ("/health", "/metrics")
-SESSION_COOKIE = "order_streams_session"
-
-
-#: Seconds a console session lasts.
-SESSION_SECONDS = 12 * 3600
-#: Sessions revoked (signed out) that this worker remembers at most; beyond it the
-#: oldest revocations are dropped early — and every session older than the oldest
-#: one kept is refused, so none is let back in.
-MAX_REVOKED = 100_000
-
-
-class Sessions:
-    """Signed, expiring, revocable session cookies for one ``WEB_TOKEN``.
-
-    Rule: a cookie is valid when its MAC (HMAC-SHA256 over ``v1.<id>.<expiry>`` with
-    the key HMAC(token, "order-streams session key v1")) is right, its expiry is in
-    the future (and at most :data:`SESSION_SECONDS` away), and its id was not revoked
-    here. The token is never in the cookie; a stolen cookie dies at its expiry or at
-    sign-out."""
-
-    def __init__(self, token: str, *, lifetime: float = SESSION_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.key = hmac.new(token.encode(), b"order-streams session key v1", hashlib.sha256).digest()
-        self.lifetime = lifetime
-        self.clock = clock
-        #: session id -> its expiry (forgotten once expired)
-        self.revoked: dict[str, int] = {}
-        #: sessions issued before this time are refused (set when revocations overflow)
-        self.not_before = 0
-
-    def _mac(self, sid: str, expiry: int, issued: int) -> str:
-        return hmac.new(self.key, f"v1.{sid}.{expiry}.{issued}".encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).hexdigest()
-
-    def issue(self) -> str:
-        now = int(self.clock())
-        sid, expiry = secrets.token_hex(16), now + int(self.lifetime)
-        return f"v1.{sid}.{expiry}.{now}.{self._mac(sid, expiry, now)}"
-
-    def _parse(self, cookie: str) -> tuple[str, int, int] | None:
-        parts = cookie.split(".")
-        if len(parts) != 5 or parts[0] != "v1" or len(cookie) > 200:
-            return None
-        _, sid, expiry_s, issued_s, mac = parts
-        if not (expiry_s.isdigit() and issued_s.isdigit() and len(expiry_s) <= 12 and len(issued_s) <= 12):
-            return None
-        expiry, issued = int(expiry_s), int(issued_s)
-        if not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(sid, expiry, issued).encode()):
-            return None
-        return sid, expiry, issued
-
-    def valid(self, cookie: str) -> bool:
-        parsed = self._parse(cookie)
-        if parsed is None:
-            return False
-        sid, expiry, issued = parsed
-        now = self.clock()
-        return (now < expiry <= now + self.lifetime + 60 and issued >= self.not_before
-                and sid not in self.revoked)
-
-    def revoke(self, cookie: str) -> bool:
-        """Sign-out: the cookie's session is refused from now on (True if it was valid)."""
-        parsed = self._parse(cookie)
-        if parsed is None:
-            return False
-        sid, expiry, _ = parsed
-        now = self.clock()
-        for old in [s for s, exp in self.revoked.items() if exp <= now]:
-            del self.revoked[old]
-        self.revoked[sid] = expiry
-        while len(self.revoked) > MAX_REVOKED:
-            oldest = next(iter(self.revoked))
-            del self.revoked[oldest]
-            self.not_before = int(now)  # refuse everything issued up to now instead
-        return True
-
-
-_SESSIONS: dict[str, Sessions] = {}
-
-
-def sessions_of(token: str) -> Sessions:
-    """This process's :class:`Sessions` for ``token`` (one revocation set per token)."""
-    if token not in _SESSIONS:
-        _SESSIONS[token] = Sessions(token)
-    return _SESSIONS[token]
-
-
-def token_ok(request: Any, token: str) -> bool:
-    """``Authorization: Bearer <token>``, or the console's session cookie a valid
-    session of ``token`` (:class:`Sessions`)."""
-    if not token or bad_encoding(request) is not None:
-        return False
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return hmac.compare_digest(header[7:].encode("utf-8", "surrogateescape"), token.encode())
-    cookie = request.cookies.get(SESSION_COOKIE, "")
-    return bool(cookie) and sessions_of(token).valid(cookie)
-
-
-#: Headers whose values must be UTF-8 (credentials: a comparison encodes them).
-CREDENTIAL_HEADERS = ("Authorization", "Cookie")
-
-
-def bad_encoding(request: Any) -> aioweb.Response | None:
-    """400 when a credential header is not UTF-8 (aiohttp hands such bytes over as
-    surrogates, and encoding them for a comparison raised: a 500), else None."""
-    for name in CREDENTIAL_HEADERS:
-        for value in request.headers.getall(name, ()):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return aioweb.json_response({"error": f"bad request: the {name} header is not UTF-8"}, status=400)
-    return None
 
 
 def auth_middleware(token: str, open_paths: tuple[str, ...] = OPEN_ROUTES,
@@ -232,37 +111,6 @@ def host_middleware(allowed: frozenset[str], open_paths: tuple[str, ...] = OPEN_
                                      "(add it to WEB_ALLOWED_HOSTS, or set WEB_TOKEN)"}, status=421)
 
     return require_own_host
-
-
-def owned_partition(app: Any, table: Any, key: bytes) -> int | None:
-    """The table partition of ``key`` if this worker holds it as an active, else None."""
-    topic = table.changelog_topic.get_topic_name()
-    tp = app.producer.key_partition(topic, key)
-    actives = app.assignor.assigned_actives()
-    return tp.partition if any(a.topic == topic and a.partition == tp.partition for a in actives) else None
-
-
-def read_value(worker: "Worker", table_name: str, key: bytes) -> tuple[int, Any]:
-    """(200, decoded value) | (404, None) | (503, None) when not owned here right now."""
-    table = worker.tables[table_name]
-    partition = owned_partition(worker.app, table, key)
-    if partition is None:
-        return 503, None
-    [raw] = worker.store.read(table_name, partition, [key])
-    return (200, orjson.loads(raw)) if raw is not None else (404, None)
-
-
-def table_page(app: Any, worker: "Worker", path: str, table_name: str, match_info: str,
-               *, name: str) -> Callable[[Any], Any]:
-    """Registers a page at ``path`` keyed by ``match_info``: routed to the worker that
-    holds the key's partition where this worker runs ``table_name`` (Faust's
-    ``table_route``), served here as it is otherwise."""
-    def register(handler: Any) -> Any:
-        if table_name in worker.tables:
-            handler = app.table_route(table=worker.tables[table_name], match_info=match_info)(handler)
-        return app.page(path, name=name)(handler)
-
-    return register
 
 
 # ---------------------------------------------------------------------------------------
@@ -475,7 +323,7 @@ def register_web(app: Any, worker: "Worker") -> None:
     @app.page("/asyncapi.json")
     async def asyncapi_json(web: Any, request: Any) -> Any:
         """The AsyncAPI 3.0 document (docs/asyncapi.json, generated from the registry and models)."""
-        from streams.events.schemas import asyncapi_bytes
+        from streams.ops.asyncapi import asyncapi_bytes
 
         return web.bytes(asyncapi_bytes(), content_type="application/json")
 
@@ -518,4 +366,3 @@ def register_web(app: Any, worker: "Worker") -> None:
         lookup("/inventory/{sku}", STOCK_TABLE, "sku", "SKU", "sku",
                lambda sku, stock: {"sku": sku, "available": stock["available"], "reserved": stock["reserved"]})
 
-    register_console(app, worker)

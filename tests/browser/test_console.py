@@ -12,7 +12,7 @@ import re
 import pytest
 
 from streams.events import NotificationSent, OrderCreated, OrderPaid
-from streams.http.web import SESSION_COOKIE, sessions_of
+from streams.http.sessions import SESSION_COOKIE, sessions_of
 from tests.browser.chrome import browser, screenshot, wait
 from tests.browser.support import GatewayThread, post
 from harness.events import created, paid

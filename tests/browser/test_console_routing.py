@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from streams.events import OrderCreated
-from streams.http.web import SESSION_COOKIE, sessions_of
+from streams.http.sessions import SESSION_COOKIE, sessions_of
 from harness.events import created
 from harness.kafka import produce
 

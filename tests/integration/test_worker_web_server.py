@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.broker import EmbeddedBroker
-from streams.http.web import SESSION_COOKIE, sessions_of
+from streams.http.sessions import SESSION_COOKIE, sessions_of
 from harness.kafka import produce
 from harness.worker import WorkerProcess, http_get, metric_value
 

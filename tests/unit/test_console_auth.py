@@ -14,7 +14,7 @@ from multidict import CIMultiDict, MultiDict, MultiDictProxy
 from streams.http.console import auth, redrive
 from streams.http.console.auth import csrf_token, safe_next, write_refusal
 from streams.settings import WorkerSettings
-from streams.http.web import SESSION_COOKIE, sessions_of
+from streams.http.sessions import SESSION_COOKIE, sessions_of
 
 TOKEN = "s3cret-token-of-at-least-32-characters"
 HOST = "127.0.0.1:6066"

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from streams.http.console import auth
 from streams.settings import SettingsError, WorkerSettings, load_settings
-from streams.http.web import SESSION_COOKIE, Sessions, host_middleware, own_hosts, sessions_of, token_ok
+from streams.http.sessions import SESSION_COOKIE, Sessions, sessions_of, token_ok
+from streams.http.web import host_middleware, own_hosts
 
 TOKEN = "sign-in-test-token-0123456789abcdef"
 HOST = "127.0.0.1:6066"

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from streams import logs
 from streams.settings import WorkerSettings
-from streams.http.web import SESSION_COOKIE, settings_secrets
+from streams.http.sessions import SESSION_COOKIE
+from streams.http.web import settings_secrets
 
 TOKEN = "tok-" + "7f3a9c" * 8
 SESSION = "v1.0123456789abcdef0123456789abcdef.1999999999.1700000000." + "ab" * 32

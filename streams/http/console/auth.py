@@ -5,8 +5,8 @@
   answers only requests whose ``Host`` is its own: :func:`streams.http.web.host_middleware`).
 - With it, the worker's auth middleware (:func:`streams.http.web.auth_middleware`) lets a
   request through with ``Authorization: Bearer <token>`` or the session cookie
-  :data:`streams.http.web.SESSION_COOKIE` carrying a valid signed session
-  (:class:`streams.http.web.Sessions`: never the token itself; it expires, and signing out
+  :data:`streams.http.sessions.SESSION_COOKIE` carrying a valid signed session
+  (:class:`streams.http.sessions.Sessions`: never the token itself; it expires, and signing out
   revokes it). The console's own middleware (:func:`console_middleware`, outermost)
   sends a browser without either to the sign-in form, which sets that cookie:
   HttpOnly, SameSite=Strict, Path=/console.
@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web as aioweb
 
 from streams.http.console.html import e, hidden, page
-from streams.http.web import SESSION_COOKIE, SESSION_SECONDS, bad_encoding, sessions_of, token_ok
+from streams.http.sessions import SESSION_COOKIE, SESSION_SECONDS, bad_encoding, sessions_of, token_ok
 
 log = logging.getLogger(__name__)
 

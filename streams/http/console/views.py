@@ -30,8 +30,8 @@ from streams.http.console.assets import CSS, JS
 from streams.http.console.auth import csrf_token, html_response, see_other, signed_in, write_refusal
 from streams.http.console.html import e, page
 from streams.http.console.letters import letter_view
+from streams.http.lookup import read_value, table_page
 from streams.events import ID_PATTERN
-from streams.http.web import read_value, table_page
 from tables.inventory import STOCK_TABLE
 from tables.order_state import TABLE as ORDER_TABLE
 from tables.order_state import public_view
