@@ -3,13 +3,76 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, KafkaBroker, KafkaSetupError, PortInUseError
 from harness.worker import WorkerProcess
+from streams.broker import EmbeddedBroker, KafkaBroker, KafkaSetupError, PortInUseError
+
+
+# -- ``@pytest.mark.needs("promtool", …)``: a test that runs an external program says so ------------
+#
+# Rule: a test that needs a program beyond Python and the project's Python packages (a JVM for
+# Apache Kafka, promtool, node, Chromium, PostgreSQL's binaries …) carries ``needs(…)`` naming
+# each one, directly or through a fixture listed in FIXTURE_NEEDS, and is never under
+# tests/unit (``-m "not needs"`` then selects what runs anywhere; tests/unit runs anywhere).
+# A needed program that is missing fails the test in one line naming it and how to install
+# it: never a skip (a missing program is a broken setup, and ``make test`` installs them).
+
+#: fixture → the programs every test using it needs
+FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
+    "kafka_session": ("java",),
+    "postgres": ("postgres",),
+    "secure": ("java", "openssl"),  # tests/integration/test_kafka_security.py's SASL_SSL Kafka
+}
+
+
+def _java() -> str | None:
+    from streams.broker.kafka import java_command
+
+    return java_command()
+
+
+def _postgres() -> str | None:
+    from tests.support.postgres import pg_bin
+
+    try:
+        return str(pg_bin())
+    except RuntimeError:
+        return None
+
+
+#: programs not looked up on PATH alone
+FINDERS: dict[str, Callable[[], str | None]] = {"java": _java, "postgres": _postgres}
+INSTALL_HINT = "scripts/ensure-system-packages installs it (make test runs it)"
+
+
+def needed_programs(item: pytest.Item) -> list[str]:
+    names = [name for mark in item.iter_markers("needs") for name in mark.args]
+    for fixture in getattr(item, "fixturenames", ()):
+        names.extend(FIXTURE_NEEDS.get(fixture, ()))
+    return list(dict.fromkeys(names))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unit = Path(__file__).resolve().parent / "unit"
+    misplaced = [f"{item.nodeid} needs {', '.join(needed_programs(item))}" for item in items
+                 if needed_programs(item) and unit in Path(str(item.path)).resolve().parents]
+    if misplaced:
+        raise pytest.UsageError("tests/unit is for tests that need no external program; move these "
+                                "(tests/integration or another folder): " + "; ".join(misplaced))
+    for item in items:  # a fixture's programs become the test's own mark, so -m "needs" sees them
+        if needed_programs(item) and not item.get_closest_marker("needs"):
+            item.add_marker(pytest.mark.needs(*needed_programs(item)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name in needed_programs(item):
+        if (FINDERS.get(name) or (lambda: shutil.which(name)))() is None:
+            pytest.fail(f"{item.nodeid} needs {name}, which is not installed: {INSTALL_HINT}", pytrace=False)
 
 
 #: ``TEST_BROKER=kafka``: the ``broker`` fixture is the session's Apache Kafka (emptied per

@@ -62,6 +62,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return left
 
 
+@pytest.mark.needs("java")
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds java processes in /proc")
 async def test_runner_serves_clients_and_its_java_dies_with_it(tmp_path: Path) -> None:
     """The URL works for aiokafka at once; a SIGKILLed runner (no handler runs) takes its

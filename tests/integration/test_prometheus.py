@@ -20,6 +20,7 @@ from harness.worker import http_get
 pytestmark = pytest.mark.kafka
 
 
+@pytest.mark.needs("prometheus")
 async def test_prometheus_scrapes_the_worker_and_answers_event_processed_total(broker, worker_factory, tmp_path):
     binary = shutil.which("prometheus")
     assert binary, "prometheus missing: scripts/ensure-system-packages installs Debian's prometheus"

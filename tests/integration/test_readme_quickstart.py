@@ -23,6 +23,7 @@ def quickstart() -> str:
     return next(b for b in blocks if "localhost:8000/orders" in b)
 
 
+@pytest.mark.needs("curl")
 async def test_readme_quickstart_runs_as_written(broker, worker_factory, orders_factory, tmp_path):
     assert shutil.which("curl"), "curl is needed by the README's quick start"
     worker = worker_factory()
