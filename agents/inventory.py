@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 ID_NAMESPACE = uuid.UUID("0b7f1f36-4f4e-4b43-9a8e-7d1c3c6f2a10")
 #: ``ce_source`` of the derived events (CloudEvents headers, see streams.events.ce_headers)
 CE_SOURCE = f"/order-streams/{INVENTORY.name}"
-CREATED_TOPIC = OrderCreated.topic()
 #: Every version's topic of OrderCreated, each decoded as the newest model.
 CREATED_TOPICS = {OrderCreated.topic(): OrderCreated, OrderCreatedV2.topic(): OrderCreatedV2}
 TYPES = {**{t: "OrderCreated" for t in CREATED_TOPICS}, INVENTORY_REQUESTS: "StockCommand",
