@@ -13,6 +13,9 @@
    acknowledged. Nothing after this step may run before every ack is in, so this
    never gives up — but once sends have failed for longer than the send budget,
    :class:`~streams.engine.health.Health` reports the worker unhealthy.
+   Inside an exactly-once transaction a transient failure is not sent again: it
+   raises :class:`~streams.engine.transactions.TransactionDoomed` and the batch
+   aborts (a transaction with a failed send cannot commit; T4).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from streams.engine.errors import PermanentError, StreamsError, TooLarge, Unknow
 from streams.engine.health import Health
 from streams.engine.ports import Publisher
 from streams.engine.records import Ack, Outgoing
+from streams.engine.transactions import doomed
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ async def deliver(
                 delivered[i] = result
         if retry:
             assert first_error is not None
+            doomed(first_error)  # exactly-once: the batch aborts instead (T4)
             on_retry(len(retry))
             if health is not None:
                 health.send_failed(first_error)

@@ -60,6 +60,7 @@ from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore
 from streams.engine.records import Outgoing, Record
 from streams.engine.streamtime import STREAM_TIME_KEY, StreamTime
 from streams.engine.topology import ServiceSpec, dlq_topic
+from streams.engine.transactions import doomed
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +525,7 @@ class Pipeline:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                doomed(exc)  # exactly-once: the transaction aborts instead (T4)
                 self.counts.send_retried(self.spec.name, 1)
                 if self.health is not None:
                     self.health.send_failed(exc)

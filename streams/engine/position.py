@@ -33,6 +33,12 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
 6. **The stored changelog offset is the last record written** (the state store's
    contract, :meth:`streams.engine.ports.StateStore.write`), so recovery re-reads
    nothing a batch wrote.
+7. **Under ``PROCESSING_GUARANTEE=exactly_once`` a batch is one Kafka transaction**
+   (:mod:`streams.engine.transactions`, steps T1–T6): a batch holds one input
+   partition's records; its sends, state and next offset commit together instead of
+   rule 4's acknowledgement, or abort together and the batch is read again (rule 2);
+   local state is written only after the commit; a fenced partition stops until the
+   group assigns it again. Maintenance runs in a transaction per partition too.
 
 This docstring is the consumer-position protocol's one statement (the commit protocol
 of one batch is streams/engine/pipeline.py's); the README and the consumer adapter
@@ -57,6 +63,7 @@ from streams.engine.delivery import deliver
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher
 from streams.engine.records import TP, Outgoing, Record
+from streams.engine.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +105,12 @@ class Driver:
         maintenance_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         publisher: Publisher | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.pipelines = list(pipelines)
+        #: exactly-once (rule 7): batches run in their partition's transaction; None:
+        #: at-least-once (rule 4)
+        self.transactions = transactions
         #: sends records that arrived on a partition their key does not map to back to
         #: their key's partition (None: they are processed where they are)
         self.publisher = publisher
@@ -201,6 +212,11 @@ class Driver:
         if tp in self.paused:  # a retry partition fetched in flight while pausing
             await self._seek(port, tp, nxt, "paused")
             return []
+        if self.transactions is not None and not self.transactions.owns(tp):
+            # rule 7 / T5: fenced here; not fetched again until the group reassigns it
+            await self._seek(port, tp, nxt, "stopped")
+            port.pause(tp)
+            return []
         fresh = [r for r in records if r.offset >= nxt]
         if not fresh:
             return []
@@ -225,6 +241,9 @@ class Driver:
         and one state write per service and batch, however many topics the fetch had
         (the full lifecycle touches ten: per-topic batches were mostly a few records
         each, and their fixed cost and round trips dominated)."""
+        if self.transactions is not None:
+            yield from self._partition_rounds(work)
+            return
         cursors = {tp: 0 for tp in work}
         while True:
             live = [tp for tp in work if tp not in self.paused and cursors[tp] < len(work[tp])]
@@ -241,6 +260,21 @@ class Driver:
                 batch.extend(part)
                 cursors[tp] = start + len(part)
             yield batch
+
+    def _partition_rounds(self, work: dict[TP, list[Record]]) -> Iterator[list[Record]]:
+        """Rule 7: batches of one partition each (one transaction per input partition),
+        at most ``batch_size`` records, the partitions taking turns."""
+        cursors = {tp: 0 for tp in work}
+        while True:
+            live = [tp for tp in work if tp not in self.paused and cursors[tp] < len(work[tp])]
+            if not live:
+                return
+            for tp in live:
+                if tp in self.paused:
+                    continue
+                start = cursors[tp]
+                cursors[tp] = start + self.batch_size
+                yield work[tp][start:start + self.batch_size]
 
     def _due_only(self, port: ConsumerPort, batch: list[Record]) -> list[Record]:
         """The batch without retry records that are not due; a retry partition whose
@@ -268,7 +302,33 @@ class Driver:
 
     async def _run(self, port: ConsumerPort, batch: list[Record], generation: int) -> bool:
         """One batch through every pipeline that reads its records (each its own share,
-        concurrently), then its offsets acknowledged (rule 4)."""
+        concurrently), then its offsets acknowledged (rule 4) — or, exactly-once, the
+        batch's transaction committed with its offsets (rule 7)."""
+        if self.transactions is not None:
+            tp, last = batch[0].tp, batch[-1].offset
+            if not self.transactions.owns(tp):
+                return False  # stopped (T5) or never started: sought back, not processed
+            done = await self.transactions.run(tp, last + 1, lambda: self._process(port, batch, generation))
+            if done:
+                self.next[tp] = last + 1
+                if self.health is not None:
+                    self.health.progressed()
+            return done
+        if not await self._process(port, batch, generation):
+            return False
+        ranges: dict[TP, tuple[int, int]] = {}
+        for r in batch:
+            first, last = ranges.get(r.tp, (r.offset, r.offset))
+            ranges[r.tp] = (min(first, r.offset), max(last, r.offset))
+        for tp, (first, last) in ranges.items():
+            port.acknowledge(tp, first, last)
+            self.next[tp] = last + 1
+        if self.health is not None:
+            self.health.progressed()
+        return True
+
+    async def _process(self, port: ConsumerPort, batch: list[Record], generation: int) -> bool:
+        """The batch through its pipelines; False if it must not be acknowledged."""
         still_owner: Callable[[], bool] = lambda: port.generation() == generation  # noqa: E731
         here = await self._reroute(port, batch)
         shares: dict[int, list[Record]] = {}
@@ -282,18 +342,24 @@ class Driver:
         except Superseded as exc:
             log.info("%s; %d records will be processed again", exc, len(batch))
             return False
-        if port.generation() != generation:
-            return False
-        ranges: dict[TP, tuple[int, int]] = {}
-        for r in batch:
-            first, last = ranges.get(r.tp, (r.offset, r.offset))
-            ranges[r.tp] = (min(first, r.offset), max(last, r.offset))
-        for tp, (first, last) in ranges.items():
-            port.acknowledge(tp, first, last)
-            self.next[tp] = last + 1
-        if self.health is not None:
-            self.health.progressed()
-        return True
+        return port.generation() == generation
+
+    async def _maintain_in_transactions(self, port: ConsumerPort, p: Pipeline, partitions: list[int],
+                                        generation: int) -> None:
+        """Rule 7 for maintenance: each partition's expiry and timeouts in a transaction
+        of an input partition of that number this worker owns (no offsets)."""
+        assert self.transactions is not None
+        for partition in partitions:
+            owner = next((tp for tp in sorted(self.next) if tp.partition == partition
+                          and tp.topic in p.spec.sources and self.transactions.owns(tp)), None)
+            if owner is None or port.generation() != generation:
+                continue
+
+            async def work(partition: int = partition) -> bool:
+                await p.maintain([partition], still_owner=lambda: port.generation() == generation)
+                return port.generation() == generation
+
+            await self.transactions.run(owner, None, work)
 
     async def _reroute(self, port: ConsumerPort, batch: list[Record]) -> list[Record]:
         """Records on a partition their key does not map to go on to the key's
@@ -377,6 +443,9 @@ class Driver:
             if not partitions or port.generation() != generation:
                 continue
             try:
-                await p.maintain(partitions, still_owner=lambda: port.generation() == generation)
+                if self.transactions is None:
+                    await p.maintain(partitions, still_owner=lambda: port.generation() == generation)
+                else:
+                    await self._maintain_in_transactions(port, p, partitions, generation)
             except Superseded:
                 return

@@ -30,6 +30,7 @@ from streams.engine.errors import TooLarge
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher, StateStore, Writes
 from streams.engine.records import TP, Ack, Outgoing
+from streams.engine.transactions import current
 
 #: A fixed "now" for clocks: 2023-11-14T22:13:20Z.
 NOW = 1_700_000_000.0
@@ -163,6 +164,7 @@ class MemoryStore(StateStore):
         if self.fail_writes:
             self.fail_writes -= 1
             raise ConnectionError("changelog ack lost")
+        persisted: dict[tuple[str, int], int] = {}
         if self.publisher is not None:
             acks: list[Ack] = []
             for w in writes:
@@ -179,14 +181,23 @@ class MemoryStore(StateStore):
             for w in writes:
                 if w.durable:
                     done += len(w.durable)
-                    self.persisted[(w.table, w.partition)] = int(results[done - 1])  # type: ignore[arg-type]
-        for w in writes:
-            data = self.table(w.table, w.partition)
-            for key, value in [*w.durable.items(), *w.local.items()]:
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
+                    persisted[(w.table, w.partition)] = int(results[done - 1])  # type: ignore[arg-type]
+
+        def local() -> None:
+            self.persisted.update(persisted)
+            for w in writes:
+                data = self.table(w.table, w.partition)
+                for key, value in [*w.durable.items(), *w.local.items()]:
+                    if value is None:
+                        data.pop(key, None)
+                    else:
+                        data[key] = value
+
+        txn = current()  # exactly-once: local state only once the transaction committed (T3)
+        if txn is not None:
+            txn.after_commit(local)
+        else:
+            local()
 
 
 class FakeConsumer:
