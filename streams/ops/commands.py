@@ -247,7 +247,9 @@ JSON_OPTION = option("--json", "as_json", is_flag=True, default=False, show_defa
 
 
 def register_commands(app: Any, settings: Any) -> None:
-    bootstrap = settings.bootstrap
+    """Every operator command on ``app`` and Faust's command line: ``dlq ls|show|redrive``,
+    ``seed-stock``, ``reconcile`` and ``schema export``, each reaching Kafka with the
+    worker's connection ``settings``."""
     kafka = dict(settings.aiokafka_kwargs())
     dlq.CLIENT_KWARGS.update(kafka)
 
@@ -259,6 +261,17 @@ def register_commands(app: Any, settings: Any) -> None:
         short_help="Inspect and redrive dead letters: dlq ls | show ID… | redrive.",
     )
     faust_cli.add_command(group)
+    register_dlq_ls(app, group, settings, kafka)
+    register_dlq_show(app, group, settings, kafka)
+    register_dlq_redrive(app, group, settings, kafka)
+    register_seed_stock(app, settings, kafka)
+    register_reconcile(app, settings)
+    register_schema_commands(app)
+
+
+def register_dlq_ls(app: Any, group: click.Group, settings: Any, kafka: dict[str, Any]) -> None:
+    """``faust -A streams dlq ls``."""
+    bootstrap = settings.bootstrap
 
     @app.command(
         service_option("only this service's dead letters (default: every service)"),
@@ -299,6 +312,11 @@ def register_commands(app: Any, settings: Any) -> None:
         else:
             self.say(f"{len(letters)} dead letters")
 
+
+def register_dlq_show(app: Any, group: click.Group, settings: Any, kafka: dict[str, Any]) -> None:
+    """``faust -A streams dlq show ID…``."""
+    bootstrap = settings.bootstrap
+
     @app.command(
         argument("ids", nargs=-1, required=True, type=LETTER_ID, metavar="ID..."),
         option("--full", is_flag=True, default=False, show_default=False,
@@ -337,27 +355,36 @@ def register_commands(app: Any, settings: Any) -> None:
             self.say("]}")
             return
         for d in previews:
-            if full:
-                d = await whole(d)
-            s = d.summary()
-            fields = [
-                ("reason", dlq.printable(d.reason)), ("attempt", dlq.printable(d.attempt)),
-                ("failed at", s["failed_at"]), ("source", dlq.printable(d.source())),
-                ("error type", dlq.printable(s["error"]["type"])),
-                ("error message", dlq.printable(s["error"]["message"])),
-                ("key", dlq.show_bytes(d.key)),
-                ("value bytes", "-" if d.value_length is None else str(d.value_length)),
-            ]
-            self.say(self.tabulate(fields, headers=["FIELD", "VALUE"], title=d.id, wrap_last_row=False))
-            items = d.header_items or tuple(d.headers.items())
-            self.say(self.tabulate([(dlq.printable(k), dlq.show_bytes(v)) for k, v in items],
-                                   headers=["HEADER", "VALUE"], wrap_last_row=False))
-            self.say("value:")
-            shown = dlq.show_bytes(d.value, None if full else SHOW_VALUE_CHARS)
-            if d.is_preview and not shown.endswith(" bytes)"):
-                shown += f"… ({d.value_length} bytes)"
-            self.say(shown)
-            self.say("")
+            show_letter(self, await whole(d) if full else d, full)
+
+
+def show_letter(cmd: OpsCommand, d: dlq.DeadLetter, full: bool) -> None:
+    """``dlq show``'s text for one letter: its fields, its headers, its value (cut at
+    :data:`SHOW_VALUE_CHARS` characters unless ``full``), every text escaped."""
+    s = d.summary()
+    fields = [
+        ("reason", dlq.printable(d.reason)), ("attempt", dlq.printable(d.attempt)),
+        ("failed at", s["failed_at"]), ("source", dlq.printable(d.source())),
+        ("error type", dlq.printable(s["error"]["type"])),
+        ("error message", dlq.printable(s["error"]["message"])),
+        ("key", dlq.show_bytes(d.key)),
+        ("value bytes", "-" if d.value_length is None else str(d.value_length)),
+    ]
+    cmd.say(cmd.tabulate(fields, headers=["FIELD", "VALUE"], title=d.id, wrap_last_row=False))
+    items = d.header_items or tuple(d.headers.items())
+    cmd.say(cmd.tabulate([(dlq.printable(k), dlq.show_bytes(v)) for k, v in items],
+                         headers=["HEADER", "VALUE"], wrap_last_row=False))
+    cmd.say("value:")
+    shown = dlq.show_bytes(d.value, None if full else SHOW_VALUE_CHARS)
+    if d.is_preview and not shown.endswith(" bytes)"):
+        shown += f"… ({d.value_length} bytes)"
+    cmd.say(shown)
+    cmd.say("")
+
+
+def register_dlq_redrive(app: Any, group: click.Group, settings: Any, kafka: dict[str, Any]) -> None:
+    """``faust -A streams dlq redrive``."""
+    bootstrap = settings.bootstrap
 
     @app.command(
         service_option("only this service's dead letters (default: every service)"),
@@ -408,6 +435,11 @@ def register_commands(app: Any, settings: Any) -> None:
                 remaining -= result.redriven + result.planned
         out.end()
 
+
+def register_seed_stock(app: Any, settings: Any, kafka: dict[str, Any]) -> None:
+    """``faust -A streams seed-stock FILE``."""
+    bootstrap = settings.bootstrap
+
     @app.command(argument("file", type=click.Path(exists=True, dir_okay=False)), base=OpsCommand,
                  click_name="seed-stock")
     async def seed_stock(self: OpsCommand, file: str) -> None:
@@ -436,6 +468,10 @@ def register_commands(app: Any, settings: Any) -> None:
         finally:
             await producer.stop()
         self.say(f"stock set for {len(commands)} SKUs")
+
+
+def register_reconcile(app: Any, settings: Any) -> None:
+    """``faust -A streams reconcile``."""
 
     @app.command(
         option("--since", type=SINCE, default=None, show_default=False, metavar="15m|2h|1d|ISO-TIME",
@@ -487,8 +523,6 @@ def register_commands(app: Any, settings: Any) -> None:
         self.say(rc.summary(mismatches, total))
         if added is not None:
             self.say(f"repair: {added} events re-published through the outbox")
-
-    register_schema_commands(app)
 
 
 def register_schema_commands(app: Any) -> None:
