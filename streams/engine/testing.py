@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streams.engine.delivery import gather_acks
-from streams.engine.errors import TooLarge
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher, StateStore, Writes
 from streams.engine.records import TP, Ack, Outgoing
@@ -51,8 +50,10 @@ class FakePublisher(Publisher):
     Where a message lands: its ``partition`` when the topic has it, else where its key
     hashes — for the topics whose partition count is in :attr:`partitions`; a topic not
     listed there has the message's own ``partition`` (``None`` for none), so a test that
-    does not care needs no topic set-up. A record larger than :attr:`max_message_bytes`
-    (key + value + headers) fails its ack with :class:`TooLarge`, as the broker's limit does.
+    does not care needs no topic set-up. Like the worker's publisher, it sends a record of
+    any size (the engine refuses one over :attr:`max_message_bytes` before sending it:
+    :mod:`streams.engine.delivery`); :attr:`reject` makes a topic refuse every record, as a
+    broker refuses a record over its limit.
     """
 
     def __init__(self, *, auto_ack: bool = True, log: list[tuple[Any, ...]] | None = None,
@@ -83,13 +84,8 @@ class FakePublisher(Publisher):
             self.sent.append(message)
             self.futures.append(fut)
             self.log.append(("send", message.topic, message.key))
-            size = (len(message.key or b"") + len(message.value or b"")
-                    + sum(len(k) + len(v) for k, v in message.headers))
             if message.topic in self.reject:
                 fut.set_exception(self.reject[message.topic])
-            elif size > self.max_message_bytes:
-                fut.set_exception(TooLarge(f"record for {message.topic} is {size} bytes "
-                                           f"(limit {self.max_message_bytes})"))
             elif self.fail_acks:
                 self.fail_acks -= 1
                 self.log.append(("nack", message.topic, message.key))
