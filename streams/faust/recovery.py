@@ -7,7 +7,7 @@ each partition from its persisted offset to that end:
 
 1. large fetches of a plain aiokafka consumer (no group, no per-record events);
 2. per fetch and partition, one RocksDB write batch: puts, tombstone deletes, the
-   engine's derived index entries (:attr:`streams.faust.stores.TableStore.indexers`) and
+   engine's derived index entries (each rebuilt from its table's values) and
    the persisted offset of the last record — atomic, so a crash mid-way resumes
    from exactly there;
 3. Faust's recovery offsets moved to the end, so it has nothing left to replay.
