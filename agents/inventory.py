@@ -34,13 +34,13 @@ from pydantic import BaseModel, ValidationError
 
 from streams.engine.errors import DecodeError, ValidationFailed
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch, Item
-from streams.engine.ports import INDEX_PREFIX, index_key
+from streams.engine.ports import INDEX_PREFIX, Indexer, index_key
 from streams.engine.records import Outgoing, Record
 from streams.events import (
     InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext, ce_headers,
     decode_newest, require_whole_chains, validation_summary,
 )
-from streams.registry import INVENTORY, INVENTORY_ANSWERS, INVENTORY_REQUESTS
+from streams.engine.topology import ServiceSpec
 from agents.rpc import BestEffortCaller
 from tables.inventory import (
     ANSWER, ORDERS_TABLE, STOCK_TABLE, Expected, SkuAnswer, StockCommand, apply_command, decision_key,
@@ -49,9 +49,22 @@ from tables.inventory import (
 
 log = logging.getLogger(__name__)
 
+#: Internal topics of the service: the repartition by SKU, and the answers by order.
+INVENTORY_REQUESTS = "inventory.requests"
+INVENTORY_ANSWERS = "inventory.answers"
+
+SPEC = ServiceSpec(
+    name="inventory",
+    # every version of OrderCreated (consumers read each as the newest; see streams.events)
+    sources=(OrderCreated.topic(), OrderCreatedV2.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
+    tables=(STOCK_TABLE, ORDERS_TABLE),
+    derived=(InventoryReserved.topic(), InventoryRejected.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
+    description="OrderCreated → stock per SKU → InventoryReserved | InventoryRejected",
+)
+
 ID_NAMESPACE = uuid.UUID("0b7f1f36-4f4e-4b43-9a8e-7d1c3c6f2a10")
 #: ``ce_source`` of the derived events (CloudEvents headers, see streams.events.ce_headers)
-CE_SOURCE = f"/order-streams/{INVENTORY.name}"
+CE_SOURCE = f"/order-streams/{SPEC.name}"
 #: Every version's topic of OrderCreated, each decoded as the newest model.
 CREATED_TOPICS = {OrderCreated.topic(): OrderCreated, OrderCreatedV2.topic(): OrderCreatedV2}
 TYPES = {**{t: "OrderCreated" for t in CREATED_TOPICS}, INVENTORY_REQUESTS: "StockCommand",
@@ -76,7 +89,7 @@ def command_bytes(cmd: BaseModel) -> bytes:
 
 
 class InventoryService:
-    spec = INVENTORY
+    spec = SPEC
     dedup_table = None  # decisions per (SKU, order) and outcomes per order are the memory
 
     def __init__(self, caller: BestEffortCaller, *, search_url: str, decision_ttl: float,
@@ -92,7 +105,7 @@ class InventoryService:
         return TYPES.get(topic, "unknown")
 
     def decoder(self, topic: str) -> Any:
-        return CREATED_TOPICS.get(topic) or (INVENTORY.name, topic)
+        return CREATED_TOPICS.get(topic) or (SPEC.name, topic)
 
     def decode(self, topic: str, record: Record) -> Any:
         if topic in CREATED_TOPICS:  # v1 and v2 both as v2 (see streams.events.decode_newest)
@@ -196,6 +209,9 @@ class InventoryService:
                     for sku, d in order["answers"].items() if d == "reserved"]
         return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), ce_headers(ev, CE_SOURCE), partition)] + [
             Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
+
+    def indexers(self) -> dict[str, Indexer]:
+        return {STOCK_TABLE: Indexer(self.index_entries), ORDERS_TABLE: Indexer(self.index_entries)}
 
     def index_entries(self, key: bytes, value: bytes) -> list[bytes]:
         """The local time-index entry of a decision (``<sku>\x00<order>``) or an order's

@@ -18,9 +18,10 @@ import orjson
 
 from agents.notifier import Notification, Notifier
 from streams.engine.pipeline import Batch, Item
+from streams.engine.ports import Indexer
 from streams.engine.records import Outgoing, Record
 from streams.events import NotificationSent, OrderPaid, ce_headers_of, decode_event, utcnow
-from streams.registry import NOTIFICATIONS
+from streams.engine.topology import ServiceSpec
 
 #: NotificationSent ids are derived from the order id: a replay re-emits the same id.
 ID_NAMESPACE = uuid.UUID("6f1f4c8e-2b1a-4d6e-9c51-5e0f0d6c1a01")
@@ -37,9 +38,24 @@ def notification_id(order_id: str) -> str:
 SENT_TOPIC = NotificationSent.topic()
 
 
+#: processed order ids (the pipeline deduplicates by the record key)
+DEDUP_TABLE = "notifications-dedup"
+
+SPEC = ServiceSpec(
+    name="notifications",
+    sources=(OrderPaid.topic(),),
+    tables=(DEDUP_TABLE,),
+    derived=(NotificationSent.topic(),),
+    description="OrderPaid → SMS gateway → NotificationSent, deduplicated by order id",
+)
+
+
 class NotificationsService:
-    spec = NOTIFICATIONS
-    dedup_table = "notifications-dedup"
+    spec = SPEC
+    dedup_table = DEDUP_TABLE
+
+    def indexers(self) -> dict[str, Indexer]:
+        return {}  # only the dedup table, whose index the pipeline derives
 
     def __init__(self, notifier: Notifier, *, concurrency: int = 64) -> None:
         self.notifier = notifier

@@ -33,10 +33,13 @@ import orjson
 
 from streams.engine.errors import IllegalTransition, ParkTimeout, TooLarge
 from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, PARKED, SUCCESS, Batch, Item
-from streams.engine.ports import INDEX_PREFIX, index_key
+from streams.engine.ports import INDEX_PREFIX, Indexer, index_key
 from streams.engine.records import Record
-from streams.events import EVENT_BY_TOPIC, UpcastContext, decode_newest, require_whole_chains
-from streams.registry import ORDER_STATE
+from streams.events import (
+    EVENT_BY_TOPIC, InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated,
+    OrderCreatedV2, OrderPaid, UpcastContext, decode_newest, require_whole_chains,
+)
+from streams.engine.topology import ServiceSpec
 from tables.order_state import TABLE, Incoming, State, Verdict, expired_parked, step, without
 
 #: A parked event's JSON text may be at most this long; a longer one is dead-lettered
@@ -50,8 +53,19 @@ def state_name(state: State | None) -> str:
     return f"{state['status']}/{state['reservation']}"
 
 
+SPEC = ServiceSpec(
+    name="order-state",
+    sources=tuple(t.topic() for t in (
+        OrderCreated, OrderCreatedV2, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved,
+        InventoryRejected,
+    )),
+    tables=(TABLE,),
+    description="the order lifecycle state machine (GET /orders/{id})",
+)
+
+
 class OrderStateService:
-    spec = ORDER_STATE
+    spec = SPEC
     dedup_table = None  # the state machine itself knows what it has applied
 
     def __init__(self, *, park_timeout: float, default_currency: str = "EUR") -> None:
@@ -115,6 +129,9 @@ class OrderStateService:
                                   waiting.type)
             else:
                 batch.count(waiting.type, SUCCESS if v is Verdict.APPLY else DUPLICATE)
+
+    def indexers(self) -> dict[str, Indexer]:
+        return {TABLE: Indexer(self.index_entries)}
 
     def index_entries(self, key: bytes, value: bytes) -> list[bytes]:
         """The time-index entries of a state (one per parked event, at its parking time),

@@ -12,8 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.kafka_connection import KafkaConnection
-from orders.dburl import check_database_url, mask_database_url
-from streams.settings import SettingsError, describe_error
+from streams.settings import SettingsError, check_database_url, describe_error, mask_database_url
 
 
 def _default_relay_id() -> str:

@@ -1,8 +1,8 @@
 """The composition root (``streams.app`` is the Faust app it builds; this module is not named ``app.py`` because ``faust -A streams`` looks up the attribute ``streams.app``, which a submodule of that name would shadow): settings → registry → Faust app, tables, engine, web, commands.
 
-The only module that imports ``agents/`` and ``tables/``. The path of one
-``OrderPaid`` through the worker, top to bottom:
-``events.order.paid.v1`` → the engine consumer (:mod:`streams.faust.compat`) →
+Each service is built from its registration (:mod:`streams.registry`); nothing here
+names a service. The path of one ``OrderPaid`` through the worker, top to bottom:
+``events.order.paid.v1`` → the engine consumer (:mod:`streams.faust.consumer`) →
 :class:`streams.engine.position.Driver` (position rules, batches) →
 :class:`streams.engine.pipeline.Pipeline` of ``notifications`` (decode, dedup,
 :class:`agents.notifications.NotificationsService`, acks, state) *and* of
@@ -18,12 +18,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import faust
-
-from agents.inventory import InventoryService
-from agents.notifications import NotificationsService
-from agents.notifier import make_notifier
-from agents.order_state import OrderStateService
 from streams import registry
 from streams.engine.health import Health, watch_broker
 from streams.engine.pipeline import Pipeline
@@ -34,14 +28,13 @@ from streams.faust.compat import EngineProducer, EngineTableManager, broker_roun
 from streams.faust.consumer import engine_consumer_class
 from streams.faust.publisher import KafkaPublisher
 from streams.faust.recovery import BulkLoader, Progress
-from streams.faust.stores import TableStore
-from agents.rpc import BestEffortCaller
+from streams.faust.stores import EngineTable, TableStore
 from streams.http.console import register_console
 from streams.http.web import register_web
 from streams.logs import QUIET_LOGGERS, build_config
 from streams.metrics import Metrics
 from streams.settings import WorkerSettings
-from streams.worker import Worker, consumer_lag, retry_age
+from streams.worker import Worker, WorkerApp, consumer_lag, retry_age
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +46,7 @@ WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafk
                 "streams.faust.compat": "WARNING", "streams.faust.consumer": "WARNING"}
 
 
-def build_services(settings: WorkerSettings, metrics: Metrics) -> tuple[dict[str, Any], list[Callable[[], Awaitable[None]]]]:
-    """The consuming services this worker runs (``SERVICES``), by registry name."""
-    services: dict[str, Any] = {}
-    closers: list[Callable[[], Awaitable[None]]] = []
-    for name in settings.services:
-        if name == registry.NOTIFICATIONS.name:
-            notifier = make_notifier(settings.notifier_url, settings.notifier_timeout,
-                                     f"order-streams worker {settings.web_url}")
-            closers.append(notifier.close)
-            services[name] = NotificationsService(notifier, concurrency=settings.handler_concurrency)
-        elif name == registry.ORDER_STATE.name:
-            services[name] = OrderStateService(park_timeout=settings.park_timeout,
-                                               default_currency=settings.default_currency)
-        elif name == registry.INVENTORY.name:
-            caller = BestEffortCaller(metrics.rpc_calls, timeout=settings.rpc_timeout,
-                                      max_in_flight=settings.rpc_max_in_flight)
-            inventory = InventoryService(caller, search_url=settings.search_url, decision_ttl=settings.dedup_ttl,
-                                         default_currency=settings.default_currency)
-            closers.append(inventory.close)
-            services[name] = inventory
-    return services, closers
-
-
-def check_kafka_access_first(app: faust.App, settings: WorkerSettings) -> None:
+def check_kafka_access_first(app: WorkerApp, settings: WorkerSettings) -> None:
     """Before the worker's first Kafka client: credentials the broker refuses end it
     with one line (streams.kafka_connection), exit 1, instead of a traceback."""
     first_start = app.on_first_start
@@ -94,15 +64,31 @@ def check_kafka_access_first(app: faust.App, settings: WorkerSettings) -> None:
     app.on_first_start = on_first_start  # type: ignore[method-assign]
 
 
-def create_app(settings: WorkerSettings) -> faust.App:
+def create_app(settings: WorkerSettings) -> WorkerApp:
     read_any_header_key()  # every reader of this process: worker, dlq, console
+    app = new_app(settings)
+    worker = build_worker(app, settings)
+    check_kafka_access_first(app, settings)
+    observe(app, worker)
+    register_web(app, worker)
+    register_console(app, worker)  # after the web's routes and auth middleware
+    from streams.ops.commands import register_commands
+
+    register_commands(app, settings)
+    app.worker = worker
+    return app
+
+
+def new_app(settings: WorkerSettings) -> WorkerApp:
+    """The Faust app with the worker's settings (nothing registered on it yet)."""
     partitions = settings.topic_partitions
-    app = faust.App(
+    return WorkerApp(
         APP_ID,
         broker=settings.broker_urls,
         # Faust's RocksDB store plus the engine's index entries for what Faust applies
         # itself (streams.faust.compat.EngineStore, a ``faust.stores`` entry point).
         store="engine://",
+        Table=EngineTable,  # a table that carries its values' Indexer (streams.engine.ports)
         # no fixed 1 s sleep before the tables register; topics declared at once (start-up)
         TableManager=EngineTableManager,
         datadir=str(settings.data_dir),
@@ -134,10 +120,17 @@ def create_app(settings: WorkerSettings) -> faust.App:
         broker_credentials=settings.faust_credentials(),
         logging_config=build_config(settings.log_format, settings.log_level, "worker", loggers=WORKER_QUIET),
     )
+
+
+def build_worker(app: WorkerApp, settings: WorkerSettings) -> Worker:
+    """The services of ``SERVICES`` (a loop over the registry), their tables, the engine
+    (pipelines, driver, publisher, store), bulk recovery and the engine's consumer."""
+    partitions = settings.topic_partitions
     metrics = Metrics()
     health = Health(broker_loss_timeout=settings.broker_loss_timeout)
-    services, closers = build_services(settings, metrics)
-    specs = [registry.service(name) for name in services]
+    ctx = registry.BuildContext(settings, metrics)
+    services = {name: registry.registration(name).build(ctx) for name in settings.services}
+    specs = [service.spec for service in services.values()]
     tables = {name: define_table(app, name, partitions, durability_config(settings))
               for spec in specs for name in spec.tables}
     publisher = KafkaPublisher(app, max_message_bytes=settings.max_message_bytes)
@@ -153,9 +146,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
     ]
     driver = Driver(pipelines, batch_size=settings.batch_size, health=health, clock=clock,
                     maintenance_interval=settings.maintenance_interval, publisher=publisher)
-    indexers = index_builders(services, pipelines)
+    indexers = {name: indexer for pipeline in pipelines for name, indexer in pipeline.indexers().items()}
     for name, indexer in indexers.items():
-        tables[name].engine_indexer = indexer
+        tables[name].indexer = indexer  # Faust's own replay and standbys derive them too
     progress = Progress()
     loader = BulkLoader(tables, bootstrap=settings.bootstrap,
                         client_kwargs=settings.aiokafka_kwargs(), indexers=indexers, progress=progress,
@@ -164,15 +157,19 @@ def create_app(settings: WorkerSettings) -> faust.App:
     app.transport.Producer = EngineProducer  # declares each topic once per process (start-up)
     app.transport.Consumer = engine_consumer_class(
         driver, fetch_max_wait=settings.fetch_max_wait,
-        # unset: the broker is asked (faust_compat.list_offsets_may_be_short)
+        # unset: the broker is asked (streams.faust.compat.list_offsets_may_be_short)
         end_offsets_from_fetch=(settings.end_offsets_from_fetch
                                 if "end_offsets_from_fetch" in settings.model_fields_set else None),
         empty_wait=settings.send_budget / 2, loader=loader,
     )
     declare_topics(app, specs, policy, settings)
-    worker = Worker(app, settings, metrics, health, driver, store, services, tables, progress, closers)
+    return Worker(app, settings, metrics, health, driver, store, services, tables, progress, ctx.closers)
 
-    check_kafka_access_first(app, settings)
+
+def observe(app: WorkerApp, worker: Worker) -> None:
+    """The worker's background tasks (the broker watch, the start-up line), its metrics'
+    sources, and its clients closed at shutdown."""
+    settings, metrics, driver = worker.settings, worker.metrics, worker.driver
 
     @app.task
     async def announce() -> None:
@@ -182,7 +179,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
     @app.task
     async def watch_broker_round_trips() -> None:
         """/health: 503 after BROKER_LOSS_TIMEOUT without an answer from the broker."""
-        await watch_broker(health, lambda: broker_round_trip(app))
+        await watch_broker(worker.health, lambda: broker_round_trip(app))
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:
@@ -190,45 +187,12 @@ def create_app(settings: WorkerSettings) -> faust.App:
             await close()
 
     metrics.consumer_lag.source = lambda: consumer_lag(app)
-    metrics.recovery_remaining.source = progress.rows
+    metrics.recovery_remaining.source = worker.recovery.rows
     metrics.seek_backs.source = lambda: sorted(driver.seek_backs.items())
     metrics.rerouted.source = lambda: sorted(driver.rerouted.items())
-    for spec in specs:
-        metrics.oldest_retry_age.labels(spec.name).set_function(
-            lambda name=spec.name: retry_age(driver.oldest_waiting_ms(name)))
-    register_web(app, worker)
-    register_console(app, worker)  # after the web's routes and auth middleware
-    from streams.ops.commands import register_commands
-
-    register_commands(app, settings)
-    app.worker_parts = worker  # type: ignore[attr-defined]
-    return app
-
-
-def index_builders(services: dict[str, Any], pipelines: list[Pipeline]) -> dict[str, Any]:
-    """Table → the function that derives its local index entries from a value (for
-    the bulk loader and the store: recovery rebuilds what the changelog lacks)."""
-    out: dict[str, Any] = {}
-    for pipeline in pipelines:
-        if pipeline.service.dedup_table:
-            indexer = pipeline.dedup_index
-            out[pipeline.service.dedup_table] = _with_many(indexer, pipeline.dedup_index_many)
-    order_state = services.get(registry.ORDER_STATE.name)
-    if order_state is not None:
-        out["order-state"] = order_state.index_entries
-    inventory = services.get(registry.INVENTORY.name)
-    if inventory is not None:
-        out["inventory-stock"] = out["inventory-orders"] = inventory.index_entries
-    return out
-
-
-def _with_many(indexer: Any, many: Any) -> Any:
-    """An indexer the bulk loader can call once per fetch (``indexer.many(records)``)."""
-    def index(key: bytes, value: bytes) -> Any:
-        return indexer(key, value)
-
-    index.many = many  # type: ignore[attr-defined]
-    return index
+    for name in worker.services:
+        metrics.oldest_retry_age.labels(name).set_function(
+            lambda name=name: retry_age(driver.oldest_waiting_ms(name)))
 
 
 def define_table(app: Any, name: str, partitions: int, topic_config: dict[str, str] | None = None) -> Any:

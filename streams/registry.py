@@ -1,5 +1,6 @@
-"""Every consuming service, in one list: its name, source topics, tables, retry and
-DLQ topics.
+"""Every consuming service, in one list: what it reads, remembers and writes (its
+:class:`~streams.engine.topology.ServiceSpec`, declared beside its logic in ``agents/``)
+and how the worker builds it.
 
 The composition root (``streams/assembly.py``), settings validation (``SERVICES``),
 metrics labels, the ``dlq`` commands, the console and ``reconcile`` all read this module;
@@ -13,54 +14,85 @@ among them, never add to them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agents import inventory, notifications, order_state
+from agents.notifier import make_notifier
+from agents.rpc import BestEffortCaller
 from streams.engine.topology import ServiceSpec, dlq_topic, ledger_topic, retry_topic  # noqa: F401
-from streams.events import (
-    InventoryRejected, InventoryReserved, NotificationSent, OrderCancelled, OrderCreated, OrderCreatedV2, OrderPaid,
-)
 
-#: Internal topics of the inventory service (the repartition by SKU, answers by order).
-INVENTORY_REQUESTS = "inventory.requests"
-INVENTORY_ANSWERS = "inventory.answers"
+if TYPE_CHECKING:
+    from streams.metrics import Metrics
+    from streams.settings import WorkerSettings
+
+NOTIFICATIONS = notifications.SPEC
+ORDER_STATE = order_state.SPEC
+INVENTORY = inventory.SPEC
+INVENTORY_REQUESTS = inventory.INVENTORY_REQUESTS
+INVENTORY_ANSWERS = inventory.INVENTORY_ANSWERS
 
 
-NOTIFICATIONS = ServiceSpec(
-    name="notifications",
-    sources=(OrderPaid.topic(),),
-    tables=("notifications-dedup",),
-    derived=(NotificationSent.topic(),),
-    description="OrderPaid → SMS gateway → NotificationSent, deduplicated by order id",
-)
+@dataclass
+class BuildContext:
+    """What a service is built from: the worker's settings and metrics; a client it opens
+    adds its ``close`` to ``closers`` (run when the worker stops)."""
 
-ORDER_STATE = ServiceSpec(
-    name="order-state",
-    sources=tuple(t.topic() for t in (
-        OrderCreated, OrderCreatedV2, OrderPaid, OrderCancelled, NotificationSent, InventoryReserved,
-        InventoryRejected,
-    )),
-    tables=("order-state",),
-    description="the order lifecycle state machine (GET /orders/{id})",
-)
+    settings: WorkerSettings
+    metrics: Metrics
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-INVENTORY = ServiceSpec(
-    name="inventory",
-    # every version of OrderCreated (consumers read each as the newest; see streams.events)
-    sources=(OrderCreated.topic(), OrderCreatedV2.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
-    tables=("inventory-stock", "inventory-orders"),
-    derived=(InventoryReserved.topic(), InventoryRejected.topic(), INVENTORY_REQUESTS, INVENTORY_ANSWERS),
-    description="OrderCreated → stock per SKU → InventoryReserved | InventoryRejected",
-)
+
+@dataclass(frozen=True)
+class Registration:
+    """A consuming service of the worker: its spec and how it is built."""
+
+    spec: ServiceSpec
+    build: Callable[[BuildContext], Any]
+
+
+def _notifications(ctx: BuildContext) -> notifications.NotificationsService:
+    s = ctx.settings
+    notifier = make_notifier(s.notifier_url, s.notifier_timeout, f"order-streams worker {s.web_url}")
+    ctx.closers.append(notifier.close)
+    return notifications.NotificationsService(notifier, concurrency=s.handler_concurrency)
+
+
+def _order_state(ctx: BuildContext) -> order_state.OrderStateService:
+    return order_state.OrderStateService(park_timeout=ctx.settings.park_timeout,
+                                         default_currency=ctx.settings.default_currency)
+
+
+def _inventory(ctx: BuildContext) -> inventory.InventoryService:
+    s = ctx.settings
+    caller = BestEffortCaller(ctx.metrics.rpc_calls, timeout=s.rpc_timeout, max_in_flight=s.rpc_max_in_flight)
+    service = inventory.InventoryService(caller, search_url=s.search_url, decision_ttl=s.dedup_ttl,
+                                         default_currency=s.default_currency)
+    ctx.closers.append(service.close)
+    return service
+
 
 #: Every consuming service, in wiring order.
-SERVICES: tuple[ServiceSpec, ...] = (NOTIFICATIONS, ORDER_STATE, INVENTORY)
+REGISTRATIONS: tuple[Registration, ...] = (
+    Registration(NOTIFICATIONS, _notifications),
+    Registration(ORDER_STATE, _order_state),
+    Registration(INVENTORY, _inventory),
+)
+SERVICES: tuple[ServiceSpec, ...] = tuple(r.spec for r in REGISTRATIONS)
 SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
-_BY_NAME = {s.name: s for s in SERVICES}
+_BY_NAME = {r.spec.name: r for r in REGISTRATIONS}
 
 
-def service(name: str) -> ServiceSpec:
+def registration(name: str) -> Registration:
     try:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}") from None
+
+
+def service(name: str) -> ServiceSpec:
+    return registration(name).spec
 
 
 def service_of_dlq(topic: str) -> ServiceSpec | None:

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import faust
+
 from streams.engine.health import Health
 from streams.engine.position import Driver
 from streams.faust.compat import read_offset
@@ -62,3 +64,10 @@ def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
 def retry_age(failed_at_ms: int | None) -> float:
     """Seconds since the oldest waiting retry failed (0 when none waits)."""
     return max(0.0, time.time() - failed_at_ms / 1000) if failed_at_ms is not None else 0.0
+
+
+class WorkerApp(faust.App):  # type: ignore[misc]
+    """The Faust app of a worker (``streams.app``), with what the composition root built
+    for it (:func:`streams.assembly.create_app` sets ``worker`` before returning)."""
+
+    worker: Worker

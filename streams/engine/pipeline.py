@@ -47,7 +47,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
@@ -56,7 +56,7 @@ from streams.engine import routing
 from streams.engine.delivery import deliver
 from streams.engine.errors import DecodeError, StreamsError, TooLarge, TransientError, classify
 from streams.engine.health import Health
-from streams.engine.ports import INDEX_PREFIX, BatchState, Publisher, StateStore, Transaction
+from streams.engine.ports import INDEX_PREFIX, BatchState, Indexer, Publisher, StateStore, Transaction
 from streams.engine.records import Outgoing, Record
 from streams.engine.streamtime import STREAM_TIME_KEY, StreamTime
 from streams.engine.topology import ServiceSpec, dlq_topic
@@ -134,6 +134,10 @@ class Service(Protocol):
 
     async def maintain(self, batch: "Batch", partitions: Sequence[int]) -> None:
         """Periodic work on owned partitions (timeouts, expiry), found by time index."""
+
+    def indexers(self) -> Mapping[str, Indexer]:
+        """How each of the service's own tables (not the dedup table) derives its local
+        index entries; recovery rebuilds them with it."""
 
 
 class Batch:
@@ -251,6 +255,14 @@ class Pipeline:
             raise Superseded(f"{self.spec.name}: partitions changed hands during a batch")
         await self._flush(batch)  # 5
         return self._observe(items, batch, started)
+
+    def indexers(self) -> dict[str, Indexer]:
+        """Every table of this pipeline's service → how its index entries derive from its
+        values: the dedup table's from here, the service's own tables' from the service."""
+        out = dict(self.service.indexers())
+        if self.service.dedup_table:
+            out[self.service.dedup_table] = Indexer(self.dedup_index, self.dedup_index_many)
+        return out
 
     def dedup_index_many(self, records: Sequence[Any]) -> list[bytes]:
         """:meth:`dedup_index` of a whole fetch of changelog records (``.key``, ``.value``)."""

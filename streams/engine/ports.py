@@ -12,8 +12,9 @@ tests/unit/test_state_store_contract.py.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from streams.engine.errors import TooLarge
 from streams.engine.records import Ack, Outgoing
@@ -81,6 +82,27 @@ class StateStore(abc.ABC):
 #: Time-index keys: ``INDEX_PREFIX + due time (8 bytes, big-endian ms) + key``. Ids are
 #: validated to start with a letter or digit, so no user key starts with ``\x00``.
 INDEX_PREFIX = b"\x00t"
+
+
+@dataclass(frozen=True)
+class Indexer:
+    """How a table's local index entries (:data:`INDEX_PREFIX` keys) derive from its values.
+
+    Index entries are written beside each value and never to the changelog, so whatever
+    rebuilds a table from its changelog (the bulk loader, Faust's own replay, a standby)
+    derives them again with this: ``one(key, value)`` per record, or ``many(records)`` for
+    a whole fetch of changelog records (``.key``, ``.value``; tombstones skipped) at once."""
+
+    one: Callable[[bytes, bytes], Iterable[bytes]]
+    many: Callable[[Sequence[Any]], Iterable[bytes]] | None = None
+
+    def __call__(self, key: bytes, value: bytes) -> Iterable[bytes]:
+        return self.one(key, value)
+
+    def of_records(self, records: Sequence[Any]) -> Iterable[bytes]:
+        if self.many is not None:
+            return self.many(records)
+        return [i for r in records if r.value is not None for i in self.one(r.key, r.value)]
 
 
 def index_key(at_ms: int, key: bytes) -> bytes:

@@ -141,7 +141,7 @@ def _engine_store_class() -> type:
         def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
             events = list(batch)
             super().apply_changelog_batch(events, to_key, to_value)
-            indexer = getattr(self.table, "engine_indexer", None)
+            indexer = getattr(self.table, "indexer", None)  # an EngineTable's (streams.faust.stores)
             if indexer is None:
                 return
             batches: dict[int, Any] = {}

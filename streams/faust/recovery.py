@@ -7,7 +7,7 @@ each partition from its persisted offset to that end:
 
 1. large fetches of a plain aiokafka consumer (no group, no per-record events);
 2. per fetch and partition, one RocksDB write batch: puts, tombstone deletes, the
-   engine's derived index entries (each rebuilt from its table's values) and
+   engine's derived index entries (each table's :class:`~streams.engine.ports.Indexer`) and
    the persisted offset of the last record — atomic, so a crash mid-way resumes
    from exactly there;
 3. Faust's recovery offsets moved to the end, so it has nothing left to replay.
@@ -36,20 +36,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.engine.ports import INDEX_PREFIX
+from streams.engine.ports import INDEX_PREFIX, Indexer
 from streams.faust.compat import changelog_topic, offset_key, partition_db
 
 log = logging.getLogger(__name__)
 
-#: key, value → index keys derived from the value (written locally beside it)
-Indexer = Callable[[bytes, bytes], Iterable[bytes]]
 WIPE_END = b"\xff" * 256
 LOG_EVERY = 5.0
 
@@ -184,15 +182,8 @@ class BulkLoader:
             else:
                 put(r.key, value)
         if indexer is not None:
-            many = getattr(indexer, "many", None)
-            if many is not None:  # the index of a whole fetch at once (no call per record)
-                for index in many(records):
-                    put(index, b"1")
-            else:
-                for r in records:
-                    if r.value is not None:
-                        for index in indexer(r.key, r.value):
-                            put(index, b"1")
+            for index in indexer.of_records(records):  # a whole fetch at once where it can
+                put(index, b"1")
             # An index entry's tombstone always follows the value it was derived from:
             # one derived above from an older value of this fetch stays deleted (a
             # parked event applied, then unscheduled, came back after a wiped-dir recovery).

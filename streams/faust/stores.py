@@ -29,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import rocksdict
+from faust.tables import Table
 
 from streams.engine.delivery import gather_acks
-from streams.engine.ports import Publisher, StateStore, Writes
+from streams.engine.ports import Indexer, Publisher, StateStore, Writes
 from streams.faust.compat import changelog_topic, offset_key, partition_db, reopen_partition_db
 
 
@@ -112,3 +113,11 @@ class TableStore(RdictStore):
                 raise StateWriteFailed(f"local state {w.table}[{w.partition}] in DATA_DIR could not be written "
                                        f"({exc}); it is written again with a fresh handle") from exc
 
+
+
+class EngineTable(Table):  # type: ignore[misc]
+    """A Faust table (``faust.App(Table=EngineTable)``) that carries how the engine derives
+    its local index entries from its values; :class:`~streams.faust.compat.EngineStore`
+    writes them for every changelog record Faust applies itself. None: no index."""
+
+    indexer: Indexer | None = None

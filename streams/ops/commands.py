@@ -540,10 +540,11 @@ def register_schema_commands(app: Any) -> None:
         """Write schemas/<domain>.<event>.v<N>.json and docs/asyncapi.json from the models (commit them)."""
         from pathlib import Path
 
-        from streams.events import schemas
+        from streams.events.schemas import ROOT
+        from streams.ops.asyncapi import export
 
-        written = schemas.export(Path(root) if root else schemas.ROOT)
-        self.say(f"{len(written)} files written under {Path(root) if root else schemas.ROOT}")
+        written = export(Path(root) if root else ROOT)
+        self.say(f"{len(written)} files written under {Path(root) if root else ROOT}")
 
 
 class _RedriveOutput:

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
-from streams.events import schemas
+from streams.ops import asyncapi
 from streams.events import InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2
 from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS
 from harness.kafka import produce, read_topic, wait_consumed
@@ -69,7 +69,7 @@ async def test_v1_only_v2_only_and_one_order_on_both_topics_are_each_handled_onc
         assert "events." + ce.get_type() == r.topic and ce.get_dataschema() == f"schemas/{ce.get_type()}.json"
 
     status, doc = await asyncio.to_thread(http_get, f"{worker.url}/asyncapi.json")
-    assert status == 200 and doc == schemas.ASYNCAPI_PATH.read_bytes()  # the worker serves the committed document
+    assert status == 200 and doc == asyncapi.ASYNCAPI_PATH.read_bytes()  # the worker serves the committed document
 
     status, body = await asyncio.to_thread(http_get, f"{worker.url}/orders/{both}")
     assert status == 200

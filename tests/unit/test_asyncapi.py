@@ -15,14 +15,15 @@ import pytest
 from streams import registry
 
 from streams.events import schemas
+from streams.ops import asyncapi
 from streams.events import EVENT_TYPES, ce_type
 
 
 def test_the_committed_document_is_what_export_writes():
-    assert schemas.ASYNCAPI_PATH.read_text(encoding="utf-8") == schemas.dumps(schemas.asyncapi()), (
+    assert asyncapi.ASYNCAPI_PATH.read_text(encoding="utf-8") == schemas.dumps(asyncapi.asyncapi()), (
         "docs/asyncapi.json is not what the registry and models generate: "
         "run `faust -A streams schema export` and commit the result")
-    assert schemas.asyncapi_bytes() == schemas.ASYNCAPI_PATH.read_bytes()  # what /asyncapi.json serves
+    assert asyncapi.asyncapi_bytes() == asyncapi.ASYNCAPI_PATH.read_bytes()  # what /asyncapi.json serves
 
 
 def test_the_export_command_writes_schemas_and_the_document(tmp_path):
@@ -31,13 +32,13 @@ def test_the_export_command_writes_schemas_and_the_document(tmp_path):
                             env={**os.environ, "DATA_DIR": str(tmp_path / "data")})
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{len(EVENT_TYPES) + 1} files written under {tmp_path}\n"
-    assert (tmp_path / "docs" / "asyncapi.json").read_bytes() == schemas.ASYNCAPI_PATH.read_bytes()
+    assert (tmp_path / "docs" / "asyncapi.json").read_bytes() == asyncapi.ASYNCAPI_PATH.read_bytes()
     for t in EVENT_TYPES:
         assert (tmp_path / schemas.schema_path(t)).read_bytes() == (schemas.ROOT / schemas.schema_path(t)).read_bytes()
 
 
 def test_every_topic_of_every_service_is_a_channel_with_its_messages():
-    doc = schemas.asyncapi()
+    doc = asyncapi.asyncapi()
     addresses = {c["address"]: c for c in doc["channels"].values()}
     for spec in registry.SERVICES:
         for topic in (*spec.sources, *spec.derived, spec.dlq, spec.ledger, f"{spec.name}.retry.{{tier}}"):
@@ -51,4 +52,3 @@ def test_every_topic_of_every_service_is_a_channel_with_its_messages():
         assert set(message["payload"]["required"]) == set(schemas.schema_of(t)["required"])
     reasons = doc["components"]["messages"]["DeadLetter"]["headers"]["properties"]["x-dlq-reason"]["enum"]
     assert "unknown_version" in reasons
-

@@ -14,6 +14,7 @@ import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from streams.faust import compat as faust_compat
+from streams.engine.ports import Indexer
 from streams.engine.records import TP
 from streams.engine.keys import key_partition, murmur2
 from streams.settings import WorkerSettings
@@ -79,7 +80,7 @@ def test_the_engine_store_is_faust_s_rocksdb_store_found_by_its_entry_point(app:
 
     assert faust.stores.by_name("engine") is faust_compat.EngineStore
     assert issubclass(faust_compat.EngineStore, Store)
-    table = app.worker_parts.tables["order-state"]
+    table = app.worker.tables["order-state"]
     assert isinstance(table.data, faust_compat.EngineStore)
     db = faust_compat.partition_db(table, 1)
     db.put(b"k", b"v")
@@ -90,8 +91,8 @@ def test_the_engine_store_is_faust_s_rocksdb_store_found_by_its_entry_point(app:
 
 
 def test_engine_store_writes_index_entries_for_what_faust_applies(app: Any) -> None:
-    table = app.worker_parts.tables["order-state"]
-    table.engine_indexer = lambda key, value: [b"\x00t" + key]
+    table = app.worker.tables["order-state"]
+    table.indexer = Indexer(lambda key, value: [b"\x00t" + key])
 
     class Message:
         def __init__(self, key: bytes, value: bytes | None, offset: int) -> None:
@@ -217,7 +218,7 @@ def test_reopen_partition_db_closes_the_handle_and_faust_opens_a_fresh_one_with_
     """A full disk leaves a RocksDB handle failing every write for good; the store
     closes it and Faust's ``_db_for_partition`` opens a new one (the lock released,
     what was written before still there)."""
-    table = app.worker_parts.tables["order-state"]
+    table = app.worker.tables["order-state"]
     old = faust_compat.partition_db(table, 2)
     old.put(b"k", b"v")
     faust_compat.reopen_partition_db(table, 2)

@@ -21,7 +21,7 @@ def test_an_index_entry_tombstoned_after_its_value_stays_deleted(tmp_path) -> No
                             data=SimpleNamespace(offset_key=b"__faust\x00offset__", _db_for_partition=lambda p: db))
     service = OrderStateService(park_timeout=1)
     loader = BulkLoader({"order-state": table}, bootstrap="", client_kwargs={},
-                        indexers={"order-state": service.index_entries}, progress=Progress(),
+                        indexers=service.indexers(), progress=Progress(),
                         max_fetch_bytes=1 << 20, budget=1.0)
     parked = (b'{"order_id":"o-1","status":"NEW","reservation":"PENDING","version":0,"history":[],'
               b'"parked":{"OrderPaid":{"id":"e","at":null,"t":"x","p":0,"o":0,"ts":1,"v":"{}","since":1000}}}')

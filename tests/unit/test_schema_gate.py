@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from streams.events import schemas
+from streams.ops.asyncapi import export
 from streams.events import (
     EVENT_TYPES, UPCASTERS, Amount, Event, Id, NotificationSent, OrderPaid, OrderCancelled, chain_gaps,
 )
@@ -34,7 +35,7 @@ def test_the_gate_passes_on_the_committed_schemas():
 
 
 def test_exporter_writes_the_committed_files(tmp_path):
-    written = [p.relative_to(tmp_path) for p in schemas.export(tmp_path)]
+    written = [p.relative_to(tmp_path) for p in export(tmp_path)]
     assert sorted(p.name for p in written if p.parent.name == "schemas") == \
         sorted(p.name for p in schemas.SCHEMA_DIR.glob("*.json"))
     assert Path("docs/asyncapi.json") in written

@@ -23,7 +23,7 @@ def app(tmp_path: Path) -> Any:
 
 def test_the_worker_s_table_manager_is_the_engine_s(app: Any) -> None:
     assert isinstance(app.tables, faust_compat.EngineTableManager)
-    assert set(app.tables) == set(app.worker_parts.tables)  # every table defined while the app is built
+    assert set(app.tables) == set(app.worker.tables)  # every table defined while the app is built
 
 
 async def test_tables_register_without_a_fixed_sleep_after_every_topic_was_declared_at_once(
@@ -99,7 +99,7 @@ def test_revoking_nothing_skips_faust_s_full_collection(app: Any, monkeypatch: p
 
     collections: list[int] = []
     monkeypatch.setattr(rocksdb_store.gc, "collect", lambda *a: collections.append(1) or 0)
-    table = app.worker_parts.tables["order-state"]
+    table = app.worker.tables["order-state"]
     topic = faust_compat.changelog_topic(table)
     from faust.types import TP as FaustTP
 
@@ -115,7 +115,7 @@ async def test_a_read_while_a_thread_opens_the_partition_gets_that_handle_not_a_
     """The hazard of opening handles in threads: RocksDB locks a partition's directory,
     so a second open of it (a web read during the rebalance) fails while the thread
     holds it. The read waits for the thread and gets its handle."""
-    table = app.worker_parts.tables["order-state"]
+    table = app.worker.tables["order-state"]
     store = table.data
     real_open = store._open_for_partition
     opened, proceed = threading.Event(), threading.Event()

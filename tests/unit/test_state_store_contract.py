@@ -167,7 +167,7 @@ class TestTableStore(StateStoreContract):
         from streams.assembly import create_app
 
         app = create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
-        self.tables: dict[str, Any] = dict(app.worker_parts.tables)
+        self.tables: dict[str, Any] = dict(app.worker.tables)
         return TableStore(self.tables, publisher, max_value_bytes=256 * 1024)
 
     def changelog(self, store: StateStore, table: str) -> str:

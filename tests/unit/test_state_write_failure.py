@@ -45,7 +45,7 @@ async def test_a_partition_that_failed_a_write_is_written_again_through_a_fresh_
     from streams.assembly import create_app
 
     app = create_app(WorkerSettings(data_dir=tmp_path, kafka_broker="kafka://127.0.0.1:1"))
-    tables = dict(app.worker_parts.tables)
+    tables = dict(app.worker.tables)
     store = TableStore(tables, FakePublisher(), max_value_bytes=256 * 1024)
     await store.write([Writes(TABLE, 1, {}, {b"before": b"1"})])
     stuck = StuckHandle(partition_db(tables[TABLE], 1))
