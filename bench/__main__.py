@@ -133,6 +133,8 @@ async def run_brokers(sizes: Sizes, quick: bool, repeat: int, only: set[str], br
 
 
 async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dict[str, Any]:
+    """Every measurement in ``only`` on the current broker (``common.BROKER``): the paired
+    ones ``repeat`` times (:func:`run_round`), then the others once (:func:`run_unpaired`)."""
     work = Path(tempfile.mkdtemp(prefix="order-streams-bench-"))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -141,85 +143,128 @@ async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dic
         "pairs": {}, "errors": {}, "broker": common.BROKER,
     }
     log(f"bench: {'QUICK' if quick else 'full'} sizes, repeat {repeat}; logs under {work}")
-    kstreams_ready = False
-    if "kstreams" in only and common.BROKER == "kafka":
-        from bench import kstreams
+    kstreams_ready = await prepare_kstreams(results, only)
+    quix_python = await prepare_quix(results, only)
+    t_start = time.perf_counter()
+    for r in range(repeat):
+        await run_round(results, sizes, r, repeat, only, work, kstreams_ready=kstreams_ready, quix_python=quix_python)
+    await run_unpaired(results, sizes, quick, repeat, only, work)
+    results["seconds"] = time.perf_counter() - t_start
+    results["summary"] = summarize(results)
+    return results
 
-        log("Kafka Streams reference: building bench/kafka-streams (Maven, first use only) …")
-        kstreams_ready, why = await asyncio.to_thread(kstreams.build)
-        results["kstreams_status"] = {"available": kstreams_ready, "reason": why}
-        if why:
-            log(f"  Kafka Streams not available: {why}")
+
+async def prepare_kstreams(results: dict[str, Any], only: set[str]) -> bool:
+    """Whether the Kafka Streams reference can run (built with Maven on first use; Kafka only)."""
+    if not ("kstreams" in only and common.BROKER == "kafka"):
+        return False
+    from bench import kstreams
+
+    log("Kafka Streams reference: building bench/kafka-streams (Maven, first use only) …")
+    kstreams_ready, why = await asyncio.to_thread(kstreams.build)
+    results["kstreams_status"] = {"available": kstreams_ready, "reason": why}
+    if why:
+        log(f"  Kafka Streams not available: {why}")
+    return kstreams_ready
+
+
+async def prepare_quix(results: dict[str, Any], only: set[str]) -> Any:
+    """The Python of Quix Streams' own venv (made on first use), or None."""
+    if "quix" not in only:
+        return None
+    from bench.quix import quix_python as find
+
+    log("Quix Streams: its own venv …")
+    quix_python, why = await asyncio.to_thread(find)
+    results["quix_status"] = {"available": quix_python is not None, "reason": why}
+    if why:
+        log(f"  Quix not available: {why}")
+    return quix_python
+
+
+async def run_round(results: dict[str, Any], sizes: Sizes, r: int, repeat: int, only: set[str], work: Path, *,
+                    kstreams_ready: bool, quix_python: Any) -> None:
+    """Round ``r`` of the paired measurements, each worker run beside a bare loop."""
     n, distinct = sizes.flood_events, sizes.flood_distinct
 
     def bare() -> Any:
         return pairs.bare(n, distinct)
 
-    quix_python = None
-    if "quix" in only:
-        from bench.quix import quix_python as find
+    if "headline" in only:
+        log(f"[{r + 1}/{repeat}] headline: whole worker, default SERVICES, {sizes.orders:,} orders, full lifecycle")
+        got = await paired(results, "headline", r, lambda: pairs.lifecycle(sizes.orders, work), bare)
+        results["pairs"].setdefault("headline", []).append(got)
+    if "paid" in only:
+        log(f"[{r + 1}/{repeat}] OrderPaid flood, default SERVICES ({n:,} over {distinct:,} ids)")
+        got = await paired(results, "paid", r,
+                           lambda: pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work), bare)
+        results["pairs"].setdefault("paid", []).append(got)
+    if "paid-notifications" in only or "quix" in only or "kstreams" in only:
+        log(f"[{r + 1}/{repeat}] OrderPaid flood, SERVICES=notifications"
+            + (" (+ Quix Streams)" if quix_python else "") + (" (+ Kafka Streams)" if kstreams_ready else ""))
+        got = await paired(results, "paid-notifications", r,
+                           lambda: pairs.paid_flood(n, distinct, "notifications", work, name="paid-n"), bare)
+        if got and kstreams_ready:
+            await add_kstreams(results, got, r, n, distinct)
+        if got and quix_python:
+            await add_quix(results, got, r, n, distinct, quix_python)
+        results["pairs"].setdefault("paid-notifications", []).append(got)
+    if "parked" in only:
+        await parked_round(results, sizes, r, repeat, work, bare)
+    if "relay" in only:
+        log(f"[{r + 1}/{repeat}] P3 outbox relay vs raw producer ({sizes.relay_rows:,} rows)")
+        results.setdefault("relay", []).append(await guarded(results, f"relay[{r}]",
+                                                             pairs.relay(sizes.relay_rows, work)))
 
-        log("Quix Streams: its own venv …")
-        quix_python, why = await asyncio.to_thread(find)
-        results["quix_status"] = {"available": quix_python is not None, "reason": why}
-        if why:
-            log(f"  Quix not available: {why}")
 
-    t_start = time.perf_counter()
-    for r in range(repeat):
-        if "headline" in only:
-            log(f"[{r + 1}/{repeat}] headline: whole worker, default SERVICES, {sizes.orders:,} orders, full lifecycle")
-            got = await paired(results, "headline", r, lambda: pairs.lifecycle(sizes.orders, work), bare)
-            results["pairs"].setdefault("headline", []).append(got)
-        if "paid" in only:
-            log(f"[{r + 1}/{repeat}] OrderPaid flood, default SERVICES ({n:,} over {distinct:,} ids)")
-            got = await paired(results, "paid", r,
-                               lambda: pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work), bare)
-            results["pairs"].setdefault("paid", []).append(got)
-        if "paid-notifications" in only or "quix" in only or "kstreams" in only:
-            log(f"[{r + 1}/{repeat}] OrderPaid flood, SERVICES=notifications"
-                + (" (+ Quix Streams)" if quix_python else "") + (" (+ Kafka Streams)" if kstreams_ready else ""))
-            got = await paired(results, "paid-notifications", r,
-                               lambda: pairs.paid_flood(n, distinct, "notifications", work, name="paid-n"), bare)
-            if got and kstreams_ready:
-                from bench import kstreams
+async def add_kstreams(results: dict[str, Any], got: dict[str, Any], r: int, n: int, distinct: int) -> None:
+    """Kafka Streams on the same flood, both guarantees, beside the notifications pair ``got``."""
+    from bench import kstreams
 
-                for guarantee in ("at_least_once", "exactly_once_v2"):
-                    k = await guarded(results, f"kstreams {guarantee}[{r}]", kstreams.run(n, distinct, guarantee))
-                    if k:
-                        got[f"kstreams_{guarantee}"] = k
-                        got[f"worker_over_kstreams_{guarantee}"] = got["worker"]["per_s"] / k["events_per_s"]
-                        got[f"kstreams_{guarantee}_over_bare"] = k["events_per_s"] / got["bare"]["events_per_s"]
-            if got and quix_python:
-                q = await guarded(results, f"quix[{r}]", pairs.quix(n, distinct, quix_python))
-                if q:
-                    got["quix"] = q
-                    got["worker_over_quix"] = got["worker"]["per_s"] / q["events_per_s"]
-                    got["quix_over_bare"] = q["events_per_s"] / got["bare"]["events_per_s"]
-            results["pairs"].setdefault("paid-notifications", []).append(got)
-        if "parked" in only:
-            log(f"[{r + 1}/{repeat}] parked flood: {sizes.parked:,} OrderPaid, no OrderCreated "
-                f"(PARK_TIMEOUT {sizes.park_timeout:g}s{' + the DLQ check' if r == 0 else ''})")
-            p = sizes.parked
-            check = pairs.dlq_check(p, sizes.park_timeout) if r == 0 else None
-            env = {"park_timeout": str(sizes.park_timeout)}
-            on = await paired(results, "parked-default", r,
-                              lambda: pairs.paid_flood(p, p, pairs.DEFAULT_SERVICES, work, env=env, after=check,
-                                                       name="parked-all"), bare)
-            off = await paired(results, "parked-off", r,
-                               lambda: pairs.paid_flood(p, p, "notifications,inventory", work, env=env,
-                                                        name="parked-off"), bare, flip=True)
-            got = None
-            if on and off:
-                got = {"default": on, "off": off, "raw_ratio": on["worker"]["per_s"] / off["worker"]["per_s"],
-                       "ratio": on["ratio"] / off["ratio"]}
-            results["pairs"].setdefault("parked", []).append(got)
-            if r == 0 and on and "dlq" in on["worker"]:
-                results["parked_dlq"] = on["worker"]["dlq"]
-        if "relay" in only:
-            log(f"[{r + 1}/{repeat}] P3 outbox relay vs raw producer ({sizes.relay_rows:,} rows)")
-            results.setdefault("relay", []).append(await guarded(results, f"relay[{r}]",
-                                                                 pairs.relay(sizes.relay_rows, work)))
+    for guarantee in ("at_least_once", "exactly_once_v2"):
+        k = await guarded(results, f"kstreams {guarantee}[{r}]", kstreams.run(n, distinct, guarantee))
+        if k:
+            got[f"kstreams_{guarantee}"] = k
+            got[f"worker_over_kstreams_{guarantee}"] = got["worker"]["per_s"] / k["events_per_s"]
+            got[f"kstreams_{guarantee}_over_bare"] = k["events_per_s"] / got["bare"]["events_per_s"]
+
+
+async def add_quix(results: dict[str, Any], got: dict[str, Any], r: int, n: int, distinct: int,
+                   quix_python: Any) -> None:
+    """Quix Streams on the same flood, beside the notifications pair ``got``."""
+    q = await guarded(results, f"quix[{r}]", pairs.quix(n, distinct, quix_python))
+    if q:
+        got["quix"] = q
+        got["worker_over_quix"] = got["worker"]["per_s"] / q["events_per_s"]
+        got["quix_over_bare"] = q["events_per_s"] / got["bare"]["events_per_s"]
+
+
+async def parked_round(results: dict[str, Any], sizes: Sizes, r: int, repeat: int, work: Path, bare: Any) -> None:
+    """The parked flood with order-state on and off, each paired; the first round also
+    checks the parked orders' dead letters after ``PARK_TIMEOUT``."""
+    log(f"[{r + 1}/{repeat}] parked flood: {sizes.parked:,} OrderPaid, no OrderCreated "
+        f"(PARK_TIMEOUT {sizes.park_timeout:g}s{' + the DLQ check' if r == 0 else ''})")
+    p = sizes.parked
+    check = pairs.dlq_check(p, sizes.park_timeout) if r == 0 else None
+    env = {"park_timeout": str(sizes.park_timeout)}
+    on = await paired(results, "parked-default", r,
+                      lambda: pairs.paid_flood(p, p, pairs.DEFAULT_SERVICES, work, env=env, after=check,
+                                               name="parked-all"), bare)
+    off = await paired(results, "parked-off", r,
+                       lambda: pairs.paid_flood(p, p, "notifications,inventory", work, env=env,
+                                                name="parked-off"), bare, flip=True)
+    got = None
+    if on and off:
+        got = {"default": on, "off": off, "raw_ratio": on["worker"]["per_s"] / off["worker"]["per_s"],
+               "ratio": on["ratio"] / off["ratio"]}
+    results["pairs"].setdefault("parked", []).append(got)
+    if r == 0 and on and "dlq" in on["worker"]:
+        results["parked_dlq"] = on["worker"]["dlq"]
+
+
+async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repeat: int, only: set[str],
+                       work: Path) -> None:
+    """The measurements with no bare-loop pair: recovery, sweep, latency, retry, start-up."""
     if "recovery" in only:
         log(f"P2 recovery: dedup table of {sizes.recovery_keys:,} keys, {repeat} round(s) of kept/wiped restarts")
         results["recovery"] = await guarded(results, "recovery", pairs.recovery(sizes.recovery_keys, repeat, work))
@@ -245,9 +290,6 @@ async def run_all(sizes: Sizes, quick: bool, repeat: int, only: set[str]) -> dic
         rounds = 3 if quick else 5
         log(f"start-up: start → /health 200, every service, {rounds} rounds (empty broker, then a restart)")
         results["startup"] = await guarded(results, "startup", startup.run(rounds, work))
-    results["seconds"] = time.perf_counter() - t_start
-    results["summary"] = summarize(results)
-    return results
 
 
 def parse_only(value: str) -> set[str]:

@@ -254,10 +254,18 @@ def _counts(w: dict[str, Any]) -> str:
 
 
 def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
-    s, m, g = r["sizes"], r["machine"], r["git"]
+    """docs/benchmarks.md from a results dict: the header, goals and method, then one
+    section per measurement, then the errors."""
+    sections = [_md_header(r, results_file), _md_goals(r), _md_method(r), _md_headline(r), _md_floods(r),
+                _md_kstreams(r), _md_quix(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
+                _md_relay(r), _md_latency(r), _md_retry(r), _md_errors(r)]
+    path.write_text("\n".join(line for section in sections for line in section))
+
+
+def _md_header(r: dict[str, Any], results_file: Path) -> list[str]:
+    """Title, the quick-run warning, the command and commit, the machine, the plot."""
+    m, g = r["machine"], r["git"]
     quick = r.get("quick")
-    rows = r["summary"]
-    pairs = r.get("pairs", {})
     out: list[str] = []
     title = "# Benchmarks" + (" — QUICK RUN (small inputs, a smoke test: not the full measurement)" if quick else "")
     out.append(title)
@@ -284,6 +292,12 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     out.append("")
     out.append("![benchmarks](benchmarks.png)")
     out.append("")
+    return out
+
+
+def _md_goals(r: dict[str, Any]) -> list[str]:
+    """The goals table: each goal's median and verdict, per broker."""
+    out: list[str] = []
     out.append("## Goals")
     out.append("")
     k = r.get("repeat", 1)
@@ -296,11 +310,18 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     heads = "".join(f" {BROKER_NAMES.get(n, n)}: measured | verdict |" for n in extra)
     out.append(f"| what | goal | {broker}: measured | verdict |{heads} method |")
     out.append("|---|---|---|---|" + "---|---|" * len(extra) + "---|")
-    for row in rows:
+    for row in r["summary"]:
         cells = "".join(f" {x.get(row['key'], {}).get('shown', '–')} | {x.get(row['key'], {}).get('verdict', '–')} |"
                         for x in extra.values())
         out.append(f"| {row['label']} | {row['goal']} | {row['shown']} | {row['verdict']} |{cells} {row['method']} |")
     out.append("")
+    return out
+
+
+def _md_method(r: dict[str, Any]) -> list[str]:
+    """How pairs are run and how the worker side is clocked."""
+    s = r["sizes"]
+    out: list[str] = []
     out.append("## Method")
     out.append("")
     out.append(
@@ -321,9 +342,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
         "to 0.5 s; a scrape costs the worker ~4 ms of CPU with every service), so the end is seen within "
         "~50 ms. CPU is the worker process's user + system time over that span, per 100k input records.")
     out.append("")
+    return out
 
-    # headline
-    ok = _ok(pairs.get("headline"))
+
+def _md_headline(r: dict[str, Any]) -> list[str]:
+    """Section 1: the whole worker over the full lifecycle."""
+    s = r["sizes"]
+    ok = _ok(r.get("pairs", {}).get("headline"))
+    out: list[str] = []
     out.append(f"## 1. Headline — the whole worker over the full lifecycle ({_fmt(s['orders'])} orders)")
     out.append("")
     if ok:
@@ -341,8 +367,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
-    # floods
+
+def _md_floods(r: dict[str, Any]) -> list[str]:
+    """Section 2: the `OrderPaid` floods, default `SERVICES` and notifications only."""
+    s = r["sizes"]
+    pairs = r.get("pairs", {})
+    out: list[str] = []
     out.append(f"## 2. `OrderPaid` flood ({_fmt(s['flood_events'])} events over {_fmt(s['flood_distinct'])} ids, "
                "no `OrderCreated`)")
     out.append("")
@@ -357,8 +389,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
         else:
             out.append("Not run or failed (see Errors).")
         out.append("")
+    return out
+
+
+def _md_kstreams(r: dict[str, Any]) -> list[str]:
+    """Section 2's Kafka Streams reference, both guarantees."""
     ks = r.get("kstreams_status")
-    ok = [p for p in _ok(pairs.get("paid-notifications")) if "kstreams_at_least_once" in p]
+    ok = [p for p in _ok(r.get("pairs", {}).get("paid-notifications")) if "kstreams_at_least_once" in p]
+    out: list[str] = []
     out.append("**Kafka Streams (reference, same broker).** ")
     if ok:
         out.append("")
@@ -382,8 +420,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run in this invocation (Kafka only).")
     out.append("")
+    return out
+
+
+def _md_quix(r: dict[str, Any]) -> list[str]:
+    """Section 2's Quix Streams reference."""
     qs = r.get("quix_status")
-    ok = [p for p in _ok(pairs.get("paid-notifications")) if "quix" in p]
+    ok = [p for p in _ok(r.get("pairs", {}).get("paid-notifications")) if "quix" in p]
+    out: list[str] = []
     out.append("**Quix Streams (reference).** ")
     if ok:
         out.append("")
@@ -402,9 +446,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run in this invocation.")
     out.append("")
+    return out
 
-    # parked
-    ok = _ok(pairs.get("parked"))
+
+def _md_parked(r: dict[str, Any]) -> list[str]:
+    """Section 3: the parked flood, order-state on and off."""
+    s = r["sizes"]
+    ok = _ok(r.get("pairs", {}).get("parked"))
+    out: list[str] = []
     out.append(f"## 3. Parked flood ({_fmt(s['parked'])} `OrderPaid`, distinct ids, no `OrderCreated`)")
     out.append("")
     if ok:
@@ -420,26 +469,36 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
-    d = r.get("parked_dlq")
-    if d:
-        out.append(f"**After `PARK_TIMEOUT` ({d['park_timeout_s']:g} s, this run only).** "
-                   f"{_fmt(d['paid_orders_dead_lettered'])} of {_fmt(d['expected_orders'])} parked orders' `OrderPaid` "
-                   f"are in `order-state.dlq` as `out_of_order_timeout` "
-                   f"({'every one' if d['all_in_dlq'] else 'NOT every one'}); letters by reason: "
-                   f"{', '.join(f'`{k}` {_fmt(v)}' for k, v in d['by_reason'].items()) or '–'}; "
-                   f"timeout letters by source topic: "
-                   f"{', '.join(f'`{k}` {_fmt(v)}' for k, v in d['timeout_letters_by_source'].items()) or '–'} "
-                   f"(each order also parked the `NotificationSent` derived from its `OrderPaid`). "
-                   f"First letter {_fmt(d['first_letter_after_ready_s'], 1)} s and last letter "
-                   f"{_fmt(d['last_letter_after_ready_s'], 1)} s after the worker was ready; the last one "
-                   f"{_fmt(d['last_letter_after_flood_done_s'], 1)} s after the flood was processed."
-                   + (f" The flood took longer than `PARK_TIMEOUT`, so expiries overlapped the throughput "
-                      f"measurement ({_fmt(int(d['expired_during_measurement']))} letters before it ended)."
-                      if d.get("overlapped") else ""))
-        out.append("")
+    return out
 
-    # recovery
+
+def _md_parked_dlq(r: dict[str, Any]) -> list[str]:
+    """Section 3's epilogue: the parked orders' dead letters after ``PARK_TIMEOUT``."""
+    d = r.get("parked_dlq")
+    if not d:
+        return []
+    return [f"**After `PARK_TIMEOUT` ({d['park_timeout_s']:g} s, this run only).** "
+            f"{_fmt(d['paid_orders_dead_lettered'])} of {_fmt(d['expected_orders'])} parked orders' `OrderPaid` "
+            f"are in `order-state.dlq` as `out_of_order_timeout` "
+            f"({'every one' if d['all_in_dlq'] else 'NOT every one'}); letters by reason: "
+            f"{', '.join(f'`{k}` {_fmt(v)}' for k, v in d['by_reason'].items()) or '–'}; "
+            f"timeout letters by source topic: "
+            f"{', '.join(f'`{k}` {_fmt(v)}' for k, v in d['timeout_letters_by_source'].items()) or '–'} "
+            f"(each order also parked the `NotificationSent` derived from its `OrderPaid`). "
+            f"First letter {_fmt(d['first_letter_after_ready_s'], 1)} s and last letter "
+            f"{_fmt(d['last_letter_after_ready_s'], 1)} s after the worker was ready; the last one "
+            f"{_fmt(d['last_letter_after_flood_done_s'], 1)} s after the flood was processed."
+            + (f" The flood took longer than `PARK_TIMEOUT`, so expiries overlapped the throughput "
+               f"measurement ({_fmt(int(d['expired_during_measurement']))} letters before it ended)."
+               if d.get("overlapped") else ""),
+            ""]
+
+
+def _md_recovery(r: dict[str, Any]) -> list[str]:
+    """Section 4 (P2): table recovery, kept and wiped data dir, against a raw read."""
+    s = r["sizes"]
     rec = r.get("recovery")
+    out: list[str] = []
     out.append(f"## 4. P2 — table recovery ({_fmt(s['recovery_keys'])} dedup keys, 4 partitions)")
     out.append("")
     if rec:
@@ -455,29 +514,40 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
                    "`order-streams-notifications-dedup-changelog` with the loader's fetch sizes (16 MiB per "
                    "partition, 20 ms wait) and with aiokafka's defaults.")
         out.append("")
-        out.append("| # | bulk loader records | loader s | loader records/s | raw records/s (loader fetch) | "
-                   "raw records/s (defaults) | ratio | ratio vs default fetch | kept → healthy s | "
-                   "wiped → healthy s | wiped − kept s |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for i, x in enumerate(rec["rounds"], 1):
-            bl = x.get("bulk") or {}
-            out.append(f"| {i} | {_fmt(bl.get('records'))} | {_fmt(bl.get('seconds'), 1)} | "
-                       f"{_fmt(bl.get('records_per_s'))} | {_fmt(x['raw']['records_per_s'])} | "
-                       f"{_fmt(x['raw_default_fetch']['records_per_s'])} | {_fmt(x['ratio'], 3)} | "
-                       f"{_fmt(x['ratio_default_fetch'], 3)} | {_fmt(x['kept_to_healthy_s'], 1)} | "
-                       f"{_fmt(x['wiped_to_healthy_s'], 1)} | {_fmt(x['wiped_minus_kept_s'], 1)} |")
-        if any(x.get("bulk_stopped_early") for x in rec["rounds"]):
-            out.append("")
-            out.append("The bulk loader stopped at its time budget in at least one round; Faust replayed the rest.")
-        if any(x.get("bulk") is None for x in rec["rounds"]):
-            out.append("")
-            out.append("No `bulk recovery:` line was found in at least one wiped start's log.")
+        out.extend(_recovery_rounds(rec["rounds"]))
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
-    # sweep
+
+def _recovery_rounds(rounds: list[dict[str, Any]]) -> list[str]:
+    """Section 4's table, a row per round, and what went short in any round."""
+    out: list[str] = []
+    out.append("| # | bulk loader records | loader s | loader records/s | raw records/s (loader fetch) | "
+               "raw records/s (defaults) | ratio | ratio vs default fetch | kept → healthy s | "
+               "wiped → healthy s | wiped − kept s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, x in enumerate(rounds, 1):
+        bl = x.get("bulk") or {}
+        out.append(f"| {i} | {_fmt(bl.get('records'))} | {_fmt(bl.get('seconds'), 1)} | "
+                   f"{_fmt(bl.get('records_per_s'))} | {_fmt(x['raw']['records_per_s'])} | "
+                   f"{_fmt(x['raw_default_fetch']['records_per_s'])} | {_fmt(x['ratio'], 3)} | "
+                   f"{_fmt(x['ratio_default_fetch'], 3)} | {_fmt(x['kept_to_healthy_s'], 1)} | "
+                   f"{_fmt(x['wiped_to_healthy_s'], 1)} | {_fmt(x['wiped_minus_kept_s'], 1)} |")
+    if any(x.get("bulk_stopped_early") for x in rounds):
+        out.append("")
+        out.append("The bulk loader stopped at its time budget in at least one round; Faust replayed the rest.")
+    if any(x.get("bulk") is None for x in rounds):
+        out.append("")
+        out.append("No `bulk recovery:` line was found in at least one wiped start's log.")
+    return out
+
+
+def _md_sweep(r: dict[str, Any]) -> list[str]:
+    """Section 5: the dedup TTL sweep's cost against the table's size."""
     sw = r.get("sweep")
+    out: list[str] = []
     out.append("## 5. Sweep cost — dedup TTL sweep vs table size")
     out.append("")
     if sw:
@@ -498,9 +568,14 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
-    # P3
+
+def _md_relay(r: dict[str, Any]) -> list[str]:
+    """P3: the outbox relay against a raw producer."""
+    s = r["sizes"]
     rel = [x for x in (r.get("relay") or []) if x]
+    out: list[str] = []
     out.append("## P3 — outbox relay vs raw producer")
     out.append("")
     if rel:
@@ -515,9 +590,13 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
-    # P4
+
+def _md_latency(r: dict[str, Any]) -> list[str]:
+    """P4: end-to-end latency at 1,000 orders/s, per ``SERVICES``."""
     lat = r.get("latency") or {}
+    out: list[str] = []
     out.append("## P4 — end-to-end latency at 1,000 orders/s")
     out.append("")
     if any(lat.values()):
@@ -542,9 +621,13 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
-    # P5
+
+def _md_retry(r: dict[str, Any]) -> list[str]:
+    """P5: the retry tiers' observed delays against the configured ones."""
     rt = r.get("retry")
+    out: list[str] = []
     out.append("## P5 — retry delays")
     out.append("")
     if rt:
@@ -558,12 +641,16 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
 
+
+def _md_errors(r: dict[str, Any]) -> list[str]:
+    """The last line of each measurement's error, if any failed."""
     errors = r.get("errors") or {}
-    if errors:
-        out.append("## Errors")
-        out.append("")
-        for name, text in errors.items():
-            out.append(f"- **{name}**: `{text.splitlines()[-1][:400]}`")
-        out.append("")
-    path.write_text("\n".join(out))
+    if not errors:
+        return []
+    out = ["## Errors", ""]
+    for name, text in errors.items():
+        out.append(f"- **{name}**: `{text.splitlines()[-1][:400]}`")
+    out.append("")
+    return out

@@ -14,7 +14,7 @@ what happened, for the test to assert on.
   logs what the publisher still had unacknowledged when it wrote locally.
 * :class:`FakeConsumer` — the position protocol's
   :class:`~streams.engine.position.ConsumerPort`: seeks, pauses, acknowledgements and
-  the generation, all recorded.
+  the generation, all recorded; a log per partition it fetches from and commits on.
 * :class:`Clock` — a settable clock; :data:`NOW` a fixed "now" for it.
 * :func:`wait_until` — yield to the event loop until a condition holds (with a deadline).
 """
@@ -28,7 +28,7 @@ from typing import Any
 from streams.engine.delivery import gather_acks
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher, StateStore, Writes
-from streams.engine.records import TP, Ack, Outgoing
+from streams.engine.records import TP, Ack, Outgoing, Record
 from streams.engine.transactions import current
 
 #: A fixed "now" for clocks: 2023-11-14T22:13:20Z.
@@ -197,10 +197,15 @@ class MemoryStore(StateStore):
 
 
 class FakeConsumer:
-    """The driver's ConsumerPort: a generation the test moves, and a record of calls.
+    """The driver's ConsumerPort: a generation the test moves, a record of every call, and
+    a log per partition that :meth:`fetch` delivers from the consumer's position.
 
     ``assigned()`` is a copy (the driver may keep it while the test changes
-    :attr:`owned`); ``resume`` of a partition that is not paused does nothing."""
+    :attr:`owned`); ``resume`` of a partition that is not paused does nothing. A test
+    that drives the driver itself (tests/unit/test_position.py) hands it fetches of its
+    own and reads :attr:`seeks`, :attr:`paused` and :attr:`acks`; :meth:`append` and
+    :meth:`fetch` are the consumer's side for a test of the port itself
+    (tests/unit/test_consumer_contract.py)."""
 
     def __init__(self, assigned: set[TP] | None = None) -> None:
         self.gen = 1
@@ -211,6 +216,10 @@ class FakeConsumer:
         self.acks: list[tuple[TP, int, int]] = []
         #: topic → partition count (none known: no record is rerouted)
         self.partitions: dict[str, int] = {}
+        #: what the "broker" holds per partition, and where the next fetch of each starts
+        self.log: dict[TP, list[Record]] = {}
+        self.positions: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
 
     def generation(self) -> int:
         return self.gen
@@ -223,6 +232,7 @@ class FakeConsumer:
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+        self.positions[tp] = offset
 
     def pause(self, tp: TP) -> None:
         self.paused.add(tp)
@@ -238,6 +248,38 @@ class FakeConsumer:
 
     def acked_offsets(self, tp: TP) -> list[int]:
         return [o for t, first, last in self.acks if t == tp for o in range(first, last + 1)]
+
+    # -- the consumer's side: a log, fetches, commits ------------------------------------
+    def append(self, tp: TP, key: bytes | None, value: bytes | None, timestamp_ms: int = 0) -> Record:
+        """A record at the end of ``tp``'s log (what a producer's send would do)."""
+        log = self.log.setdefault(tp, [])
+        record = Record(tp.topic, tp.partition, len(log), key, value, timestamp_ms)
+        log.append(record)
+        return record
+
+    def fetch(self) -> dict[TP, list[Record]]:
+        """Every record past each assigned, unpaused partition's position; the positions
+        move past them (as a consumer's fetch does)."""
+        out: dict[TP, list[Record]] = {}
+        for tp in sorted(self.owned - self.paused):
+            records = self.log.get(tp, [])[self.positions.get(tp, 0):]
+            if records:
+                out[tp] = records
+                self.positions[tp] = records[-1].offset + 1
+        return out
+
+    def commit(self) -> None:
+        """Commit, per partition, the offset after the acknowledged offsets that run
+        without a gap from the last commit (or from the first acknowledged one)."""
+        for tp in {t for t, _, _ in self.acks}:
+            done = set(self.acked_offsets(tp))
+            offset = self._committed.get(tp, min(done))
+            while offset in done:
+                offset += 1
+            self._committed[tp] = offset
+
+    def committed(self, tp: TP) -> int | None:
+        return self._committed.get(tp)
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 2.0) -> None:
