@@ -49,15 +49,27 @@ ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|exc|obj):`([^`]+)`")
 
 def texts(source: str) -> Iterator[tuple[int, str]]:
     """(line, text) of every docstring and comment of a module's source."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node, clean=False)
-            if doc is not None:
-                yield node.body[0].lineno, doc
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            yield tok.start[0], tok.string
+    for node in definitions(ast.parse(source)):
+        doc = ast.get_docstring(node, clean=False)
+        if doc is not None:
+            yield node.body[0].lineno, doc
+    # Tokenizing is the slow part: only where a comment may name something.
+    if any(PATH.search(line, line.find("#")) or ROLE.search(line, line.find("#"))
+           for line in source.splitlines() if "#" in line):
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                yield tok.start[0], tok.string
+
+
+def definitions(node: ast.AST) -> Iterator[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The module and every class and function in it, at any depth of statements
+    (expressions hold no docstrings, so they are not walked)."""
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        yield node
+    for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+        for child in getattr(node, name, ()):
+            if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+                yield from definitions(child)
 
 
 def paths_in(text: str) -> Iterator[str]:
