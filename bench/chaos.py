@@ -777,6 +777,9 @@ async def restart_with_topics(st: Stack, port: int, orders: OrdersProcess) -> Em
 
 @timed
 async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
+    """Orders flow while the broker is SIGKILLed and replaced by an empty one on the same
+    port (the worker wiped with it); then the system settles, reconcile repairs what the
+    lost broker swallowed, and a second reconcile says it converged."""
     result = Result("broker-restart", faults=f"{sizes.restarts}× broker SIGKILL + empty broker on the same port")
     port = free_port()
     db_url = f"sqlite:///{workdir / 'orders.db'}"
@@ -792,86 +795,116 @@ async def broker_restart(sizes: Sizes, workdir: Path, rng: random.Random) -> Res
         client = OrdersClient(api.url, concurrency=16)
         started = time.monotonic()
         burst = st.background(finished_at(paced_orders(client, sizes.restart_orders, sizes.order_rate)))
-        last_fault = time.monotonic()
-        wiped: list[float] = []  # when the worker's memory went (gateway request times are monotonic)
-        for n in range(sizes.restarts):
-            await asyncio.sleep(rng.uniform(*sizes.restart_after))  # pacing the fault
-            if burst.done():
-                result.notes.append(f"restart {n + 1} came after the burst had ended")
-            effects_before = len(gateway.accepted)
-            await asyncio.to_thread(crash, broker)
-            last_fault = time.monotonic()
-            result.faults_done += 1
-            # The new broker is empty (memory store): the worker's table changelogs and
-            # offsets are gone, so its local state must go too (Faust would refuse it).
-            worker.kill()
-            result.worker_kills += 1
-            wiped.append(time.monotonic())
-            shutil.rmtree(worker.data_dir, ignore_errors=True)
-            await asyncio.sleep(sizes.restart_downtime)  # the outage itself
-            broker = await restart_with_topics(st, port, api)
-            result.notes.append(f"broker SIGKILLed {last_fault - started:.1f}s into the burst "
-                                f"({len(client.statuses) // 2} orders answered, {effects_before} effects)")
-            await start_ready(worker)
+        broker, last_fault, wiped = await restart_brokers(sizes, rng, result, st, port, broker, api, worker,
+                                                          gateway, client, burst, started)
         ids, produced_at = await burst
         bad = Counter(s for s in client.statuses if s not in (201, 202))
         if bad:
             result.failed_checks.append(f"order service answered {dict(bad)} during the burst")
         since = max(produced_at, last_fault)
         wanted = set(ids)
-        # 1. The restarted system converges on its own: every outbox row's record is in
-        #    the new broker, and the worker has committed everything in its topics.
-        settle_started = time.monotonic()
-        await outbox_empty(api.url, timeout=sizes.drain_timeout)
-        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
-        result.details["settled_seconds"] = time.monotonic() - settle_started
-        result.notes.append(f"settled {result.details['settled_seconds']:.1f}s after the burst (outbox empty, "
-                            f"the worker's group committed every record on the new broker)")
-        swallowed = wanted - gateway.accepted.keys()
-        result.details["lost_before_reconcile"] = len(swallowed)
-        on_new = await read_topic(broker.bootstrap, PAID)
-        processed = metric_value(await asyncio.to_thread(worker.metrics), "event_processed_total",
-                                 service="notifications")
-        stranded = {r.key for r in on_new} & {i.encode() for i in swallowed}
-        result.details["stranded"] = len(stranded)
-        if stranded:  # on the broker and consumed, yet no effect: not the broker's memory loss
-            result.failed_checks.append(f"{len(stranded)} orders' OrderPaid reached the new broker but had "
-                                        f"no effect before reconcile, e.g. {sorted(stranded)[:3]}")
-        result.notes.append(f"{len(swallowed)} paid orders without effect before reconcile (acknowledged "
-                            f"by the old broker, not yet read by the worker)")
-        result.notes.append(f"new broker: {len(on_new)} OrderPaid before reconcile, worker processed "
-                            f"{processed:.0f}")
-        # 2. What an operator does after losing a broker: reconcile from the source of truth.
+        swallowed = await settle_after_restarts(sizes, result, broker, api, worker, gateway, wanted)
         env = {"DATABASE_URL": db_url, "KAFKA_BROKER": broker.url,
                "DATA_DIR": str(workdir / "reconcile"), "PYTHONUNBUFFERED": "1"}
-        code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--worker-url", worker.url)
-        result.details["reconcile_exit"] = code
-        result.notes.append(f"reconcile (exit {code}): {reconcile_summary(out)}")
-        if swallowed and code != RECONCILE_MISMATCHES:
-            result.failed_checks.append(f"reconcile exited {code} although {len(swallowed)} orders had no effect")
-        result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
-        await outbox_empty(api.url, timeout=sizes.drain_timeout)  # the repair's rows are in the broker
-        await drained(broker.bootstrap, timeout=sizes.drain_timeout)
-        if wanted - gateway.accepted.keys():
-            result.notes.extend(await diagnose(broker, worker, wanted - gateway.accepted.keys()))
-        # 3. The next run tells whether the repair converged.
-        code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--worker-url", worker.url)
-        result.details["reconcile_again_exit"] = code
-        if code != RECONCILE_CLEAN:
-            result.failed_checks.append(f"reconcile after the repair exited {code}: {reconcile_summary(out)}")
-        # NotificationSent of the first broker died with it: only the last broker's are read.
-        sent = await read_topic(broker.bootstrap, SENT)
-        dlq = await read_dlqs(broker.bootstrap)
-        count_outcome(result, gateway, wanted, None, dlq, boundaries=wiped)
-        per_key = Counter(r.key.decode() for r in sent if r.key is not None)
-        result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
-        # Only the last broker's NotificationSent: with gateway calls of the last epoch.
-        result.repeated, result.forgotten = repeated_effects(gateway.times, per_key, wiped)
-        result.details.update(repeated=result.repeated, forgotten=result.forgotten)
-        if dlq:
-            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
-                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+        await reconcile_after_restarts(sizes, result, env, broker, api, worker, gateway, wanted, swallowed, since)
+        await count_last_broker(result, broker, gateway, wanted, wiped)
     return result
+
+
+async def restart_brokers(sizes: Sizes, rng: random.Random, result: Result, st: Stack, port: int,
+                          broker: EmbeddedBroker, api: OrdersProcess, worker: WorkerProcess, gateway: GatewayStub, client: OrdersClient,
+                          burst: asyncio.Task[Any], started: float) -> tuple[EmbeddedBroker, float, list[float]]:
+    """``sizes.restarts`` times during the burst: SIGKILL the broker, kill and wipe the
+    worker, start an empty broker on the same port, start the worker again. Returns the
+    last broker, when the last fault came, and when the worker's memory went each time."""
+    last_fault = time.monotonic()
+    wiped: list[float] = []  # when the worker's memory went (gateway request times are monotonic)
+    for n in range(sizes.restarts):
+        await asyncio.sleep(rng.uniform(*sizes.restart_after))  # pacing the fault
+        if burst.done():
+            result.notes.append(f"restart {n + 1} came after the burst had ended")
+        effects_before = len(gateway.accepted)
+        await asyncio.to_thread(crash, broker)
+        last_fault = time.monotonic()
+        result.faults_done += 1
+        # The new broker is empty (memory store): the worker's table changelogs and
+        # offsets are gone, so its local state must go too (Faust would refuse it).
+        worker.kill()
+        result.worker_kills += 1
+        wiped.append(time.monotonic())
+        shutil.rmtree(worker.data_dir, ignore_errors=True)
+        await asyncio.sleep(sizes.restart_downtime)  # the outage itself
+        broker = await restart_with_topics(st, port, api)
+        result.notes.append(f"broker SIGKILLed {last_fault - started:.1f}s into the burst "
+                            f"({len(client.statuses) // 2} orders answered, {effects_before} effects)")
+        await start_ready(worker)
+    return broker, last_fault, wiped
+
+
+async def settle_after_restarts(sizes: Sizes, result: Result, broker: EmbeddedBroker, api: OrdersProcess,
+                                worker: WorkerProcess, gateway: GatewayStub, wanted: set[str]) -> set[str]:
+    """Check 1: the restarted system converges on its own — every outbox row's record is
+    in the new broker, and the worker has committed everything in its topics. Returns
+    the paid orders still without an effect (the lost broker swallowed them)."""
+    settle_started = time.monotonic()
+    await outbox_empty(api.url, timeout=sizes.drain_timeout)
+    await drained(broker.bootstrap, timeout=sizes.drain_timeout)
+    result.details["settled_seconds"] = time.monotonic() - settle_started
+    result.notes.append(f"settled {result.details['settled_seconds']:.1f}s after the burst (outbox empty, "
+                        f"the worker's group committed every record on the new broker)")
+    swallowed = wanted - gateway.accepted.keys()
+    result.details["lost_before_reconcile"] = len(swallowed)
+    on_new = await read_topic(broker.bootstrap, PAID)
+    processed = metric_value(await asyncio.to_thread(worker.metrics), "event_processed_total",
+                             service="notifications")
+    stranded = {r.key for r in on_new} & {i.encode() for i in swallowed}
+    result.details["stranded"] = len(stranded)
+    if stranded:  # on the broker and consumed, yet no effect: not the broker's memory loss
+        result.failed_checks.append(f"{len(stranded)} orders' OrderPaid reached the new broker but had "
+                                    f"no effect before reconcile, e.g. {sorted(stranded)[:3]}")
+    result.notes.append(f"{len(swallowed)} paid orders without effect before reconcile (acknowledged "
+                        f"by the old broker, not yet read by the worker)")
+    result.notes.append(f"new broker: {len(on_new)} OrderPaid before reconcile, worker processed "
+                        f"{processed:.0f}")
+    return swallowed
+
+
+async def reconcile_after_restarts(sizes: Sizes, result: Result, env: dict[str, str], broker: EmbeddedBroker,
+                                   api: OrdersProcess, worker: WorkerProcess, gateway: GatewayStub, wanted: set[str],
+                                   swallowed: set[str], since: float) -> None:
+    """Checks 2 and 3: what an operator does after losing a broker — reconcile from the
+    source of truth with ``--repair`` — then the next run tells whether it converged."""
+    code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--worker-url", worker.url)
+    result.details["reconcile_exit"] = code
+    result.notes.append(f"reconcile (exit {code}): {reconcile_summary(out)}")
+    if swallowed and code != RECONCILE_MISMATCHES:
+        result.failed_checks.append(f"reconcile exited {code} although {len(swallowed)} orders had no effect")
+    result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
+    await outbox_empty(api.url, timeout=sizes.drain_timeout)  # the repair's rows are in the broker
+    await drained(broker.bootstrap, timeout=sizes.drain_timeout)
+    if wanted - gateway.accepted.keys():
+        result.notes.extend(await diagnose(broker, worker, wanted - gateway.accepted.keys()))
+    code, out = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--worker-url", worker.url)
+    result.details["reconcile_again_exit"] = code
+    if code != RECONCILE_CLEAN:
+        result.failed_checks.append(f"reconcile after the repair exited {code}: {reconcile_summary(out)}")
+
+
+async def count_last_broker(result: Result, broker: EmbeddedBroker, gateway: GatewayStub, wanted: set[str],
+                            wiped: list[float]) -> None:
+    """Outcome, duplicates and repeated effects, from the last broker's topics only: the
+    first brokers' NotificationSent died with them."""
+    sent = await read_topic(broker.bootstrap, SENT)
+    dlq = await read_dlqs(broker.bootstrap)
+    count_outcome(result, gateway, wanted, None, dlq, boundaries=wiped)
+    per_key = Counter(r.key.decode() for r in sent if r.key is not None)
+    result.sent_duplicates = sum(n - 1 for n in per_key.values() if n > 1)
+    # Only the last broker's NotificationSent: with gateway calls of the last epoch.
+    result.repeated, result.forgotten = repeated_effects(gateway.times, per_key, wiped)
+    result.details.update(repeated=result.repeated, forgotten=result.forgotten)
+    if dlq:
+        result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                    f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
 
 
 #: kind → (make (key, value) for number i, expected x-dlq-reason)
