@@ -368,6 +368,13 @@ def test_no_cycles_among_modules() -> None:
     assert not cycles, "import cycles among the project's modules:\n" + "\n".join(cycles)
 
 
+def test_no_cycles_among_packages() -> None:
+    files = project_files(ROOT)
+    packages = {m for m, p in files.items() if p.name == "__init__.py"}
+    cycles = describe_cycles(package_graph(all_imports(), packages))
+    assert not cycles, "import cycles among the project's packages (streams/*.py each a node):\n" + "\n".join(cycles)
+
+
 def reached(start: str, imports: Iterable[Import]) -> dict[str, list[str]]:
     """Every name ``start`` imports, directly or through project modules → one import
     chain that gets there."""
