@@ -96,9 +96,8 @@ def broker_kind(bootstrap: str, topic: str, timeout: float = 15.0) -> tuple[str,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from quixstreams import Application, message_context
-    from quixstreams.models.topics import TopicManager
-
+    """The dedup-and-forward application, run until it has forwarded ``--expect-distinct``
+    ids or ``--timeout``; returns the JSON line's fields."""
     kind, cluster_id = broker_kind(args.bootstrap, args.source)
     group = args.group or f"quix-dedup-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     own_state = args.state_dir is None
@@ -107,6 +106,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     admin_class = _make_admin_class()
     admin = admin_class(broker_address=args.bootstrap, extra_config={"acks": "all"})
+    app = _application(args, admin, group, state_dir, use_changelog)
+    stats: dict[str, Any] = {"events": 0, "forwarded": 0, "t0": None, "c0": None, "t_nth": None,
+                             "t_last": None}
+    _dedup_and_forward(app, args.source, args.sink, args.expect_distinct, stats)
+    timed_out = _run_until_stopped(app, args.timeout)
+    t_end, c_end = time.perf_counter(), time.process_time()
+
+    t0 = stats["t0"] or t_end
+    c0 = stats["c0"] if stats["c0"] is not None else c_end
+    notes = [
+        f"quixstreams {QUIXSTREAMS_VERSION}, confluent-kafka {_version('confluent_kafka')}",
+        f"state RocksDB, changelog {'on' if use_changelog else 'off'}",
+        f"at-least-once, commit_interval {args.commit_interval:g}s, commit_every {args.commit_every}",
+        f"cluster {cluster_id}",
+    ]
+    if admin.defaulted:
+        notes.append(
+            "broker reported no topic configs; supplied retention.ms/retention.bytes=-1 for "
+            + ",".join(sorted(admin.defaulted))
+        )
+    if stats["t_nth"] is not None:
+        notes.append("seconds end after Quix's final checkpoint (forwards acked, offsets committed) and "
+                     f"consumer close; Nth forward was handed to the producer at {stats['t_nth'] - t0:.3f}s")
+    if timed_out and stats["t_nth"] is None:
+        notes.append(f"TIMEOUT after {args.timeout}s; seconds end at the last forward, "
+                     "cpu_seconds at the end of the run")
+        if stats["t_last"] is not None:
+            t_end = stats["t_last"]
+    if own_state:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return {
+        "events": stats["events"],
+        "forwarded": stats["forwarded"],
+        "seconds": round(t_end - t0, 4),
+        "cpu_seconds": round(c_end - c0, 4),
+        "broker": kind,
+        "notes": "; ".join(notes),
+    }
+
+
+def _application(args: argparse.Namespace, admin: Any, group: str, state_dir: str, use_changelog: bool) -> Any:
+    """The Quix ``Application``: at-least-once, ``acks=all``, the short session timeout
+    (module docstring) and ``admin`` (a ``DefaultingTopicAdmin``) for its topics."""
+    from quixstreams import Application
+    from quixstreams.models.topics import TopicManager
+
     topic_manager = TopicManager(
         topic_admin=admin,
         consumer_group=group,
@@ -114,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         create_timeout=60,
         auto_create_topics=True,  # creates the changelog topic; source and sink must exist
     )
-    app = Application(
+    return Application(
         broker_address=args.bootstrap,
         consumer_group=group,
         auto_offset_reset="earliest",
@@ -129,12 +174,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
         producer_extra_config={"acks": "all"},
     )
-    source = app.topic(args.source, key_deserializer="bytes", value_deserializer="json")
-    sink = app.topic(args.sink, key_serializer="bytes", value_serializer="json")
 
-    expect = args.expect_distinct
-    stats: dict[str, Any] = {"events": 0, "forwarded": 0, "t0": None, "c0": None, "t_nth": None,
-                             "t_last": None}
+
+def _dedup_and_forward(app: Any, source_name: str, sink_name: str, expect: int, stats: dict[str, Any]) -> None:
+    """``source`` → the first occurrence of each key → ``sink`` as a notification; the
+    app stops once ``expect`` ids were forwarded. ``stats`` counts and times it."""
+    from quixstreams import message_context
+
+    source = app.topic(source_name, key_deserializer="bytes", value_deserializer="json")
+    sink = app.topic(sink_name, key_serializer="bytes", value_serializer="json")
 
     def first_seen(value: dict, state: Any) -> bool:
         # Quix scopes ``state`` to the current message key (the order_id).
@@ -162,52 +210,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sdf = sdf.set_timestamp(lambda value, key, timestamp, headers: int(time.time() * 1000))
     sdf.to_topic(sink)
 
+
+def _run_until_stopped(app: Any, timeout: float) -> bool:
+    """``app.run()`` until it stops itself or ``timeout`` s pass; True if the timeout stopped it."""
     timed_out = threading.Event()
 
     def on_timeout() -> None:
         timed_out.set()
         app.stop()
 
-    soft = threading.Timer(args.timeout, on_timeout)
+    soft = threading.Timer(timeout, on_timeout)
     soft.daemon = True
     soft.start()
     try:
         app.run()
     finally:
         soft.cancel()
-    t_end, c_end = time.perf_counter(), time.process_time()
-
-    t0 = stats["t0"] or t_end
-    c0 = stats["c0"] if stats["c0"] is not None else c_end
-    notes = [
-        f"quixstreams {QUIXSTREAMS_VERSION}, confluent-kafka {_version('confluent_kafka')}",
-        f"state RocksDB, changelog {'on' if use_changelog else 'off'}",
-        f"at-least-once, commit_interval {args.commit_interval:g}s, commit_every {args.commit_every}",
-        f"cluster {cluster_id}",
-    ]
-    if admin.defaulted:
-        notes.append(
-            "broker reported no topic configs; supplied retention.ms/retention.bytes=-1 for "
-            + ",".join(sorted(admin.defaulted))
-        )
-    if stats["t_nth"] is not None:
-        notes.append("seconds end after Quix's final checkpoint (forwards acked, offsets committed) and "
-                     f"consumer close; Nth forward was handed to the producer at {stats['t_nth'] - t0:.3f}s")
-    if timed_out.is_set() and stats["t_nth"] is None:
-        notes.append(f"TIMEOUT after {args.timeout}s; seconds end at the last forward, "
-                     "cpu_seconds at the end of the run")
-        if stats["t_last"] is not None:
-            t_end = stats["t_last"]
-    if own_state:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    return {
-        "events": stats["events"],
-        "forwarded": stats["forwarded"],
-        "seconds": round(t_end - t0, 4),
-        "cpu_seconds": round(c_end - c0, 4),
-        "broker": kind,
-        "notes": "; ".join(notes),
-    }
+    return timed_out.is_set()
 
 
 def _version(module: str) -> str:
