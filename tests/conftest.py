@@ -45,8 +45,14 @@ def _postgres() -> str | None:
         return None
 
 
+def _libfaketime() -> str | None:  # a preloaded library rather than a program (Debian's faketime)
+    import glob
+
+    return next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+
+
 #: programs not looked up on PATH alone
-FINDERS: dict[str, Callable[[], str | None]] = {"java": _java, "postgres": _postgres}
+FINDERS: dict[str, Callable[[], str | None]] = {"java": _java, "postgres": _postgres, "libfaketime": _libfaketime}
 INSTALL_HINT = "scripts/ensure-system-packages installs it (make test runs it)"
 
 

@@ -103,6 +103,7 @@ async def wait_letters(bootstrap: str, want: set[str], timeout: float = 60.0) ->
         await asyncio.sleep(0.3)
 
 
+@pytest.mark.needs("libfaketime")
 async def test_a_restart_with_the_clock_stepped_either_way_changes_no_state(broker, worker_factory):
     orders = ids_on("o", {4, 5, 6, 7}, 20)
     parked = ids_on("p", {4, 5, 6, 7}, 12)  # paid, never created: parked for PARK_TIMEOUT

@@ -46,7 +46,7 @@ async def create(client: OrdersClient, n: int) -> list[str]:
     return [b["order_id"] for _, b in answers]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgres"))])
 async def test_a_relay_started_after_a_sigkill_publishes_within_seconds(
         kind, request, broker, orders_factory, tmp_path):
     common = {"kafka_broker": broker.url, "database_url": database(kind, request, tmp_path)}
@@ -72,7 +72,7 @@ async def test_a_relay_started_after_a_sigkill_publishes_within_seconds(
     await wait_outbox_drained(api.url, sent=len(first) + len(later))
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgres"))])
 async def test_two_relays_with_one_paused_publish_nothing_twice(kind, request, broker, orders_factory, tmp_path):
     common = {"kafka_broker": broker.url, "database_url": database(kind, request, tmp_path),
               "relay_batch_size": "20"}

@@ -5,8 +5,9 @@ setup): tests/unit runs on a machine with nothing but Python and the project's P
 packages. This module finds, by reading the source, the two ways a test reaches for a
 program without saying so:
 
-- a module under tests/unit that looks a program up (``shutil.which``): it needs one, so it
-  belongs in tests/integration (or another folder) with a ``needs`` mark;
+- a module under tests/unit that looks a program up (``shutil.which``) or imports a helper
+  that starts one (:data:`PROGRAM_HELPERS`): it needs one, so it belongs in
+  tests/integration (or another folder) with a ``needs`` mark;
 - a test anywhere under tests/ that looks a program up without a ``needs`` mark (on the
   function, or on the module's ``pytestmark``).
 """
@@ -17,6 +18,8 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
+#: test helpers that start an external program (PostgreSQL, a SASL_SSL Kafka, Chromium)
+PROGRAM_HELPERS = ("tests.support.postgres", "tests.support.secure_kafka", "tests.browser")
 
 
 def looks_up_a_program(node: ast.AST) -> list[int]:
@@ -47,11 +50,23 @@ def module_needs_mark(tree: ast.Module) -> bool:
     return False
 
 
-def test_no_unit_test_module_looks_up_a_program() -> None:
+def imports_a_program_helper(node: ast.AST) -> list[int]:
+    """Lines importing one of :data:`PROGRAM_HELPERS` (or a module inside one)."""
+    lines = []
+    for n in ast.walk(node):
+        names = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                 else [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+        if any(name == h or name.startswith(h + ".") for name in names for h in PROGRAM_HELPERS):
+            lines.append(n.lineno)
+    return lines
+
+
+def test_no_unit_test_module_looks_up_or_starts_a_program() -> None:
     offenders = [f"{path.relative_to(TESTS.parent)}:{line}"
                  for path in sorted((TESTS / "unit").rglob("*.py"))
-                 for line in looks_up_a_program(ast.parse(path.read_text(), str(path)))]
-    assert not offenders, ("tests/unit needs no external program; these look one up (move the test to "
+                 for tree in [ast.parse(path.read_text(), str(path))]
+                 for line in looks_up_a_program(tree) + imports_a_program_helper(tree)]
+    assert not offenders, ("tests/unit needs no external program; these look one up or start one (move the test to "
                            "tests/integration with @pytest.mark.needs(...)): " + ", ".join(offenders))
 
 

@@ -1,11 +1,13 @@
-"""Idempotency-Key on the order service's writes (issue 25 item 2), on SQLite and on
-PostgreSQL: a repeat is answered from the stored answer, never written twice; the key
-lives in the transaction of the effect (rules: orders/idempotency.py)."""
+"""Idempotency-Key on the order service's writes (issue 25 item 2), on SQLite (the same
+tests on PostgreSQL, which needs its server's binaries:
+tests/integration/test_orders_idempotency_postgres.py): a repeat is answered from the
+stored answer, never written twice; the key lives in the transaction of the effect
+(rules: orders/idempotency.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from orders import idempotency, outbox
 from orders.api import OrdersApi
-from orders.db import Database, PostgresDatabase, SqliteDatabase
+from orders.db import Database, SqliteDatabase
 from orders.metrics import OrdersMetrics
 from harness.outbox_waits import wait_for
 from streams.engine.testing import Clock
@@ -24,16 +26,6 @@ from streams.engine.testing import Clock
 T0 = 1_700_000_000.0
 VALID = {"user_id": "u-1", "items": [{"sku": "sku-1", "qty": 2}], "amount": "12.50"}
 TTL = 3600.0
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    """One PostgreSQL server for this module (each test empties the tables)."""
-    from tests.support.postgres import PostgresServer
-
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @dataclass
@@ -55,13 +47,10 @@ class Ctx:
         return resp.status, await resp.json(), resp.headers
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture
+def new_db(tmp_path: Path) -> Any:
     """Make Database objects on one database (several = several processes)."""
-    if request.param == "sqlite":
-        return lambda: SqliteDatabase(str(tmp_path / "orders.db"))
-    server = request.getfixturevalue("pg_server")
-    return lambda: PostgresDatabase(server.url, max_size=4)
+    return lambda: SqliteDatabase(str(tmp_path / "orders.db"))
 
 
 @asynccontextmanager
