@@ -23,10 +23,12 @@ from streams.engine.health import Health, watch_broker
 from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.routing import RetryPolicy
+from streams.engine.transactions import EXACTLY_ONCE
 from streams.engine.streamtime import ProcessClock
 from streams.faust.compat import EngineProducer, EngineTableManager, broker_round_trip, read_any_header_key
 from streams.faust.consumer import engine_consumer_class
 from streams.faust.publisher import KafkaPublisher
+from streams.faust.transactions import broker_is_tansu, make_transactions, refuse_without_transactions
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import EngineTable, TableStore
 from streams.http.console import register_console
@@ -69,6 +71,8 @@ def create_app(settings: WorkerSettings) -> WorkerApp:
     app = new_app(settings)
     worker = build_worker(app, settings)
     check_kafka_access_first(app, settings)
+    if settings.processing_guarantee == EXACTLY_ONCE:  # one line and exit 1 on Tansu
+        refuse_without_transactions(app, lambda: broker_is_tansu(settings.bootstrap, settings.aiokafka_kwargs()))
     observe(app, worker)
     register_web(app, worker)
     register_console(app, worker)  # after the web's routes and auth middleware
@@ -144,14 +148,21 @@ def build_worker(app: WorkerApp, settings: WorkerSettings) -> Worker:
                  clock=clock)
         for service in services.values()
     ]
+    # PROCESSING_GUARANTEE=exactly_once: a transaction per batch and input partition
+    transactions = (make_transactions(app, bootstrap=settings.bootstrap, client_kwargs=settings.aiokafka_kwargs(),
+                                      max_request_size=settings.max_message_bytes)
+                    if settings.processing_guarantee == EXACTLY_ONCE else None)
     driver = Driver(pipelines, batch_size=settings.batch_size, health=health, clock=clock,
-                    maintenance_interval=settings.maintenance_interval, publisher=publisher)
+                    maintenance_interval=settings.maintenance_interval, publisher=publisher,
+                    transactions=transactions)
     indexers = {name: indexer for pipeline in pipelines for name, indexer in pipeline.indexers().items()}
     for name, indexer in indexers.items():
         tables[name].indexer = indexer  # Faust's own replay and standbys derive them too
     progress = Progress()
     loader = BulkLoader(tables, bootstrap=settings.bootstrap,
-                        client_kwargs=settings.aiokafka_kwargs(), indexers=indexers, progress=progress,
+                        client_kwargs={**settings.aiokafka_kwargs(),  # exactly-once: committed records only
+                                       **({"isolation_level": "read_committed"} if transactions else {})},
+                        indexers=indexers, progress=progress,
                         max_fetch_bytes=settings.max_message_bytes,
                         budget=0.8 * app.conf.broker_request_timeout)
     app.transport.Producer = EngineProducer  # declares each topic once per process (start-up)
@@ -160,7 +171,7 @@ def build_worker(app: WorkerApp, settings: WorkerSettings) -> Worker:
         # unset: the broker is asked (streams.faust.compat.list_offsets_may_be_short)
         end_offsets_from_fetch=(settings.end_offsets_from_fetch
                                 if "end_offsets_from_fetch" in settings.model_fields_set else None),
-        empty_wait=settings.send_budget / 2, loader=loader,
+        empty_wait=settings.send_budget / 2, loader=loader, read_committed=transactions is not None,
     )
     declare_topics(app, specs, policy, settings)
     return Worker(app, settings, metrics, health, driver, store, services, tables, progress, ctx.closers)

@@ -60,6 +60,12 @@ class WorkerSettings(KafkaConnection, BaseSettings):
     #: Records per batch of the commit protocol (and per offset acknowledgement): after
     #: a crash at most one batch's side effects repeat.
     batch_size: int = Field(500, ge=1, le=100_000)
+    #: ``at_least_once`` (default): a crash repeats at most a batch's effects. ``exactly_once``
+    #: (Apache Kafka only): each batch — derived, retry and dead-letter records, table
+    #: changes and its input offsets — is one Kafka transaction per input partition
+    #: (streams/engine/transactions.py); HTTP calls (the SMS gateway) stay at-least-once
+    #: with the idempotency key. Refused at start-up on the embedded Tansu broker.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
     handler_concurrency: int = Field(64, ge=1)
     #: Seconds between maintenance ticks (dedup TTL expiry, park timeouts, inventory

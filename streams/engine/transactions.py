@@ -150,14 +150,16 @@ class Transactions:
     # -- T1: assignment --------------------------------------------------------------
 
     async def assign(self, tps: Iterable[TP]) -> None:
-        """Start a producer for each newly assigned partition (and for one stopped by
-        T5: the group gave it back, so this worker is its owner again). Called before
-        the committed offsets are read. A start that fails raises: the caller must not
-        read offsets or process the partition without its producer."""
-        wanted = [TP(*tp) for tp in tps]
+        """``tps`` are the input partitions assigned now: close the producers of the
+        others; start one for each newly assigned partition (and for one stopped by T5:
+        the group gave it back, so this worker is its owner again); keep the rest (no
+        other owner came in between, or its start fenced ours and T5 follows). Called
+        before the committed offsets are read. A start that fails raises: the caller
+        must not read offsets or process the partition without its producer."""
+        wanted = list(dict.fromkeys(TP(*tp) for tp in tps))
+        await self.revoke([tp for tp in self.producers if tp not in wanted])
+        self.stopped.clear()
         new = [tp for tp in wanted if tp not in self.producers]
-        for tp in wanted:
-            self.stopped.discard(tp)
         made = {tp: self.make(transactional_id(self.group_id, tp)) for tp in new}
         results = await asyncio.gather(*(p.start() for p in made.values()), return_exceptions=True)
         failed: BaseException | None = None

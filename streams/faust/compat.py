@@ -671,11 +671,15 @@ async def fetch_high_watermarks(
     return result
 
 
-def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool | None) -> type:
+def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool | None,
+                          read_committed: bool = False) -> type:
     """Faust's aiokafka consumer thread with the fetch wait and end offsets we need.
 
     ``end_offsets_from_fetch``: True/False as set (END_OFFSETS_FROM_FETCH); None asks
-    the broker once (:func:`list_offsets_may_be_short`)."""
+    the broker once (:func:`list_offsets_may_be_short`). ``read_committed`` (exactly-once):
+    aiokafka's ``_isolation_level`` set before the consumer starts — records of aborted
+    or open transactions are never fetched, and end offsets are the last stable offset
+    (Faust sets it only in its own exactly_once mode, which is not used)."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     wait_ms = max(1, int(fetch_max_wait * 1000))
@@ -687,6 +691,8 @@ def consumer_thread_class(*, fetch_max_wait: float, end_offsets_from_fetch: bool
             # retries that fall due (docs/design-notes.md, "Retry timing").
             consumer = super()._create_consumer(loop)
             consumer._fetch_max_wait_ms = wait_ms
+            if read_committed:
+                consumer._isolation_level = "read_committed"
             return consumer
 
         _short_list_offsets: bool | None = end_offsets_from_fetch

@@ -29,14 +29,16 @@ _FaustConsumer: Any = faust_consumer_class()
 
 
 def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_from_fetch: bool | None,
-                          empty_wait: float, loader: Any = None) -> type:
+                          empty_wait: float, loader: Any = None, read_committed: bool = False) -> type:
     """An :class:`EngineConsumer` for ``driver``: its consumer thread waits at most
     ``fetch_max_wait`` s for a fetch and takes end offsets as ``end_offsets_from_fetch``
     says (:func:`~streams.faust.compat.consumer_thread_class`); a rebalance waits at most
     ``empty_wait`` s for the batch in flight; ``loader`` (a
-    :class:`streams.faust.recovery.BulkLoader`) fills the stores in table recovery."""
+    :class:`streams.faust.recovery.BulkLoader`) fills the stores in table recovery;
+    ``read_committed`` (exactly-once) reads only committed records, changelogs included."""
     thread_class = consumer_thread_class(fetch_max_wait=fetch_max_wait,
-                                         end_offsets_from_fetch=end_offsets_from_fetch)
+                                         end_offsets_from_fetch=end_offsets_from_fetch,
+                                         read_committed=read_committed)
     return type("EngineConsumer", (EngineConsumer,), {
         "engine": driver, "engine_topics": frozenset(driver.topics), "engine_loader": loader,
         "engine_empty_wait": empty_wait, "engine_thread_class": thread_class,
@@ -151,6 +153,10 @@ class EngineConsumer(_FaustConsumer):  # type: ignore[misc, valid-type]
         async with self.engine_lock:
             generation = self.generation()
             self._last_committed = {}
+            transactions = self.engine.transactions
+            if transactions is not None:  # exactly-once T1: producers (fencing) before offsets are read
+                await transactions.assign([TP(tp.topic, tp.partition) for tp in self.assignment()
+                                           if tp.topic in self.engine_topics])
             await super().perform_seek()
             ours = [tp for tp in self.assignment() if tp.topic in self.engine_topics]
             positions: dict[TP, int] = {}

@@ -22,6 +22,7 @@ from streams.engine.errors import TooLarge, UnknownDestination, Unserializable
 from streams.engine.keys import key_partition
 from streams.engine.ports import Publisher
 from streams.engine.records import Ack, Outgoing
+from streams.engine.transactions import current
 from streams.faust.compat import aiokafka_producer
 
 PERMANENT: dict[type[BaseException], type[Exception]] = {
@@ -62,8 +63,14 @@ class KafkaPublisher(Publisher):
         self.app = app
         self.max_message_bytes = max_message_bytes
 
+    def _producer(self) -> Any:
+        """Exactly-once: the producer of the batch's transaction (engine rule T2: every
+        record of a batch goes in it); otherwise Faust's producer."""
+        txn = current()
+        return txn.producer.client if txn is not None else aiokafka_producer(self.app)
+
     async def send_many(self, messages: Sequence[Outgoing]) -> list[Ack]:
-        producer = aiokafka_producer(self.app)
+        producer = self._producer()
         counts = {topic: len(await producer.partitions_for(topic))  # metadata: at once when known
                   for topic in {m.topic for m in messages}}
         groups: dict[tuple[str, int], list[int]] = {}
@@ -92,7 +99,7 @@ class KafkaPublisher(Publisher):
 
     async def send_partition(self, topic: str, partition: int,
                              records: Sequence[tuple[bytes, bytes | None]]) -> list[Ack]:
-        producer = aiokafka_producer(self.app)
+        producer = self._producer()
         out: list[Ack] = []
         batch, n = producer.create_batch(), 0
         for key, value in records:

@@ -33,6 +33,7 @@ from faust.tables import Table
 
 from streams.engine.delivery import gather_acks
 from streams.engine.ports import Indexer, Publisher, StateStore, Writes
+from streams.engine.transactions import current
 from streams.faust.compat import changelog_topic, offset_key, partition_db, reopen_partition_db
 
 
@@ -89,6 +90,13 @@ class TableStore(RdictStore):
         failed = next((r for r in offsets if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed
+        txn = current()
+        if txn is not None:  # exactly-once: locally only once the transaction committed (engine T3)
+            txn.after_commit(lambda: self._write_local(writes, offsets))
+        else:
+            self._write_local(writes, offsets)
+
+    def _write_local(self, writes: Sequence[Writes], offsets: Sequence[Any]) -> None:
         done = 0
         for w in writes:  # 2 and 3, in one atomic write batch per table partition
             batch = rocksdict.WriteBatch(raw_mode=True)

@@ -1,0 +1,103 @@
+"""PROCESSING_GUARANTEE=exactly_once on Apache Kafka (issue 20): a worker SIGKILLed
+mid-stream leaves a ``read_committed`` consumer with each derived event exactly once.
+
+Under at-least-once the same kills repeat up to a batch of NotificationSent per kill
+(tests/fault/test_worker_sigkill.py allows kills × BATCH_SIZE); here the batch that a
+kill interrupts is an open transaction, aborted when the next life's producer of the
+same transactional id starts (streams/engine/transactions.py, T1), so its records are
+never visible to ``read_committed`` readers, and the committed offset is the one of the
+last committed transaction. The SMS gateway stays at-least-once (idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import Counter
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from harness.events import paid
+from harness.gateway import GatewayStub
+from harness.kafka import committed, produce, wait_consumed
+from streams.events import NotificationSent, OrderPaid
+
+pytestmark = pytest.mark.kafka
+
+PAID, SENT = OrderPaid.topic(), NotificationSent.topic()
+ORDERS = 3_000
+KILLS = 2
+
+
+async def read_all(bootstrap: str, topic: str, isolation_level: str, timeout: float = 30.0) -> list[bytes]:
+    """Every record key of ``topic`` up to its end (its last stable offset for
+    ``read_committed``) as that reader sees it."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level=isolation_level,
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    keys: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not consumer.assignment():
+            assert time.monotonic() < deadline, f"no partitions of {topic}"
+            await asyncio.sleep(0.05)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout} s"
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                keys += [r.key for r in records]
+    finally:
+        await consumer.stop()
+    return keys
+
+
+async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_once(kafka, kafka_worker_factory):
+    rng = random.Random(20)
+    gateway = await GatewayStub(delay=0.002).start()
+    try:
+        worker = kafka_worker_factory(notifier_url=gateway.url, services="notifications",
+                                      processing_guarantee="exactly_once", batch_size="200")
+        await asyncio.to_thread(worker.start().wait_ready)
+        ids = [f"o-{i}" for i in range(ORDERS)]
+        parts = [ids[k * ORDERS // (KILLS + 1):(k + 1) * ORDERS // (KILLS + 1)] for k in range(KILLS + 1)]
+
+        async def feed(part: list[str]) -> None:
+            for start in range(0, len(part), 100):
+                await produce(kafka.bootstrap, PAID, [paid(i) for i in part[start:start + 100]])
+                await asyncio.sleep(0.3)  # paces production so each kill lands mid-stream
+
+        feeders = [asyncio.create_task(feed(parts[0]))]
+        done: list[int] = []
+        for k in range(KILLS):
+            deadline = time.monotonic() + 60
+            before = done[-1] if done else 0
+            while (now := sum((await committed(kafka.bootstrap, PAID)).values())) <= before:
+                assert time.monotonic() < deadline, f"life {k + 1} committed nothing in 60 s:\n{worker.tail()}"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(rng.uniform(0.0, 0.3))  # within a later batch
+            worker.kill()
+            assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL
+            done.append(sum((await committed(kafka.bootstrap, PAID)).values()))
+            feeders.append(asyncio.create_task(feed(parts[k + 1])))
+            await asyncio.to_thread(worker.start().wait_ready)
+        await asyncio.gather(*feeders)
+        await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
+
+        committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
+        everything = Counter(await read_all(kafka.bootstrap, SENT, "read_uncommitted"))
+        print(f"\nexactly_once, SIGKILL x{KILLS} over {ORDERS} OrderPaid: committed offsets after each kill {done}; "
+              f"read_committed {sum(committed_view.values())} NotificationSent for {len(committed_view)} orders; "
+              f"read_uncommitted {sum(everything.values())} (aborted records included); "
+              f"gateway calls {len(gateway.requests)}")
+        assert done[-1] < ORDERS, f"the worker had finished before the last kill: {done}"
+        assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
+        assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
+    finally:
+        await gateway.stop()
