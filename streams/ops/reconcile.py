@@ -33,6 +33,7 @@ import aiohttp
 from orders import outbox
 from orders.db import Database
 from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid
+from streams.ops.text import printable
 
 KINDS = ("missing", "stuck", "diverged")
 #: kinds ``--repair`` re-publishes events for (diverged orders need a person)
@@ -181,8 +182,6 @@ REPORT_HEADERS = ("ORDER", "KIND", "ORDER SERVICE", "WORKER", "AGE (s)")
 def report_rows(mismatches: list[Mismatch]) -> list[tuple[str, ...]]:
     """Rows of the report table (the command tabulates them), order ids and statuses
     escaped: they come from a database and a worker, not from us."""
-    from streams.ops.dlq import printable
-
     return [(printable(m.order_id), m.kind, printable(m.source_status), printable(m.worker_status),
              f"{m.age_seconds:.0f}") for m in mismatches]
 
