@@ -11,9 +11,12 @@ costs seconds); each test has partitions of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -66,6 +69,24 @@ async def wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def member(broker_url: str, datadir: Path) -> tuple[Any, Recorder]:
+    """A Faust app in group :data:`GROUP` whose consumer is the engine's, with a recorder
+    as its driver, subscribed to :data:`TOPIC` (not started)."""
+    recorder = Recorder()
+    app = faust.App(GROUP, broker=broker_url, web_enabled=False, autodiscover=False, datadir=str(datadir),
+                    topic_partitions=PARTITIONS, broker_session_timeout=8.0, broker_heartbeat_interval=1.0,
+                    broker_rebalance_timeout=8.0)
+    app.transport.Consumer = engine_consumer_class(recorder, fetch_max_wait=0.05, end_offsets_from_fetch=False,
+                                                   empty_wait=1.0)
+
+    @app.agent(app.topic(TOPIC, key_serializer="raw", value_serializer="raw"))
+    async def subscribed(stream: Any) -> None:  # the subscription; the engine takes the records
+        async for _ in stream:
+            pass
+
+    return app, recorder
+
+
 @pytest.fixture(scope="module")
 def shared_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
     if os.environ.get("TEST_BROKER", "tansu") == "kafka":  # as the broker fixture (tests/conftest.py)
@@ -81,18 +102,7 @@ async def running(shared_broker: EmbeddedBroker | KafkaBroker,
     """A Faust app whose consumer is the engine's, subscribed to :data:`TOPIC`, joined
     and sought (position rule 1's hook called)."""
     await create_topic(shared_broker.bootstrap, TOPIC, PARTITIONS)
-    recorder = Recorder()
-    app = faust.App(GROUP, broker=shared_broker.url, web_enabled=False, autodiscover=False,
-                    datadir=str(tmp_path_factory.mktemp("consumer-contract")), topic_partitions=PARTITIONS,
-                    broker_session_timeout=8.0, broker_heartbeat_interval=1.0)
-    app.transport.Consumer = engine_consumer_class(recorder, fetch_max_wait=0.05, end_offsets_from_fetch=False,
-                                                   empty_wait=1.0)
-
-    @app.agent(app.topic(TOPIC, key_serializer="raw", value_serializer="raw"))
-    async def subscribed(stream: Any) -> None:  # the subscription; the engine takes the records
-        async for _ in stream:
-            pass
-
+    app, recorder = member(shared_broker.url, tmp_path_factory.mktemp("consumer-contract"))
     await app.start()
     try:
         await wait_for(lambda: recorder.sought_at, "the consumer joined and sought its partitions")
@@ -124,3 +134,13 @@ class TestEngineConsumer(ConsumerPortContract):
         await port.commit()
         return (await committed(self.broker.bootstrap, tp.topic, group=GROUP)).get(tp.partition)
 
+    @contextlib.asynccontextmanager
+    async def another_member(self, port: Any) -> AsyncIterator[None]:
+        with tempfile.TemporaryDirectory(prefix="consumer-contract-") as datadir:
+            app, recorder = member(self.broker.url, Path(datadir))
+            await app.start()
+            try:
+                await wait_for(lambda: recorder.sought_at, "the second member joined and sought", 60)
+                yield
+            finally:
+                await app.stop()

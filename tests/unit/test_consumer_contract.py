@@ -19,14 +19,22 @@ The rules (what :class:`~streams.engine.position.Driver` relies on):
 5. offsets acknowledged with ``acknowledge(tp, first, last)`` are committed: after a
    commit the group's offset is the one after the last of a gap-free run;
 6. while nothing changes, ``generation()`` stays equal to itself and ``may_process()``
-   is true (the driver compares generations around every batch).
+   is true (the driver compares generations around every batch);
+7. a rebalance changes ``generation()`` and ``assigned()``: when another member joins the
+   group some partitions move to it, when it leaves they come back — each time under a
+   generation the driver has not seen (position rule 3).
 
 Each test works on partitions of its own, so an implementation may share one consumer
-between the tests (the real one costs a group join).
+between the tests (the real one costs a group join); the rebalance test comes last and
+gives every partition back before it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -58,6 +66,17 @@ class ConsumerPortContract:
     async def committed(self, port: Any, tp: TP) -> int | None:
         """Has the consumer commit, then the group's committed offset of ``tp``."""
         raise NotImplementedError
+
+    def another_member(self, port: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        """A second member of the port's group: joins on enter, leaves on exit."""
+        raise NotImplementedError
+
+    @staticmethod
+    async def eventually(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+            await asyncio.sleep(0.02)
 
     async def test_assigned_holds_every_owned_partition_in_a_set_of_its_own(self, port: Any) -> None:
         owned = port.assigned()
@@ -101,6 +120,17 @@ class ConsumerPortContract:
     async def test_the_generation_holds_and_processing_is_allowed_while_nothing_changes(self, port: Any) -> None:
         assert port.generation() == port.generation() and port.may_process()
 
+    async def test_a_rebalance_changes_the_generation_and_moves_partitions(self, port: Any) -> None:
+        every = {TP(TOPIC, p) for p in range(PARTITIONS)}
+        alone = port.generation()
+        async with self.another_member(port):
+            await self.eventually(lambda: port.generation() != alone and not every <= port.assigned(),
+                                  "partitions moved to the member that joined")
+            shared = port.generation()
+            assert every & port.assigned(), "the consumer kept some partitions"
+        await self.eventually(lambda: port.generation() not in (alone, shared) and every <= port.assigned(),
+                              "every partition back after the other member left")
+
 
 class TestFakeConsumer(ConsumerPortContract):
     @pytest.fixture
@@ -126,3 +156,14 @@ class TestFakeConsumer(ConsumerPortContract):
     async def committed(self, port: FakeConsumer, tp: TP) -> int | None:
         port.commit()
         return port.committed(tp)
+
+    @contextlib.asynccontextmanager
+    async def another_member(self, port: FakeConsumer) -> AsyncIterator[None]:
+        """What the group does on a join and a leave: the fake is told (its generation and
+        partitions are the test's to move)."""
+        every = set(port.owned)
+        port.owned = {tp for tp in every if tp.partition % 2 == 0}
+        port.gen += 1
+        yield
+        port.owned = every
+        port.gen += 1
