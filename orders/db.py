@@ -106,18 +106,61 @@ async def _in_thread(fn: Callable[[], T]) -> T:
         raise
 
 
+async def _until_done(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` is done, through any number of cancellations; return whether
+    the caller was cancelled meanwhile (it must then raise ``CancelledError`` itself)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
+class GroupAborted(sqlite3.OperationalError):
+    """The shared transaction this body ran in did not commit, though the body itself
+    succeeded: the group's COMMIT failed, or another member's failure ended the whole
+    transaction (see :class:`SqliteDatabase`). Nothing the body wrote was kept."""
+
+
 class _SqliteTx:
+    """A member's handle: statements run on the event loop (the group holds the write lock,
+    so none of them waits for another process), and only inside the member's own body."""
+
+    __slots__ = ("conn", "open")
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.open = True
+
+    def _cursor(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        if not self.open:
+            raise RuntimeError("a transaction handle was used after its `async with` body ended")
+        return self.conn.execute(sql, tuple(params))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).rowcount)
+        return self._cursor(sql, params).rowcount
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).fetchall())
+        return self._cursor(sql, params).fetchall()
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        return await _in_thread(lambda: self.conn.execute(sql, tuple(params)).fetchone())
+        return self._cursor(sql, params).fetchone()
+
+
+class _Group:
+    """One shared write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) and its members."""
+
+    __slots__ = ("done", "broken", "members")
+
+    def __init__(self) -> None:
+        #: resolved by the group's committer once its fate is decided (exception: it did not commit)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: why the group can no longer commit (set under the turn; the transaction is rolled back)
+        self.broken: BaseException | None = None
+        #: bodies that ended successfully in this group
+        self.members = 0
 
 
 #: ``PRAGMA synchronous`` values the order service allows (``SQLITE_SYNCHRONOUS``).
@@ -130,8 +173,44 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
 class SqliteDatabase:
-    """One connection, one transaction at a time (``BEGIN IMMEDIATE``), WAL journal,
-    ``synchronous`` as chosen (:data:`SQLITE_SYNCHRONOUS`)."""
+    """One connection, WAL journal, ``synchronous`` as chosen (:data:`SQLITE_SYNCHRONOUS`),
+    and **group commit**: concurrent ``transaction()`` bodies share one write transaction
+    and so one COMMIT (one fsync). The rules, enforced in :meth:`transaction`:
+
+    1. *One body at a time.* A body runs only while it holds the turn (a FIFO lock), from
+       its ``SAVEPOINT`` to its ``RELEASE``/``ROLLBACK TO``; bodies never interleave, so
+       savepoints never nest across members.
+    2. *A group is one transaction.* The first member to take the turn while no group is
+       open runs ``BEGIN IMMEDIATE`` and opens the group; each later member takes the turn
+       and joins the open group. At BEGIN the group's committer is queued on the turn,
+       behind every member waiting at that moment: when its turn comes it closes the group
+       (later arrivals start the next one) and runs COMMIT. The committer is a task of its
+       own, so no member's cancellation can leave a group without one.
+    3. *A member fails alone.* A body that raises (or is cancelled) is rolled back to its
+       own savepoint; the members before and after it are untouched. A body sees the
+       writes of the successful members before it in its group — they commit or fail with
+       it, never without it.
+    4. *A group fails whole.* If SQLite ended the whole transaction (it does after some
+       errors, e.g. SQLITE_FULL or SQLITE_IOERR), or a savepoint could not be rolled back
+       or released, or a body ended the transaction itself, the group is broken: rolled
+       back at once and closed; its successful members raise :class:`GroupAborted`, the
+       failing member its own error. If COMMIT fails, the transaction is rolled back and
+       every successful member raises :class:`GroupAborted` (chained to the cause).
+    5. *No answer before the fsync.* A successful member's ``async with`` exits only after
+       its group's COMMIT returned. So an order answered 201 (and the relay woken after
+       the exit) is committed — durable as ``synchronous`` says.
+    6. *Cancellation decides first.* A member cancelled while waiting for the turn or in
+       BEGIN has written nothing (a BEGIN that finished in its thread anyway is rolled
+       back); cancelled in its body it is rolled back to its savepoint on the spot (no
+       await in between, so the connection is never left mid-statement); cancelled while
+       waiting for its group's COMMIT it waits for the COMMIT to end, then raises
+       ``CancelledError``. Whenever a member's ``async with`` exits, its effects are
+       decided. (A cancelled member's committed effects stay committed.)
+    7. *Threads only where SQLite may block.* ``BEGIN IMMEDIATE`` (waits up to the busy
+       timeout for another process's write lock) and COMMIT (the fsync, and an
+       auto-checkpoint) run in a thread, holding the turn; every statement of a body runs
+       on the event loop — the group holds the write lock, so none of them waits.
+    """
 
     dialect = "sqlite"
 
@@ -140,8 +219,13 @@ class SqliteDatabase:
             raise ValueError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
         self.path = path
         self.synchronous = synchronous
-        self._lock = asyncio.Lock()
+        self._turn = asyncio.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._group: _Group | None = None
+        self._committers: set[asyncio.Task[None]] = set()
+        #: groups committed, and the successful bodies they held (their ratio: members per fsync)
+        self.groups_committed = 0
+        self.members_committed = 0
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -154,31 +238,136 @@ class SqliteDatabase:
         return self._conn
 
     async def setup(self) -> None:
-        conn = await asyncio.to_thread(self._connect)
-        ddl = SCHEMA.format(**DIALECT_TYPES["sqlite"]).replace("DOUBLE PRECISION", "REAL")
-        await asyncio.to_thread(conn.executescript, ddl)
+        async with self._turn:
+            conn = await _in_thread(self._connect)
+            ddl = SCHEMA.format(**DIALECT_TYPES["sqlite"]).replace("DOUBLE PRECISION", "REAL")
+            await _in_thread(lambda: conn.executescript(ddl))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
-        async with self._lock:
-            conn = await _in_thread(self._connect)
+        await self._turn.acquire()  # rule 1 (cancelled here: nothing to undo)
+        try:
+            group = self._group
+            if group is not None and group.broken is not None:  # its committer was cancelled
+                self._break(group, group.broken)
+                group = None
+            if group is None:
+                group = await self._open_group()
+            conn = self._conn
+            assert conn is not None
             try:
-                await _in_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
-            except asyncio.CancelledError:
-                if conn.in_transaction:  # BEGIN finished after the cancel
-                    await asyncio.shield(asyncio.to_thread(conn.execute, "ROLLBACK"))
+                conn.execute("SAVEPOINT member")
+            except BaseException as exc:
+                self._break(group, exc)
                 raise
+            tx = _SqliteTx(conn)
             try:
-                yield _SqliteTx(conn)
-            except BaseException:
-                await asyncio.shield(asyncio.to_thread(conn.execute, "ROLLBACK"))
+                yield tx
+            except BaseException as exc:  # rule 3, or rule 4 if SQLite ended the transaction
+                tx.open = False
+                self._undo(group, exc)
                 raise
-            await _in_thread(lambda: conn.execute("COMMIT"))
+            tx.open = False
+            if not conn.in_transaction:
+                self._break(group, RuntimeError("a body ended the shared transaction itself"))
+            else:
+                try:
+                    conn.execute("RELEASE member")
+                except BaseException as exc:
+                    self._break(group, exc)
+            group.members += 1
+        finally:
+            self._turn.release()
+        cancelled = await _until_done(group.done)  # rule 5 / rule 6
+        if cancelled:
+            raise asyncio.CancelledError
+        if (failure := group.done.exception()) is not None:
+            raise GroupAborted(f"the shared transaction did not commit: {failure!r}") from failure
+
+    async def _open_group(self) -> _Group:
+        """BEGIN IMMEDIATE (in a thread, holding the turn) and queue the group's committer."""
+        conn = self._conn if self._conn is not None else await _in_thread(self._connect)
+        try:
+            await _in_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except asyncio.CancelledError:
+            if conn.in_transaction:  # BEGIN finished after the cancel
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        group = self._group = _Group()
+        committer = asyncio.get_running_loop().create_task(self._commit(group))
+        self._committers.add(committer)
+        committer.add_done_callback(self._committers.discard)
+        return group
+
+    def _undo(self, group: _Group, exc: BaseException) -> None:
+        """Roll a failed body back to its savepoint (on the loop: no await, so no cancel
+        can stop it half-way); if that is impossible, break the group (rule 4)."""
+        conn = self._conn
+        assert conn is not None
+        if not conn.in_transaction:
+            self._break(group, exc)
+            return
+        try:
+            conn.execute("ROLLBACK TO member")
+            conn.execute("RELEASE member")
+        except sqlite3.Error as undo_error:
+            self._break(group, undo_error)
+
+    def _break(self, group: _Group, exc: BaseException) -> None:
+        """Rule 4, called holding the turn: roll the whole transaction back and close the
+        group now (the next member starts a new one); its committer only reports."""
+        if group.broken is None:
+            group.broken = exc
+        if self._group is group:
+            self._group = None
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    async def _commit(self, group: _Group) -> None:
+        """The group's committer (rule 2): when its turn comes, close the group and COMMIT."""
+        try:
+            await self._turn.acquire()
+        except asyncio.CancelledError:  # the loop is shutting down; nobody will commit
+            group.broken = group.broken or RuntimeError("the group's committer was cancelled")
+            self._report(group, group.broken)
+            raise
+        try:
+            if self._group is group:
+                self._group = None
+            if group.broken is not None:
+                self._report(group, group.broken)
+                return
+            conn = self._conn
+            assert conn is not None
+            commit = asyncio.ensure_future(asyncio.to_thread(conn.execute, "COMMIT"))
+            cancelled = await _until_done(commit)
+            if (failure := commit.exception()) is not None:
+                if conn.in_transaction:  # e.g. a deferred constraint: COMMIT refused, transaction open
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                self._report(group, failure)
+            else:
+                self.groups_committed += 1
+                self.members_committed += group.members
+                group.done.set_result(None)
+            if cancelled:
+                raise asyncio.CancelledError
+        finally:
+            self._turn.release()
+
+    @staticmethod
+    def _report(group: _Group, failure: BaseException) -> None:
+        group.done.set_exception(failure)
+        group.done.exception()  # read by its members, if any; never "exception never retrieved"
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        async with self._turn:  # after every queued group's COMMIT
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 # -- PostgreSQL ------------------------------------------------------------------------

@@ -1,16 +1,17 @@
-"""orders.db.SqliteDatabase: commit on success, roll back on error, URL dispatch."""
+"""orders.db.SqliteDatabase: commit on success, roll back on error, group commit, URL dispatch."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orders.db import PostgresDatabase, SqliteDatabase, open_database
+from orders.db import GroupAborted, PostgresDatabase, SqliteDatabase, open_database
 
 
 @pytest.fixture
@@ -138,3 +139,231 @@ async def test_the_sqlite_synchronous_choice_is_applied_in_wal_mode(tmp_path: Pa
         await db.close()
     with pytest.raises(ValueError):
         SqliteDatabase(str(tmp_path / "x.db"), synchronous="OFF")
+
+
+# -- group commit (SqliteDatabase's rules 1-7) ------------------------------------------------
+
+Body = Callable[[Any], Awaitable[None]]
+
+
+def trace(db: SqliteDatabase) -> list[tuple[str, int]]:
+    """Every statement the connection starts, with the thread that runs it."""
+    seen: list[tuple[str, int]] = []
+    assert db._conn is not None
+    db._conn.set_trace_callback(lambda sql: seen.append((sql, threading.get_ident())))
+    return seen
+
+
+def committed(path: Path) -> set[str]:
+    """The names another connection sees in table t (what is committed)."""
+    other = sqlite3.connect(str(path))
+    try:
+        return {r[0] for r in other.execute("SELECT name FROM t")}
+    finally:
+        other.close()
+
+
+@pytest.fixture
+async def gdb(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    d = SqliteDatabase(str(tmp_path / "g.db"))
+    await d.setup()
+    async with d.transaction() as tx:
+        await tx.execute("CREATE TABLE t (name TEXT PRIMARY KEY)")
+    yield d
+    await d.close()
+
+
+async def member(db: SqliteDatabase, body: Body, exits: list[tuple[int, set[str]]], n: int) -> None:
+    async with db.transaction() as tx:
+        await body(tx)
+    exits.append((n, committed(Path(db.path))))  # what is committed when the answer would go out
+
+
+def insert(name: str) -> Body:
+    async def body(tx: Any) -> None:
+        await tx.execute("INSERT INTO t VALUES (?)", (name,))
+    return body
+
+
+async def queue_as_one_group(db: SqliteDatabase, bodies: list[Body], exits: list[tuple[int, set[str]]],
+                             statements: list[tuple[str, int]]) -> list[asyncio.Task[None]]:
+    """Start one member per body so that all of them form one group: another connection holds
+    the write lock, so the first member waits in BEGIN IMMEDIATE while the others queue for
+    their turn (rule 2: the group's committer is queued behind them). Then let BEGIN through."""
+    other = sqlite3.connect(db.path, isolation_level=None, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        tasks = [asyncio.create_task(member(db, b, exits, n)) for n, b in enumerate(bodies)]
+        # asyncio.Lock's queue of waiters (private, read only here): every other member queued
+        await wait_until(lambda: any(s == "BEGIN IMMEDIATE" for s, _ in statements)
+                         and len(db._turn._waiters or ()) == len(bodies) - 1)  # type: ignore[attr-defined]
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    return tasks
+
+
+def kinds(statements: list[tuple[str, int]]) -> list[str]:
+    """The transaction's own statements (not the savepoints' ROLLBACK TO)."""
+    return [s.split()[0] for s, _ in statements if s in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")]
+
+
+async def test_concurrent_bodies_share_one_commit_a_failing_one_fails_alone_and_answers_wait_for_it(
+    gdb: SqliteDatabase, tmp_path: Path
+) -> None:
+    """Rules 2, 3, 5: five bodies, one BEGIN and one COMMIT; the third raises after its insert and
+    only its insert is undone; the fourth sees what the first two wrote and not the third's; no
+    member's `async with` exits before its row is visible to another connection."""
+    statements = trace(gdb)
+    seen_by_d: list[set[str]] = []
+
+    async def failing(tx: Any) -> None:
+        await tx.execute("INSERT INTO t VALUES ('c')")
+        raise RuntimeError("c refused")
+
+    async def d(tx: Any) -> None:
+        seen_by_d.append({r[0] for r in await tx.fetchall("SELECT name FROM t")})
+        await tx.execute("INSERT INTO t VALUES ('d')")
+
+    exits: list[tuple[int, set[str]]] = []
+    tasks = await queue_as_one_group(gdb, [insert("a"), insert("b"), failing, d, insert("e")], exits, statements)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "RuntimeError", "NoneType", "NoneType"]
+    assert kinds(statements) == ["BEGIN", "COMMIT"]
+    assert seen_by_d == [{"a", "b"}]
+    assert committed(tmp_path / "g.db") == {"a", "b", "d", "e"}
+    assert sorted(n for n, _ in exits) == [0, 1, 3, 4]
+    assert all({"a", "b", "d", "e"} <= rows for _, rows in exits), exits  # answered after the COMMIT
+    assert (gdb.groups_committed, gdb.members_committed) == (2, 5)  # the CREATE TABLE's group, then this one
+
+
+async def test_a_member_cancelled_in_its_body_or_while_queued_leaves_the_others_to_commit(
+    gdb: SqliteDatabase, tmp_path: Path
+) -> None:
+    """Rules 3, 6: a body cancelled at an await is rolled back to its savepoint on the spot; a
+    member cancelled while waiting for its turn wrote nothing; the group still commits the rest,
+    and the connection is not left in a statement or a transaction."""
+    statements = trace(gdb)
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(tx: Any) -> None:
+        await tx.execute("INSERT INTO t VALUES ('b')")
+        entered.set()
+        await never.wait()  # e.g. a client gone: aiohttp cancels the handler here
+
+    exits: list[tuple[int, set[str]]] = []
+    tasks = await queue_as_one_group(gdb, [insert("a"), stuck, insert("c"), insert("d")], exits, statements)
+    await asyncio.wait_for(entered.wait(), 10)
+    tasks[3].cancel()  # queued behind the stuck body
+    tasks[1].cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert [type(r).__name__ for r in results] == ["NoneType", "CancelledError", "NoneType", "CancelledError"]
+    assert committed(tmp_path / "g.db") == {"a", "c"}
+    assert kinds(statements) == ["BEGIN", "COMMIT"]
+    assert gdb._conn is not None and not gdb._conn.in_transaction
+    async with gdb.transaction() as tx:
+        await tx.execute("INSERT INTO t VALUES ('e')")
+    assert committed(tmp_path / "g.db") == {"a", "c", "e"}
+
+
+async def test_a_member_cancelled_while_its_group_commits_exits_only_when_the_commit_has_ended(
+    gdb: SqliteDatabase, tmp_path: Path
+) -> None:
+    """Rule 6: whenever a member's `async with` exits, its effects are decided. The first member's
+    body is done and it waits for the COMMIT, which waits for the second member's body; cancelled
+    then, it must not exit before that COMMIT — and its row is committed when it does."""
+    statements = trace(gdb)
+    entered, go = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def slow(tx: Any) -> None:
+        entered.set()
+        await go.wait()
+        await tx.execute("INSERT INTO t VALUES ('b')")
+        order.append("second body ended")
+
+    exits: list[tuple[int, set[str]]] = []
+    tasks = await queue_as_one_group(gdb, [insert("a"), slow], exits, statements)
+    await asyncio.wait_for(entered.wait(), 10)
+    tasks[0].cancel()
+
+    async def first_exit() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        order.append(f"first member exited, committed: {sorted(committed(tmp_path / 'g.db'))}")
+
+    watcher = asyncio.create_task(first_exit())
+    go.set()
+    await asyncio.wait_for(asyncio.gather(watcher, tasks[1]), 10)
+    assert order == ["second body ended", "first member exited, committed: ['a', 'b']"]
+
+
+async def test_a_failed_commit_fails_every_member_and_keeps_nothing(gdb: SqliteDatabase, tmp_path: Path) -> None:
+    """Rule 4: a COMMIT that fails (here a deferred foreign key, checked only at COMMIT) raises
+    in every member whose body succeeded; nothing is kept; the next transaction works."""
+    async with gdb.transaction() as tx:
+        await tx.execute("CREATE TABLE parent (id TEXT PRIMARY KEY)")
+        await tx.execute("CREATE TABLE child (pid TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    assert gdb._conn is not None
+    gdb._conn.execute("PRAGMA foreign_keys = ON")
+    statements = trace(gdb)
+
+    async def orphan(tx: Any) -> None:
+        await tx.execute("INSERT INTO child VALUES ('nobody')")
+
+    exits: list[tuple[int, set[str]]] = []
+    tasks = await queue_as_one_group(gdb, [insert("a"), orphan, insert("c")], exits, statements)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert all(isinstance(r, GroupAborted) for r in results), results
+    assert all("FOREIGN KEY" in str(r.__cause__) for r in results)
+    assert exits == []
+    assert committed(tmp_path / "g.db") == set()
+    assert kinds(statements) == ["BEGIN", "COMMIT", "ROLLBACK"]
+    async with gdb.transaction() as tx:
+        await tx.execute("INSERT INTO t VALUES ('d')")
+    assert committed(tmp_path / "g.db") == {"d"}
+
+
+async def test_an_error_that_ends_the_whole_transaction_fails_the_group_not_just_its_member(
+    gdb: SqliteDatabase, tmp_path: Path
+) -> None:
+    """Rule 4: after SQLITE_FULL SQLite rolls back the whole transaction, so the members before
+    the failing one lost their rows too: they must fail (not be answered as committed); the
+    members after it start a new group and commit."""
+    assert gdb._conn is not None
+    pages = gdb._conn.execute("PRAGMA page_count").fetchone()[0]
+    gdb._conn.execute(f"PRAGMA max_page_count = {pages + 5}")  # the disk is (nearly) full
+    statements = trace(gdb)
+
+    async def too_big(tx: Any) -> None:
+        await tx.execute("INSERT INTO t VALUES (?)", ("x" * 200_000,))
+
+    exits: list[tuple[int, set[str]]] = []
+    tasks = await queue_as_one_group(gdb, [insert("a"), too_big, insert("c")], exits, statements)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert isinstance(results[0], GroupAborted), results
+    assert isinstance(results[1], sqlite3.OperationalError) and "full" in str(results[1])
+    assert results[2] is None
+    assert committed(tmp_path / "g.db") == {"c"}
+    assert kinds(statements) == ["BEGIN", "BEGIN", "COMMIT"]
+
+
+async def test_only_begin_and_commit_leave_the_event_loop(gdb: SqliteDatabase) -> None:
+    """Rule 7: the body's statements run on the loop's thread; BEGIN IMMEDIATE and COMMIT
+    (the ones that can wait for another process or the disk) in a worker thread."""
+    statements = trace(gdb)
+    async with gdb.transaction() as tx:
+        await tx.execute("INSERT INTO t VALUES ('a')")
+        assert await tx.fetchone("SELECT name FROM t") == ("a",)
+    here = threading.get_ident()
+    where = {s.split()[0]: ident == here for s, ident in statements}
+    assert where == {"BEGIN": False, "SAVEPOINT": True, "INSERT": True, "SELECT": True, "RELEASE": True,
+                     "COMMIT": False}
+
+
+async def test_a_handle_used_after_its_body_is_refused(gdb: SqliteDatabase) -> None:
+    """Rule 1: a handle kept past its body would run inside another member's savepoint."""
+    async with gdb.transaction() as tx:
+        pass
+    with pytest.raises(RuntimeError, match="after its"):
+        await tx.execute("INSERT INTO t VALUES ('late')")
