@@ -150,6 +150,16 @@ class BulkLoader:
                     if (last is not None and last >= end - 1) or await consumer.position(atp) >= end:
                         pending.discard(atp)
                         self._remaining(tp, 0)
+                        reached[tp] = end - 1  # what follows the last record up to the end: markers
+                # A partition whose last offsets are transaction markers (exactly-once: a
+                # commit marker follows every transaction) returns no records for them, only
+                # a position past them: done at its end (it once waited out the budget).
+                for atp in list(pending):
+                    tp = tps[atp]
+                    if atp not in batch and await consumer.position(atp) >= todo[tp][1]:
+                        pending.discard(atp)
+                        self._remaining(tp, 0)
+                        reached[tp] = todo[tp][1] - 1
                 now = self.clock()
                 if now - last_log >= LOG_EVERY:
                     last_log = now

@@ -12,22 +12,25 @@ last committed transaction. The SMS gateway stays at-least-once (idempotency key
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from harness.events import paid
 from harness.gateway import GatewayStub
-from harness.kafka import committed, produce, wait_consumed
+from harness.kafka import _partitions, committed, produce, wait_consumed
 from streams.events import NotificationSent, OrderPaid
 
 pytestmark = pytest.mark.kafka
 
 PAID, SENT = OrderPaid.topic(), NotificationSent.topic()
+CHANGELOG = "order-streams-notifications-dedup-changelog"
 ORDERS = 3_000
 KILLS = 2
 
@@ -58,6 +61,44 @@ async def read_all(bootstrap: str, topic: str, isolation_level: str, timeout: fl
     return keys
 
 
+async def kill_inside_a_transaction(worker: Any, bootstrap: str, topics: list[str], timeout: float) -> bool:
+    """SIGKILL ``worker`` while a batch's transaction has sent records and not committed.
+
+    Seen from outside: a topic's end for a ``read_uncommitted`` reader is past its end
+    for a ``read_committed`` one. That is also true for a moment after a commit (until
+    the broker writes the commit markers), so the worker is frozen (SIGSTOP) first: a
+    transaction it committed gets its markers without it, an open one stays open. Still
+    open a second later → SIGKILL; else SIGCONT and look again. False: not seen in
+    ``timeout`` s."""
+    readers = [AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level, enable_auto_commit=False)
+               for level in ("read_committed", "read_uncommitted")]
+    for r in readers:
+        await r.start()
+
+    async def open_transaction(tps: list[Any]) -> bool:
+        stable, high = [await r.end_offsets(tps) for r in readers]
+        return any(high[tp] > stable[tp] for tp in tps)
+
+    try:
+        tps = [tp for t in topics for tp in await _partitions(readers[0], t, time.monotonic() + 10)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not await open_transaction(tps):
+                continue
+            os.killpg(worker.proc.pid, signal.SIGSTOP)
+            frozen_until = time.monotonic() + 1.0
+            while await open_transaction(tps) and time.monotonic() < frozen_until:
+                await asyncio.sleep(0.02)
+            if time.monotonic() >= frozen_until:  # open all along, its producer frozen
+                worker.kill()
+                return True
+            os.killpg(worker.proc.pid, signal.SIGCONT)
+        return False
+    finally:
+        for r in readers:
+            await r.stop()
+
+
 async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_once(kafka, kafka_worker_factory):
     rng = random.Random(20)
     gateway = await GatewayStub(delay=0.002).start()
@@ -81,8 +122,11 @@ async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_o
             while (now := sum((await committed(kafka.bootstrap, PAID)).values())) <= before:
                 assert time.monotonic() < deadline, f"life {k + 1} committed nothing in 60 s:\n{worker.tail()}"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(rng.uniform(0.0, 0.3))  # within a later batch
-            worker.kill()
+            # the kill lands inside a transaction that has sent records (the hazard);
+            # inside one that is open at all, else
+            if not await kill_inside_a_transaction(worker, kafka.bootstrap, [SENT, CHANGELOG], timeout=20):
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                worker.kill()
             assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL
             done.append(sum((await committed(kafka.bootstrap, PAID)).values()))
             feeders.append(asyncio.create_task(feed(parts[k + 1])))
@@ -99,5 +143,7 @@ async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_o
         assert done[-1] < ORDERS, f"the worker had finished before the last kill: {done}"
         assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
         assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
+        # the hazard was caused: a kill left records of an open transaction behind
+        assert sum(everything.values()) > sum(committed_view.values()), "no kill landed inside a transaction"
     finally:
         await gateway.stop()
