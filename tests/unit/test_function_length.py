@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ("streams", "agents", "tables", "orders", "bench")
+CHECKED = ("streams", "agents", "tables", "orders", "bench", "harness")
 LIMIT = 80
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT_ROOTS = ("streams", "agents", "tables", "orders", "bench")
+PROJECT_ROOTS = ("streams", "agents", "tables", "orders", "bench", "harness")
 ENGINE = "streams.engine"
 APP_PACKAGE = "streams"  # its direct modules are package-graph nodes of their own (rule c)
 
