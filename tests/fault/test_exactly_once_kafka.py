@@ -31,8 +31,8 @@ pytestmark = pytest.mark.kafka
 
 PAID, SENT = OrderPaid.topic(), NotificationSent.topic()
 CHANGELOG = "order-streams-notifications-dedup-changelog"
-ORDERS = 3_000
-KILLS = 2
+ORDERS = 2_000
+KILLS = 1
 
 
 async def read_all(bootstrap: str, topic: str, isolation_level: str, timeout: float = 30.0) -> list[bytes]:
