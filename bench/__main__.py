@@ -39,7 +39,7 @@ from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
 NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
-         "latency", "retry", "startup")
+         "latency", "retry", "startup", "frontdoor")
 ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
@@ -284,6 +284,11 @@ async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repea
     if "retry" in only:
         log("P5 retry delays")
         results["retry"] = await guarded(results, "retry", pairs.retry_delays(sizes.retry_delays, sizes.retry_keys, work))
+    if "frontdoor" in only:
+        from bench import frontdoor
+
+        log("front door: wrk -t2 -c64 on POST /orders, order service with default settings")
+        results["frontdoor"] = await guarded(results, "frontdoor", frontdoor.run(work, seconds=5 if quick else 15))
     if "startup" in only:
         from bench import startup
 

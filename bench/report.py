@@ -100,6 +100,14 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
     "retry": (
         "P5 worst retry delay ÷ configured", "≤ 1.10", lambda v: v <= 1.10, 3,
         "gateway stub failing 3 times; gaps between attempts vs `RETRY_DELAYS=0.5,1,2`"),
+    "frontdoor": (
+        "Front door: `POST /orders` requests/s, wrk -t2 -c64, SQLite default settings", "≥ 2,000",
+        lambda v: v >= 2000, 0,
+        "wrk (its own process) for 15 s after a 2 s warm-up; relay in the service's process, fresh broker "
+        "(bench/frontdoor.py)"),
+    "frontdoor-p99": (
+        "Front door: `POST /orders` p99 latency at 64 connections (ms)", "≤ 50", lambda v: v <= 50, 1,
+        "wrk --latency, the same run"),
     "startup": (
         "start-up: start → /health 200, every service, empty broker (s)", "≤ 3 s", lambda v: v <= 3.0, 2,
         "`faust --quiet -A streams worker`, `Popen` → first `/health` 200 (polled every 50 ms), fresh broker "
@@ -134,6 +142,9 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
         out[f"latency-{variant}"] = [v] if v is not None else []
     worst = _dig(r, "retry", "worst")
     out["retry"] = [worst] if worst is not None else []
+    front = r.get("frontdoor")
+    out["frontdoor"] = [front["requests_per_s"]] if front else []
+    out["frontdoor-p99"] = [front["percentiles_ms"]["p99"]] if front else []
     out["startup"] = list(_dig(r, "startup", "empty_s") or [])
     out["startup-restart"] = list(_dig(r, "startup", "restart_s") or [])
     return out

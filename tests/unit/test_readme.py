@@ -52,7 +52,7 @@ def test_make_test_installs_chromium_and_its_driver_for_the_browser_tests(tmp_pa
     makefile = (README.parent / "Makefile").read_text()
     assert "./scripts/ensure-system-packages" in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
     bare = ensure_dry_run(tmp_path / "bare")
-    assert {"chromium", "chromium-driver", "postgresql", "prometheus", "curl", "faketime"} <= set(bare)
+    assert {"chromium", "chromium-driver", "postgresql", "prometheus", "curl", "faketime", "wrk"} <= set(bare)
     with_browser = ensure_dry_run(tmp_path / "browser", "/usr/bin/chromium", "/usr/bin/chromedriver")
     assert "chromium" not in with_browser and "chromium-driver" not in with_browser
     only_browser = ensure_dry_run(tmp_path / "driverless", "/usr/bin/chromium")
@@ -60,5 +60,5 @@ def test_make_test_installs_chromium_and_its_driver_for_the_browser_tests(tmp_pa
     everything = ensure_dry_run(
         tmp_path / "full", "/usr/bin/chromium", "/usr/bin/chromedriver", "/usr/bin/prometheus",
         "/usr/bin/promtool", "/usr/bin/curl", "/usr/lib/postgresql/15/bin/initdb",
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/bin/wrk")
     assert everything == [], "nothing is installed when nothing is missing"
