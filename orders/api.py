@@ -285,7 +285,8 @@ class OrdersApi:
         order_id = f"o-{uuid.uuid4().hex}"
         now = self.clock()
         event = self._order_created(order_id, body, now)
-        if (refused := self._too_large(event)) is not None:
+        headers, payload = event_headers(event), event.to_bytes()  # once: checked, then written
+        if (refused := self._too_large(event, headers, payload)) is not None:
             return refused
         items = json.dumps([i.model_dump() for i in body.items])
 
@@ -294,7 +295,7 @@ class OrdersApi:
                 f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?, ?, ?, ?, 'CREATED', ?, ?)",
                 (order_id, body.user_id, items, str(body.amount), now, now),
             )
-            await outbox.add_event(tx, event, now=now, headers=event_headers(event))
+            await outbox.add_event(tx, event, now=now, headers=headers, payload=payload)
             await self._event_committed(tx)
             return _ok(OrderAccepted(order_id=order_id), status=201), True
 
@@ -351,10 +352,10 @@ class OrdersApi:
             self.on_commit()
         return response
 
-    def _too_large(self, event: Event) -> web.Response | None:
+    def _too_large(self, event: Event, headers: list[tuple[str, str]], payload: bytes) -> web.Response | None:
         """422 when the relay could never publish ``event`` (checked before anything is written)."""
         try:
-            outbox.check_size(event, self.max_event_bytes, event_headers(event))
+            outbox.check_size(event, self.max_event_bytes, headers, payload=payload)
         except outbox.EventTooLarge as exc:
             return _error(422, "order too large", ("", str(exc)))
         return None
@@ -390,11 +391,12 @@ class OrdersApi:
                 event = OrderPaid(order_id=order_id, user_id=row[1], amount=Decimal(row[3]), occurred_at=_dt(now))
             else:
                 event = OrderCancelled(order_id=order_id, reason="customer", occurred_at=_dt(now))
-            if (refused := self._too_large(event)) is not None:
+            headers, payload = event_headers(event), event.to_bytes()
+            if (refused := self._too_large(event, headers, payload)) is not None:
                 return refused, False
             await tx.execute("UPDATE orders SET status = ?, updated_at = ? WHERE order_id = ?",
                              (target, now, order_id))
-            await outbox.add_event(tx, event, now=now, headers=event_headers(event))
+            await outbox.add_event(tx, event, now=now, headers=headers, payload=payload)
             await self._event_committed(tx)
             return _ok(StatusChange(order_id=order_id, status=target), status=202), True
 

@@ -47,18 +47,20 @@ class EventTooLarge(ValueError):
         self.limit = limit
 
 
-def record_size(event: Event, headers: Sequence[tuple[str, str]] = ()) -> int:
+def record_size(event: Event, headers: Sequence[tuple[str, str]] = (), *, payload: bytes | None = None) -> int:
     """Upper bound of the event's record size as the relay's producer computes it
-    (``max_request_size`` check), with its ``event_id`` header, plus ENVELOPE_MARGIN."""
+    (``max_request_size`` check), with its ``event_id`` header, plus ENVELOPE_MARGIN.
+    ``payload``: ``event.to_bytes()`` when the caller has it already (it is not checked)."""
     all_headers = [("event_id", str(event.event_id).encode()), *((k, v.encode()) for k, v in headers)]
     estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes(
-        event.idempotency_key().encode(), event.to_bytes(), all_headers)
+        event.idempotency_key().encode(), event.to_bytes() if payload is None else payload, all_headers)
     return int(estimate) + ENVELOPE_MARGIN
 
 
-def check_size(event: Event, limit: int, headers: Sequence[tuple[str, str]] = ()) -> None:
+def check_size(event: Event, limit: int, headers: Sequence[tuple[str, str]] = (), *,
+               payload: bytes | None = None) -> None:
     """Raise :class:`EventTooLarge` when ``event`` could not be published under ``limit``."""
-    size = record_size(event, headers)
+    size = record_size(event, headers, payload=payload)
     if size > limit:
         raise EventTooLarge(event, size, limit)
 
@@ -78,14 +80,16 @@ class OutboxRow:
     error: str | None = None
 
 
-async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple[str, str]] = ()) -> str:
-    """Insert ``event`` as a pending row (inside the caller's business transaction)."""
+async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple[str, str]] = (),
+                    payload: bytes | None = None) -> str:
+    """Insert ``event`` as a pending row (inside the caller's business transaction).
+    ``payload``: ``event.to_bytes()`` when the caller has it already (serialised once per request)."""
     event_id = str(event.event_id)
     key = event.idempotency_key()
     await tx.execute(
         "INSERT INTO outbox (id, aggregate_id, topic, key, payload, headers, status, attempts,"
         " next_retry_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-        (event_id, key, event.topic(), key.encode(), event.to_bytes(),
+        (event_id, key, event.topic(), key.encode(), event.to_bytes() if payload is None else payload,
          json.dumps([list(h) for h in headers]), now, now),
     )
     return event_id
