@@ -53,10 +53,10 @@ def parse_wrk(text: str) -> dict[str, Any]:
     """Requests/s, total requests, non-2xx/3xx, socket errors and the latency percentiles of
     ``wrk --latency`` output."""
     out: dict[str, Any] = {"percentiles_ms": {}}
-    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M):
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.MULTILINE):
         out["percentiles_ms"][f"p{pct}"] = _ms(value, unit)
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
-    total = re.search(r"^\s+(\d+) requests in", text, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    total = re.search(r"^\s+(\d+) requests in", text, re.MULTILINE)
     if not (rps and total and "p99" in out["percentiles_ms"]):
         raise RuntimeError(f"wrk printed no result:\n{text}")
     out["requests_per_s"] = float(rps.group(1))

@@ -152,7 +152,7 @@ class _SqliteTx:
 class _Group:
     """One shared write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) and its members."""
 
-    __slots__ = ("done", "broken", "members")
+    __slots__ = ("broken", "done", "members")
 
     def __init__(self) -> None:
         #: resolved by the group's committer once its fate is decided (exception: it did not commit)
