@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,9 @@ from streams.engine.streamtime import ProcessClock
 from streams.faust.compat import EngineProducer, EngineTableManager, broker_round_trip, read_any_header_key
 from streams.faust.consumer import engine_consumer_class
 from streams.faust.publisher import KafkaPublisher
-from streams.faust.transactions import broker_is_tansu, make_transactions, refuse_without_transactions
+from streams.faust.transactions import (
+    broker_is_tansu, faust_environment, make_transactions, refuse_without_transactions,
+)
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import EngineTable, TableStore
 from streams.http.console import register_console
@@ -88,6 +91,10 @@ def new_app(settings: WorkerSettings) -> WorkerApp:
     partitions = settings.topic_partitions
     return WorkerApp(
         APP_ID,
+        # Faust reads env vars too and lets them win: not PROCESSING_GUARANTEE (the
+        # engine's, streams/faust/transactions.py), and Faust's own stays off
+        env=faust_environment(os.environ),
+        processing_guarantee="at_least_once",
         broker=settings.broker_urls,
         # Faust's RocksDB store plus the engine's index entries for what Faust applies
         # itself (streams.faust.compat.EngineStore, a ``faust.stores`` entry point).

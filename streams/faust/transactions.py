@@ -176,3 +176,18 @@ async def broker_is_tansu(bootstrap: str, client_kwargs: Mapping[str, Any]) -> b
         return getattr(response, "cluster_id", None) == TANSU_CLUSTER_ID
     finally:
         await client.close()
+
+
+#: Worker settings whose environment variable is also a Faust setting's ``env_name``.
+#: Faust reads its settings from ``os.environ`` too, and the environment wins over the
+#: App's keyword arguments: ``PROCESSING_GUARANTEE=exactly_once`` switched on Faust's own
+#: exactly_once mode beside the engine's (its transaction producers, recovery end offsets
+#: from ``last_stable_offset`` — None before a fetch — and a worker joining a group
+#: crashed in recovery with ``int(None)``).
+SHADOWED_BY_FAUST = ("PROCESSING_GUARANTEE",)
+
+
+def faust_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment Faust's settings are read from: the worker's, without the
+    variables the worker means for itself (:data:`SHADOWED_BY_FAUST`)."""
+    return {k: v for k, v in environ.items() if k.upper() not in SHADOWED_BY_FAUST}

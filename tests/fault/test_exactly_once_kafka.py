@@ -61,15 +61,16 @@ async def read_all(bootstrap: str, topic: str, isolation_level: str, timeout: fl
     return keys
 
 
-async def kill_inside_a_transaction(worker: Any, bootstrap: str, topics: list[str], timeout: float) -> bool:
-    """SIGKILL ``worker`` while a batch's transaction has sent records and not committed.
+async def freeze_inside_a_transaction(worker: Any, bootstrap: str, topics: list[str], timeout: float) -> bool:
+    """Leave ``worker`` frozen (SIGSTOP) while a batch's transaction has sent records and
+    not committed.
 
     Seen from outside: a topic's end for a ``read_uncommitted`` reader is past its end
     for a ``read_committed`` one. That is also true for a moment after a commit (until
-    the broker writes the commit markers), so the worker is frozen (SIGSTOP) first: a
-    transaction it committed gets its markers without it, an open one stays open. Still
-    open a second later → SIGKILL; else SIGCONT and look again. False: not seen in
-    ``timeout`` s."""
+    the broker writes the commit markers), so the worker is frozen first: a transaction
+    it committed gets its markers without it, an open one stays open. Still open a
+    second later → True (the worker stays frozen); else SIGCONT and look again. False:
+    not seen in ``timeout`` s."""
     readers = [AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level, enable_auto_commit=False)
                for level in ("read_committed", "read_uncommitted")]
     for r in readers:
@@ -90,13 +91,21 @@ async def kill_inside_a_transaction(worker: Any, bootstrap: str, topics: list[st
             while await open_transaction(tps) and time.monotonic() < frozen_until:
                 await asyncio.sleep(0.02)
             if time.monotonic() >= frozen_until:  # open all along, its producer frozen
-                worker.kill()
                 return True
             os.killpg(worker.proc.pid, signal.SIGCONT)
         return False
     finally:
         for r in readers:
             await r.stop()
+
+
+async def kill_inside_a_transaction(worker: Any, bootstrap: str, topics: list[str], timeout: float) -> bool:
+    """SIGKILL ``worker`` while a batch's transaction has sent records and not committed
+    (:func:`freeze_inside_a_transaction`); False: not seen in ``timeout`` s."""
+    if await freeze_inside_a_transaction(worker, bootstrap, topics, timeout):
+        worker.kill()
+        return True
+    return False
 
 
 async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_once(kafka, kafka_worker_factory):
@@ -145,5 +154,58 @@ async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_o
         assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
         # the hazard was caused: a kill left records of an open transaction behind
         assert sum(everything.values()) > sum(committed_view.values()), "no kill landed inside a transaction"
+    finally:
+        await gateway.stop()
+
+
+async def test_a_zombie_resumed_after_its_takeover_commits_nothing(kafka, kafka_worker_factory):
+    """Worker A frozen (SIGSTOP) inside a transaction past its session timeout; worker B
+    takes over and processes; A resumed (SIGCONT): nothing A sent is ever visible to a
+    read_committed reader (B's producer start aborted A's transaction and fenced A), A
+    stops those partitions, and every order's NotificationSent is there once."""
+    gateway = await GatewayStub(delay=0.002).start()
+    try:
+        env = dict(notifier_url=gateway.url, services="notifications", processing_guarantee="exactly_once",
+                   batch_size="100")
+        a, b = kafka_worker_factory("a", **env), kafka_worker_factory("b", **env)
+        await asyncio.to_thread(a.start().wait_ready)
+        await asyncio.to_thread(b.start().wait_ready)
+        ids = [f"o-{i}" for i in range(6_000)]
+        stop_feeding = asyncio.Event()
+
+        async def feed() -> None:
+            for start in range(0, len(ids), 50):
+                await produce(kafka.bootstrap, PAID, [paid(i) for i in ids[start:start + 50]])
+                if not stop_feeding.is_set():
+                    await asyncio.sleep(0.1)
+
+        feeder = asyncio.create_task(feed())
+        assert await freeze_inside_a_transaction(a, kafka.bootstrap, [SENT, CHANGELOG], timeout=60), \
+            "worker A never had an open transaction with records in it"
+        # B alone in the group (A's session expired): every partition is B's, and B commits
+        deadline = time.monotonic() + 60
+        while "engine ready: 16 partitions" not in b.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"B did not take over:\n{b.tail()}"
+            await asyncio.sleep(0.1)
+        before = sum((await committed(kafka.bootstrap, PAID)).values())
+        while sum((await committed(kafka.bootstrap, PAID)).values()) <= before:
+            assert time.monotonic() < deadline, f"B committed nothing after taking over:\n{b.tail()}"
+            await asyncio.sleep(0.1)
+        os.killpg(a.proc.pid, signal.SIGCONT)  # the zombie wakes up mid-transaction
+        stop_feeding.set()
+        await feeder
+        await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
+        committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
+        everything = Counter(await read_all(kafka.bootstrap, SENT, "read_uncommitted"))
+        print(f"\nzombie: read_committed {sum(committed_view.values())} NotificationSent for {len(committed_view)} "
+              f"orders; read_uncommitted {sum(everything.values())}; gateway calls {len(gateway.requests)}")
+        assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
+        assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
+        assert sum(everything.values()) > sum(committed_view.values()), "A's transaction left nothing behind"
+        # A learnt it was fenced and stopped those partitions (then rejoined the group)
+        deadline = time.monotonic() + 30
+        while "fenced by a newer owner" not in a.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"A never saw it was fenced:\n{a.tail()}"
+            await asyncio.sleep(0.1)
     finally:
         await gateway.stop()

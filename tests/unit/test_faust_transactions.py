@@ -91,3 +91,15 @@ async def test_exactly_once_on_tansu_stops_start_up_with_one_line(capfd: pytest.
     refuse_without_transactions(app, kafka)
     await app.on_first_start()
     assert started == ["clients"]
+
+
+def test_faust_does_not_take_processing_guarantee_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust reads PROCESSING_GUARANTEE from the environment and lets it win over the App's
+    arguments: the worker's exactly_once once switched on Faust's own exactly_once too (a
+    worker joining a group then crashed in recovery on ``int(None)``)."""
+    from streams.assembly import create_app
+
+    monkeypatch.setenv("PROCESSING_GUARANTEE", "exactly_once")
+    app = create_app(WorkerSettings())
+    assert app.worker.driver.transactions is not None  # the engine's exactly-once
+    assert str(app.conf.processing_guarantee.value) == "at_least_once"  # and not Faust's own
