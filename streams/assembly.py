@@ -47,7 +47,9 @@ APP_ID = "order-streams"
 #: Libraries that print ~200 lines at INFO while a worker starts; what an operator
 #: needs from them is a warning or an error.
 WORKER_QUIET = {**QUIET_LOGGERS, "faust": "WARNING", "mode": "WARNING", "aiokafka": "ERROR",
-                # Faust's services log under the module that subclasses them
+                # Faust's services log under the module that subclasses them (the app, its
+                # tables and consumer); these modules log nothing of their own below WARNING
+                "streams.worker": "WARNING", "streams.faust.stores": "WARNING",
                 "streams.faust.compat": "WARNING", "streams.faust.consumer": "WARNING"}
 
 

@@ -40,6 +40,7 @@ def engine_consumer_class(driver: Any, *, fetch_max_wait: float, end_offsets_fro
                                          end_offsets_from_fetch=end_offsets_from_fetch,
                                          read_committed=read_committed)
     return type("EngineConsumer", (EngineConsumer,), {
+        "__module__": __name__,  # its Faust logger (else "abc", from its metaclass), quiet in the worker
         "engine": driver, "engine_topics": frozenset(driver.topics), "engine_loader": loader,
         "engine_empty_wait": empty_wait, "engine_thread_class": thread_class,
     })
