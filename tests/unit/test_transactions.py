@@ -462,3 +462,45 @@ async def test_a_producer_that_fails_to_start_is_not_kept() -> None:
     with pytest.raises(ConnectionError):
         await h.txns.assign([P0, P1])
     assert h.txns.owns(P0) and not h.txns.owns(P1)
+
+
+# -- maintenance (TTL expiry, park timeouts) in transactions too ----------------------------
+
+
+class Maintaining:
+    """A pipeline whose maintenance sends a record and writes state, as expiry does."""
+
+    def __init__(self, publisher: TxnPublisher, store: MemoryStore) -> None:
+        from streams.engine.topology import ServiceSpec
+
+        self.spec = ServiceSpec("svc", sources=(PAID_TOPIC,), tables=())
+        self.policy = RetryPolicy(DELAYS)
+        self.publisher, self.store = publisher, store
+
+    async def maintain(self, partitions: Sequence[int], *, still_owner: Any = lambda: True) -> int:
+        from streams.engine.delivery import deliver
+        from streams.engine.ports import BatchState
+
+        state = BatchState(self.store)
+        for p in partitions:
+            await deliver(self.publisher, [Outgoing(SENT, b"expired-%d" % p, b"{}", (), p)], allowed=lambda t: True)
+            state.tx("svc-table", p).set(b"swept", b"1")
+        await state.flush()
+        return len(partitions)
+
+
+async def test_maintenance_runs_in_a_transaction_of_an_owned_partition() -> None:
+    h = Harness()
+    m = Maintaining(h.publisher, h.store)
+    h.driver = Driver([m], batch_size=500, clock=Clock(NOW), transactions=h.txns,  # type: ignore[list-item]
+                      maintenance_interval=0.0)
+    await h.ready()
+    p0 = h.producer(P0)
+    p0.fail_commit = 1  # the first maintenance transaction of partition 0 fails to commit
+    await h.driver.tick(h.consumer)
+    assert h.broker.texts(SENT) == [b"expired-1"]  # partition 1's committed; partition 0's aborted
+    assert h.store.table("svc-table", 0) == {} and h.store.table("svc-table", 1) == {b"swept": b"1"}
+    assert h.broker.committed_offsets == {}  # maintenance commits no input offsets
+    await h.driver.tick(h.consumer)
+    assert sorted(h.broker.texts(SENT)) == [b"expired-0", b"expired-1", b"expired-1"]
+    assert h.store.table("svc-table", 0) == {b"swept": b"1"}
