@@ -327,21 +327,24 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
 
     async def _commit(self, group: _Group) -> None:
-        """The group's committer (rule 2): when its turn comes, close the group and COMMIT."""
+        """The group's committer (rule 2): when its turn comes, close the group and COMMIT.
+        Every path resolves ``group.done``: a member waits for it through cancellations."""
         try:
             await self._turn.acquire()
-        except asyncio.CancelledError:  # the loop is shutting down; nobody will commit
-            group.broken = group.broken or RuntimeError("the group's committer was cancelled")
+        except BaseException as exc:  # cancelled: the loop is shutting down; nobody will commit
+            group.broken = group.broken or RuntimeError(f"the group's committer was stopped: {exc!r}")
             self._report(group, group.broken)
             raise
+        cancelled = False
         try:
             if self._group is group:
                 self._group = None
-            if group.broken is not None:
-                self._report(group, group.broken)
-                return
             conn = self._conn
-            assert conn is not None
+            if group.broken is None and conn is None:
+                group.broken = RuntimeError("the connection was closed under an open group")
+            if group.broken is not None or conn is None:
+                self._report(group, group.broken or RuntimeError("no connection"))
+                return
             commit = asyncio.ensure_future(asyncio.to_thread(conn.execute, "COMMIT"))
             cancelled = await _until_done(commit)
             if (failure := commit.exception()) is not None:
@@ -353,10 +356,14 @@ class SqliteDatabase:
                 self.groups_committed += 1
                 self.members_committed += group.members
                 group.done.set_result(None)
-            if cancelled:
-                raise asyncio.CancelledError
+        except BaseException as exc:
+            if not group.done.done():
+                self._report(group, exc)
+            raise
         finally:
             self._turn.release()
+        if cancelled:
+            raise asyncio.CancelledError
 
     @staticmethod
     def _report(group: _Group, failure: BaseException) -> None:
@@ -364,10 +371,20 @@ class SqliteDatabase:
         group.done.exception()  # read by its members, if any; never "exception never retrieved"
 
     async def close(self) -> None:
-        async with self._turn:  # after every queued group's COMMIT
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the connection once no group is open: a group opened while ``close`` waited
+        for the turn (its committer queued behind ``close``) commits first (rule 2)."""
+        while True:
+            async with self._turn:
+                if self._group is not None and self._group.broken is not None:  # its committer is gone
+                    self._break(self._group, self._group.broken)
+                if self._group is None:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    return
+                committers = set(self._committers)
+            if committers:
+                await asyncio.wait(committers)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------

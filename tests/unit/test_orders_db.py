@@ -367,3 +367,25 @@ async def test_a_handle_used_after_its_body_is_refused(gdb: SqliteDatabase) -> N
         pass
     with pytest.raises(RuntimeError, match="after its"):
         await tx.execute("INSERT INTO t VALUES ('late')")
+
+
+async def test_close_waits_for_the_open_groups_commit(gdb: SqliteDatabase, tmp_path: Path) -> None:
+    """Rule 2 at shutdown: close() asked for while a group waits in BEGIN queues on the turn
+    ahead of that group's committer; it must let the group commit first, not close the
+    connection under it (its members would wait for an answer forever)."""
+    statements = trace(gdb)
+    other = sqlite3.connect(gdb.path, isolation_level=None, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")
+    exits: list[tuple[int, set[str]]] = []
+    try:
+        tasks = [asyncio.create_task(member(gdb, insert(n), exits, i)) for i, n in enumerate("ab")]
+        await wait_until(lambda: any(s == "BEGIN IMMEDIATE" for s, _ in statements)
+                         and len(gdb._turn._waiters or ()) == 1)  # type: ignore[attr-defined]
+        closing = asyncio.create_task(gdb.close())
+        await wait_until(lambda: len(gdb._turn._waiters or ()) == 2)  # type: ignore[attr-defined]
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await asyncio.wait_for(asyncio.gather(*tasks, closing), 10)
+    assert committed(tmp_path / "g.db") == {"a", "b"}
+    assert gdb._conn is None
