@@ -185,7 +185,8 @@ class SqliteDatabase:
        and joins the open group. At BEGIN the group's committer is queued on the turn,
        behind every member waiting at that moment: when its turn comes it closes the group
        (later arrivals start the next one) and runs COMMIT. The committer is a task of its
-       own, so no member's cancellation can leave a group without one.
+       own, so no member's cancellation can leave a group without one, and it resolves
+       its group on every path; ``close`` lets an open group commit first.
     3. *A member fails alone.* A body that raises (or is cancelled) is rolled back to its
        own savepoint; the members before and after it are untouched. A body sees the
        writes of the successful members before it in its group — they commit or fail with
