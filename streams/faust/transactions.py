@@ -34,7 +34,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from streams.engine.records import TP
-from streams.engine.transactions import TRANSACTION_TIMEOUT_MS, Fenced, ProducerDead, Transactions
+from streams.engine.transactions import (
+    TRANSACTION_TIMEOUT_MS,
+    Fenced,
+    ProducerDead,
+    Transactions,
+)
 
 log = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ async def test_sigkill_mid_stream_under_exactly_once_leaves_each_derived_event_o
         for k in range(KILLS):
             deadline = time.monotonic() + 60
             before = done[-1] if done else 0
-            while (now := sum((await committed(kafka.bootstrap, PAID)).values())) <= before:
+            while sum((await committed(kafka.bootstrap, PAID)).values()) <= before:
                 assert time.monotonic() < deadline, f"life {k + 1} committed nothing in 60 s:\n{worker.tail()}"
                 await asyncio.sleep(0.05)
             # the kill lands inside a transaction that has sent records (the hazard);
@@ -165,8 +165,8 @@ async def test_a_zombie_resumed_after_its_takeover_commits_nothing(kafka, kafka_
     stops those partitions, and every order's NotificationSent is there once."""
     gateway = await GatewayStub(delay=0.002).start()
     try:
-        env = dict(notifier_url=gateway.url, services="notifications", processing_guarantee="exactly_once",
-                   batch_size="100")
+        env = {"notifier_url": gateway.url, "services": "notifications", "processing_guarantee": "exactly_once",
+               "batch_size": "100"}
         a, b = kafka_worker_factory("a", **env), kafka_worker_factory("b", **env)
         await asyncio.to_thread(a.start().wait_ready)
         await asyncio.to_thread(b.start().wait_ready)

@@ -20,8 +20,8 @@ from streams.engine.testing import NOW, Clock, FakeConsumer, FakePublisher, Memo
 from streams.engine.transactions import (
     Fenced,
     ProducerDead,
-    Transactions,
     TransactionDoomed,
+    Transactions,
     current,
     doomed,
     transactional_id,
