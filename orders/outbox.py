@@ -160,8 +160,20 @@ async def mark_given_up(tx: Tx, row: OutboxRow, error: str, *, now: float) -> No
     )
 
 
-async def delete_sent_before(tx: Tx, cutoff: float) -> int:
-    return await tx.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (cutoff,))
+#: Sent rows one housekeeping transaction deletes at most. At 1,000 orders/s a minute of
+#: sent rows is ~120,000; deleted in one statement they would hold the write lock — and on
+#: SQLite the event loop, where a group's statements run — for the whole delete, stalling
+#: every request behind it. In chunks, the requests' groups take their turns in between.
+DELETE_CHUNK = 5000
+
+
+async def delete_sent_before(tx: Tx, cutoff: float, *, limit: int | None = None) -> int:
+    """Delete sent rows sent before ``cutoff`` (at most ``limit`` of them); return how many."""
+    if limit is None:
+        return await tx.execute("DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?", (cutoff,))
+    return await tx.execute(
+        "DELETE FROM outbox WHERE position IN"
+        " (SELECT position FROM outbox WHERE status = 'sent' AND sent_at < ? LIMIT ?)", (cutoff, limit))
 
 
 @dataclass(frozen=True, slots=True)

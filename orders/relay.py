@@ -377,8 +377,13 @@ class Relay:
         now = self.clock()
         if now - self._last_cleanup >= 60.0:
             self._last_cleanup = now
-            async with self.db.transaction() as tx:
-                removed = await outbox.delete_sent_before(tx, now - self.settings.outbox_retention)
+            removed, chunk = 0, outbox.DELETE_CHUNK
+            while True:  # one short transaction per chunk (outbox.DELETE_CHUNK)
+                async with self.db.transaction() as tx:
+                    n = await outbox.delete_sent_before(tx, now - self.settings.outbox_retention, limit=chunk)
+                removed += n
+                if n < chunk:
+                    break
             if removed:
                 log.info("relay: deleted %d sent rows older than %ss", removed, self.settings.outbox_retention)
 

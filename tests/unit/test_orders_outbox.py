@@ -231,6 +231,20 @@ async def test_delete_sent_before_removes_only_old_sent_rows(db: SqliteDatabase)
     assert set(await table(db)) == {pending}
 
 
+async def test_delete_sent_before_with_a_limit_removes_at_most_that_many_old_sent_rows(db: SqliteDatabase) -> None:
+    old = [await add(db, created(f"o-{i}"), now=T0) for i in range(3)]
+    new = await add(db, created("o-new"), now=T0)
+    pending = await add(db, created("o-pending"), now=T0 - 1000)
+    await sent(db, old, now=T0 + 10)
+    await sent(db, [new], now=T0 + 200)
+    async with db.transaction() as tx:
+        assert await outbox.delete_sent_before(tx, T0 + 100, limit=2) == 2
+    assert len(set(await table(db)) & set(old)) == 1
+    async with db.transaction() as tx:
+        assert await outbox.delete_sent_before(tx, T0 + 100, limit=2) == 1
+    assert set(await table(db)) == {new, pending}
+
+
 # -- stats ----------------------------------------------------------------------------
 
 

@@ -431,6 +431,39 @@ async def test_housekeeping_deletes_old_sent_rows_and_refresh_sets_the_gauges(db
     assert sample(relay, "outbox_oldest_pending_age_seconds") == pytest.approx(30)
 
 
+async def test_housekeeping_deletes_in_short_transactions_that_let_requests_in_between(
+        db: SqliteDatabase, make_relay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retention's worth of sent rows is deleted DELETE_CHUNK rows per transaction (one
+    transaction would hold the write lock, and on SQLite the event loop, for all of them): a
+    request arriving during the first chunk's transaction takes its turn before the next chunk."""
+    monkeypatch.setattr(outbox, "DELETE_CHUNK", 2)
+    rows = [await add(db, created(f"o-{i}"), now=T0 - 7200) for i in range(5)]
+    async with db.transaction() as tx:
+        await outbox.mark_sent(tx, rows, now=T0 - 3601)
+    relay, _ = make_relay(outbox_retention=3600.0)
+    order: list[str] = []
+    requests: list[asyncio.Task[None]] = []
+
+    async def request() -> None:
+        async with db.transaction() as tx:
+            order.append("request")
+            await outbox.add_event(tx, created("o-request"), now=T0)
+    real_delete = outbox.delete_sent_before
+
+    async def delete(tx: Any, cutoff: float, *, limit: int | None = None) -> int:
+        n = await real_delete(tx, cutoff, limit=limit)
+        order.append(f"delete {n}")
+        if len(order) == 1:  # a request arrives while the first chunk's transaction is open
+            requests.append(asyncio.create_task(request()))
+        return n
+
+    monkeypatch.setattr(outbox, "delete_sent_before", delete)
+    await relay._housekeeping()
+    await requests[0]
+    assert order == ["delete 2", "request", "delete 2", "delete 1"]
+    assert len(await table(db)) == 1  # the request's row
+
+
 async def test_notify_wakes_the_running_relay(db: SqliteDatabase, make_relay: Any) -> None:
     relay, producer = make_relay(relay_poll_interval=60.0)
     rounds = 0
