@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -92,6 +91,20 @@ def _wrk(url: str, script: Path, seconds: float, connections: int, threads: int)
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
+async def _count_orders(database_url: str) -> int:
+    from orders.db import open_database
+
+    db = open_database(database_url)
+    await db.setup()
+    try:
+        async with db.transaction() as tx:
+            row = await tx.fetchone("SELECT count(*) FROM orders")
+    finally:
+        await db.close()
+    assert row is not None
+    return int(row[0])
+
+
 async def run(work: Path, *, seconds: float = 15, connections: int = 64, threads: int = 2,
               warmup: float = 2, source: Path = ROOT, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One measurement: a fresh broker and database, a short warm-up run, then the measured run."""
@@ -126,8 +139,7 @@ async def run(work: Path, *, seconds: float = 15, connections: int = 64, threads
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(10)
     got = parse_wrk(text)
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    rows = await _count_orders(service_env["DATABASE_URL"])
     created = got["requests"] - got["non_2xx"]
     # Every 201 wrk saw (warm-up's aside) is a committed row: fewer rows would be a 201 that was lost.
     if rows < created:
@@ -136,7 +148,7 @@ async def run(work: Path, *, seconds: float = 15, connections: int = 64, threads
         "connections": connections, "threads": threads, "seconds": seconds, "broker": common.BROKER,
         "service_cpu_s_per_1k": 1000 * cpu / max(got["requests"], 1), "rows": rows,
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
-        "source": str(source), "env": env or {},
+        "source": str(source), "env": {k: v.split("@")[-1] for k, v in (env or {}).items()},
         "goal": {"requests_per_s": GOAL_REQUESTS_PER_S, "p99_ms": GOAL_P99_MS},
         "goal_met": got["requests_per_s"] >= GOAL_REQUESTS_PER_S and got["percentiles_ms"]["p99"] <= GOAL_P99_MS,
     })
