@@ -339,6 +339,10 @@ async def _within(aw: Any, what: str, bootstrap: str) -> Any:
 async def _consumer(bootstrap: str, client_kwargs: Mapping[str, Any] | None) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        # committed letters only: under PROCESSING_GUARANTEE=exactly_once a batch's letters are
+        # in its transaction, and an aborted batch's are written again when it is re-read
+        # (a topic nobody writes transactionally reads the same either way)
+        isolation_level="read_committed",
         fetch_max_wait_ms=50, max_partition_fetch_bytes=MAX_FETCH_BYTES, **_kwargs(client_kwargs),
     )
     try:
