@@ -42,7 +42,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at       DOUBLE PRECISION,
     last_error    TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_retry_at, position);
+-- The relay's claim reads pending rows in position order through outbox_claim, so a claim
+-- costs its batch, not the backlog: outbox_pending (status, next_retry_at, position) made
+-- SQLite sort every due pending row on each claim (20 ms for 500 of 20,000). Dropped for
+-- databases made before, or SQLite's planner would keep choosing it.
+DROP INDEX IF EXISTS outbox_pending;
+CREATE INDEX IF NOT EXISTS outbox_claim ON outbox (status, position, next_retry_at);
 CREATE INDEX IF NOT EXISTS outbox_aggregate ON outbox (aggregate_id, status, position);
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (status, sent_at);
 CREATE TABLE IF NOT EXISTS idempotency_keys (

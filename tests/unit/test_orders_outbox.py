@@ -4,6 +4,7 @@ delete_sent_before, stats and backoff (the relay's SQLite lock: test_orders_rela
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -207,6 +208,32 @@ async def test_mark_failed_counts_attempts_and_schedules_the_retry(db: SqliteDat
     assert t[a1]["attempts"] == 2
     assert t[a1]["next_retry_at"] == T0 + 14
     assert t[a1]["last_error"] == "x" * 1000  # truncated
+
+
+@pytest.mark.parametrize("made_before", [False, True])
+async def test_a_claim_reads_pending_rows_in_order_instead_of_sorting_the_backlog(
+        tmp_path: Path, made_before: bool) -> None:
+    """The claim runs on the event loop inside a group (orders.db rule 7): it must cost its
+    batch, not the backlog. With the old (status, next_retry_at, position) index SQLite sorted
+    every due pending row on each claim; a database made before gets the new index at setup."""
+    path = tmp_path / "orders.db"
+    if made_before:
+        old = sqlite3.connect(path)
+        old.execute("CREATE TABLE outbox (position INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+                    " aggregate_id TEXT NOT NULL, topic TEXT NOT NULL, key BLOB, payload BLOB,"
+                    " headers TEXT NOT NULL DEFAULT '[]', status TEXT NOT NULL DEFAULT 'pending',"
+                    " attempts INTEGER NOT NULL DEFAULT 0, next_retry_at REAL NOT NULL, created_at REAL NOT NULL,"
+                    " sent_at REAL, last_error TEXT)")
+        old.execute("CREATE INDEX outbox_pending ON outbox (status, next_retry_at, position)")
+        old.close()
+    d = SqliteDatabase(str(path))
+    await d.setup()
+    try:
+        async with d.transaction() as tx:
+            plan = " / ".join(r[3] for r in await tx.fetchall("EXPLAIN QUERY PLAN " + outbox.CLAIM, (T0, 500)))
+    finally:
+        await d.close()
+    assert "TEMP B-TREE" not in plan and "outbox_claim" in plan, plan
 
 
 # -- delete_sent_before -----------------------------------------------------------------
