@@ -388,9 +388,10 @@ class Relay:
                 log.info("relay: deleted %d sent rows older than %ss", removed, self.settings.outbox_retention)
 
     async def refresh_gauges(self) -> outbox.OutboxStats:
-        """Read the outbox counts and set the gauges (pending, oldest age, given up)."""
+        """Read the outbox counts and set the gauges (pending, oldest age, given up); the
+        sent rows are not counted (``sent`` is 0): the timer must not read the retention's rows."""
         async with self.db.transaction() as tx:
-            st = await outbox.stats(tx, now=self.clock())
+            st = await outbox.stats(tx, now=self.clock(), count_sent=False)
         self.metrics.set_outbox(st.pending, st.oldest_pending_age_seconds, st.failed_terminal)
         return st
 

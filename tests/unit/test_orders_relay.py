@@ -595,10 +595,33 @@ async def test_given_up_rows_are_counted_in_stats_and_the_gauge(db: SqliteDataba
     await add(db, created("o-b"))
     relay, _ = make_relay(producer=FakeProducer(outcome=lambda s: Raise(TOO_LARGE) if s.key == b"o-a" else "ack"))
     await relay.round()
-    st = await relay.refresh_gauges()
+    await relay.refresh_gauges()
+    async with db.transaction() as tx:
+        st = await outbox.stats(tx, now=T0)
     assert (st.pending, st.sent, st.failed, st.failed_terminal) == (0, 1, 0, 1)
     assert sample(relay, "outbox_failed_rows") == 1
     assert sample(relay, "outbox_pending_rows") == 0
+
+
+async def test_the_gauge_timer_reads_only_pending_and_given_up_rows(db: SqliteDatabase, make_relay: Any) -> None:
+    """Every OUTBOX_STATS_INTERVAL the gauges are read, on SQLite on the event loop: no
+    statement of theirs may scan the table, whose sent rows (kept for OUTBOX_RETENTION) are
+    millions at a sustained rate; they go through the status indexes."""
+    await add(db, created("o-a"))
+    relay, _ = make_relay()
+    statements: list[str] = []
+    assert db._conn is not None
+    db._conn.set_trace_callback(statements.append)
+    await relay.refresh_gauges()
+    db._conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert reads
+    async with db.transaction() as tx:
+        for sql in reads:
+            plan = [r[3] for r in await tx.fetchall("EXPLAIN QUERY PLAN " + sql)]
+            assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
+            assert "status='sent'" not in sql.replace(" ", ""), sql
+    assert sample(relay, "outbox_pending_rows") == 1
 
 
 # -- each failed row is logged once ----------------------------------------------------------------
