@@ -269,15 +269,22 @@ def register_commands(app: Any, settings: Any) -> None:
     register_schema_commands(app)
 
 
+def letter_filters() -> list[Any]:
+    """The options that choose dead letters, shared by ``dlq ls`` and ``dlq redrive``."""
+    return [
+        service_option("only this service's dead letters (default: every service)"),
+        option("--reason", default=None, show_default=False, help="only this x-dlq-reason, e.g. max_attempts"),
+        option("--since", type=SINCE, default=None, show_default=False, metavar="15m|2h|1d|ISO-TIME",
+               help="only dead letters that failed after 15m / 2h / 1d ago, or an ISO time"),
+    ]
+
+
 def register_dlq_ls(app: Any, group: click.Group, settings: Any, kafka: dict[str, Any]) -> None:
     """``faust -A streams dlq ls``."""
     bootstrap = settings.bootstrap
 
     @app.command(
-        service_option("only this service's dead letters (default: every service)"),
-        option("--reason", default=None, show_default=False, help="only this x-dlq-reason, e.g. max_attempts"),
-        option("--since", type=SINCE, default=None, show_default=False, metavar="15m|2h|1d|ISO-TIME",
-               help="only dead letters that failed after 15m / 2h / 1d ago, or an ISO time"),
+        *letter_filters(),
         option("--limit", type=click.IntRange(min=1), default=LS_DEFAULT_LIMIT,
                help="show at most this many; a last line says when more exist"),
         option("--after", type=LETTER_ID, default=None, show_default=False,
@@ -387,10 +394,7 @@ def register_dlq_redrive(app: Any, group: click.Group, settings: Any, kafka: dic
     bootstrap = settings.bootstrap
 
     @app.command(
-        service_option("only this service's dead letters (default: every service)"),
-        option("--reason", default=None, show_default=False, help="only this x-dlq-reason, e.g. max_attempts"),
-        option("--since", type=SINCE, default=None, show_default=False, metavar="15m|2h|1d|ISO-TIME",
-               help="only dead letters that failed after 15m / 2h / 1d ago, or an ISO time"),
+        *letter_filters(),
         option("--limit", type=click.IntRange(min=1), default=None, show_default=False,
                help="redrive at most this many (default: every match)"),
         option("--dry-run", is_flag=True, default=False, show_default=False,
