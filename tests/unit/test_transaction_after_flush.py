@@ -21,6 +21,7 @@ from streams.engine.records import Record
 from streams.engine.routing import RetryPolicy
 from streams.engine.testing import NOW, Clock, FakePublisher, MemoryStore
 from streams.engine.topology import ServiceSpec
+from streams.metrics import Metrics
 
 TABLE = "kept-state"
 SOURCE = "kept.events"
@@ -72,7 +73,7 @@ async def test_a_write_to_a_transaction_kept_past_its_batch_fails_its_event_inst
     store = MemoryStore(publisher)
     policy = RetryPolicy((1.0,))
     allowed = {*SPEC.retry_topics(1), SPEC.dlq, f"{TABLE}-changelog"}
-    pipeline = Pipeline(KeepsItsTransaction(), publisher=publisher, store=store, counts=_Counts(),
+    pipeline = Pipeline(KeepsItsTransaction(), publisher=publisher, store=store, counts=Metrics(),
                         policy=policy, allowed=allowed.__contains__, ttl_ms=60_000, clock=Clock(NOW),
                         send_backoff=0.001)
     assert await pipeline.process([record(b"o-1", b"first", 0)]) == {"success": 1}
@@ -86,12 +87,3 @@ async def test_a_write_to_a_transaction_kept_past_its_batch_fails_its_event_inst
     assert store.read(TABLE, 0, [b"o-1", b"o-2"]) == [b"first", None]
 
 
-class _Counts:
-    """The pipeline's Counts port, counting nothing."""
-
-    def processed(self, service: str, type_name: str, status: str, n: int) -> None: ...
-    def retried(self, service: str, tier: int) -> None: ...
-    def dead_lettered(self, service: str, reason: str) -> None: ...
-    def batch(self, service: str, size: int, seconds: float, latencies: Sequence[float]) -> None: ...
-    def send_retried(self, service: str, n: int) -> None: ...
-    def expired(self, table: str, n: int) -> None: ...
