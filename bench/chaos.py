@@ -24,6 +24,15 @@ one kind of fault and checks what came out:
   --repair`` re-publishes what the broker swallowed.
 * ``poison-flood`` — good ``OrderPaid`` interleaved with as many poison records
   (not JSON, wrong types, unknown version, empty value, no key).
+* ``leader-kill`` — 3 Apache Kafka nodes; the leader of ``OrderPaid`` partition 0
+  SIGKILLed and restarted under load.
+* ``eos-kill-storm`` — ``worker-kill-storm`` on one Apache Kafka node with
+  ``PROCESSING_GUARANTEE=exactly_once``, the worker SIGKILLed every ~10 s. Its bound
+  is not kills × ``BATCH_SIZE``: a ``read_committed`` reader of every derived topic
+  must see exactly one ``NotificationSent`` and one inventory answer per order — 0
+  lost, 0 repeated (:func:`derived_once`). The gateway stays at least once. The drain
+  condition is :func:`drained_committed` (under exactly_once the group's offset stops
+  before the commit marker ending a transactional topic).
 
 No step waits for a quiet period. "Done" is always a condition: every expected
 effect seen at the gateway; the order service's outbox has nothing pending; and
@@ -83,7 +92,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker, free_port
@@ -94,7 +103,7 @@ from streams.registry import INVENTORY_ANSWERS, INVENTORY_REQUESTS, SERVICES
 from streams.settings import WorkerSettings
 from harness.events import created, paid
 from harness.gateway import GatewayStub
-from harness.kafka import Consumed, committed, end_offsets, read_topic, wait_consumed
+from harness.kafka import GROUP, Consumed, _partitions, committed, end_offsets, read_topic, wait_consumed
 from harness.orders import OrdersClient, OrdersProcess
 from harness.outbox_waits import outbox_stats, wait_for
 from harness.worker import ROOT, WorkerProcess, metric_value
@@ -146,6 +155,11 @@ class Sizes:
     leader_kills: int
     leader_every: float  # seconds between kills
     leader_down: float  # seconds a killed node stays down
+    # eos-kill-storm (1-node Apache Kafka, PROCESSING_GUARANTEE=exactly_once)
+    eos_orders: int
+    eos_rate: float
+    eos_kills: int
+    eos_kill_after: tuple[float, float]  # seconds after the worker is ready again
     # orders per second over HTTP (relay-kill, broker-restart)
     order_rate: float
     # seconds the gateway stub takes to answer (a real SMS gateway is not instant; the
@@ -162,6 +176,7 @@ SHORT = Sizes(
     restart_orders=3000, restarts=1, restart_after=(2.0, 6.0), restart_downtime=2.0,
     poison_good=2000, poison_bad=2000, poison_rate=2000,
     leader_orders=6000, leader_rate=100, leader_kills=2, leader_every=20.0, leader_down=5.0,
+    eos_orders=3000, eos_rate=150, eos_kills=2, eos_kill_after=(8.0, 12.0),
     order_rate=300, gateway_delay=0.05, drain_timeout=120,
 )
 
@@ -172,6 +187,7 @@ LONG = Sizes(
     restart_orders=10_000, restarts=2, restart_after=(3.0, 8.0), restart_downtime=3.0,
     poison_good=20_000, poison_bad=20_000, poison_rate=4000,
     leader_orders=20_000, leader_rate=150, leader_kills=6, leader_every=20.0, leader_down=5.0,
+    eos_orders=20_000, eos_rate=200, eos_kills=6, eos_kill_after=(8.0, 12.0),
     order_rate=400, gateway_delay=0.05, drain_timeout=600,
 )
 
@@ -208,6 +224,9 @@ class Result:
     error: str | None = None
     #: scenario-specific numbers the tests look at
     details: dict[str, Any] = field(default_factory=dict)
+    #: PROCESSING_GUARANTEE=exactly_once: ``repeated`` counts derived events a
+    #: read_committed reader sees more than once per order, and their budget is 0
+    exactly_once: bool = False
 
     @property
     def duplicates(self) -> int:
@@ -215,7 +234,7 @@ class Result:
 
     @property
     def duplicate_budget(self) -> int:
-        return self.worker_kills * self.batch_size
+        return 0 if self.exactly_once else self.worker_kills * self.batch_size
 
     @property
     def over_budget(self) -> bool:
@@ -226,8 +245,9 @@ class Result:
         return self.error is None and self.lost == 0 and not self.over_budget and not self.failed_checks
 
     def budget_text(self) -> str:
-        text = (f"{self.repeated} repeated events / budget {self.duplicate_budget} "
-                f"({self.worker_kills} worker kills × BATCH_SIZE {self.batch_size})")
+        rule = ("exactly_once: derived events read_committed" if self.exactly_once
+                else f"{self.worker_kills} worker kills × BATCH_SIZE {self.batch_size}")
+        text = f"{self.repeated} repeated events / budget {self.duplicate_budget} ({rule})"
         if self.forgotten:
             text += f"; {self.forgotten} forgotten with the broker"
         return text + (" OVER BUDGET" if self.over_budget else "")
@@ -242,7 +262,10 @@ class Result:
                 f"run={self.seconds:.0f}s")
         if self.error:
             text += f"\n    error: {self.error}"
-        if self.over_budget:
+        if self.over_budget and self.exactly_once:
+            text += (f"\n    failed: {self.repeated} derived events seen more than once by a read_committed "
+                     f"reader under exactly_once (budget 0)")
+        elif self.over_budget:
             text += (f"\n    failed: {self.repeated} events had their effects repeated, more than "
                      f"{self.worker_kills} worker kills × BATCH_SIZE {self.batch_size} = {self.duplicate_budget}")
         for check in self.failed_checks:
@@ -577,13 +600,13 @@ async def stock_views(worker_url: str, skus: Iterable[str]) -> dict[str, Any]:
 # -- scenarios ---------------------------------------------------------------------------
 
 
-def timed(scenario: Callable[[Sizes, Path, random.Random], Awaitable[Result]]):
+def timed(scenario: Callable[..., Awaitable[Result]]):
     """Sets the result's ``seconds`` (the scenario's wall time, start-up included)."""
 
     @functools.wraps(scenario)
-    async def run(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
+    async def run(sizes: Sizes, workdir: Path, rng: random.Random, **options: Any) -> Result:
         started = time.monotonic()
-        result = await scenario(sizes, workdir, rng)
+        result = await scenario(sizes, workdir, rng, **options)
         result.seconds = time.monotonic() - started
         return result
 
@@ -1090,6 +1113,245 @@ async def leader_kill(sizes: Sizes, workdir: Path, rng: random.Random) -> Result
     return result
 
 
+# -- eos-kill-storm ----------------------------------------------------------------------
+
+#: The topics that carry each order's derived events in the kill storm: one
+#: NotificationSent, and one inventory answer (reserved, or rejected) per order.
+EOS_DERIVED: tuple[str, ...] = (SENT, InventoryReserved.topic(), InventoryRejected.topic())
+
+
+async def read_isolated(bootstrap: str, topic: str, isolation_level: str, timeout: float = 60.0) -> list[Consumed]:
+    """Every record of ``topic`` as a reader with ``isolation_level`` sees it, from the
+    beginning to the end at the start of the read (for ``read_committed`` the last
+    stable offset: records of aborted transactions and transaction markers skipped;
+    ``read_uncommitted`` sees the aborted records too)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level=isolation_level,
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    out: list[Consumed] = []
+    try:
+        deadline = time.monotonic() + timeout
+        tps = await _partitions(consumer, topic, deadline)
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} not read to its end ({isolation_level}) in {timeout} s")
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend(Consumed(r.topic, r.partition, r.offset, r.key, r.value,
+                                    {k: v for k, v in (r.headers or ())}, r.timestamp) for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def committed_behind(bootstrap: str, topics: Sequence[str], group: str = GROUP) -> dict[str, int]:
+    """Per partition (``topic:partition``) of ``topics`` that the group is not done
+    with: the committed records a ``read_committed`` reader finds at or after the
+    group's committed offset (-1: a transaction is still open there).
+
+    Under exactly_once the group's offset is the last processed record + 1 (the
+    engine's ``send_offsets_to_transaction``), and a topic the worker itself writes in
+    transactions ends with a commit marker, so "committed offset = end offset" never
+    holds there; "nothing committed after the committed offset" does."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", fetch_max_wait_ms=100,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    out: dict[str, int] = {}
+    try:
+        for topic in topics:
+            tps = await _partitions(consumer, topic, time.monotonic() + 10)
+            if not tps:
+                continue
+            done = await committed(bootstrap, topic, group)
+            stable = await consumer.end_offsets(tps)
+            high = await end_offsets(bootstrap, topic)
+            todo = []
+            for tp in tps:
+                if stable[tp] < high.get(tp.partition, 0):
+                    out[f"{topic}:{tp.partition}"] = -1
+                elif done.get(tp.partition, 0) < stable[tp]:
+                    todo.append(tp)
+            if not todo:
+                continue
+            consumer.assign(todo)
+            for tp in todo:
+                consumer.seek(tp, done.get(tp.partition, 0))
+            deadline = time.monotonic() + 30
+            while any([await consumer.position(tp) < stable[tp] for tp in todo]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: {todo} not read to their last stable offsets {stable} in 30 s")
+                for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
+                    if recs:
+                        key = f"{topic}:{tp.partition}"
+                        out[key] = out.get(key, 0) + len(recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def drained_committed(bootstrap: str, topics: Sequence[str] = WORKER_TOPICS, timeout: float = 180.0,
+                            interval: float = 0.5) -> int:
+    """:func:`drained` for a worker under exactly_once: until no topic it reads holds an
+    open transaction or a committed record after the group's committed offset
+    (:func:`committed_behind`), and no record appeared meanwhile. Returns the
+    records (high watermarks) in ``topics``."""
+    deadline = time.monotonic() + timeout
+
+    async def ends() -> dict[str, dict[int, int]]:
+        return {t: await end_offsets(bootstrap, t) for t in topics}
+
+    before = await ends()
+    while True:
+        behind = await committed_behind(bootstrap, topics)
+        if not behind:
+            after = await ends()
+            if after == before:
+                return sum(sum(p.values()) for p in after.values())
+            before = after
+        elif time.monotonic() > deadline:
+            raise AssertionError(f"the worker's group is not done after {timeout}s: {dict(list(behind.items())[:8])} "
+                                 "(records after its committed offset; -1: an open transaction)")
+        else:
+            await asyncio.sleep(interval)  # polling a condition, not waiting for quiet
+
+
+def derived_once(wanted: set[str], seen: dict[str, list[Consumed]]) -> dict[str, Any]:
+    """Each order of ``wanted`` must have exactly one NotificationSent and exactly one
+    inventory answer (InventoryReserved or InventoryRejected) in ``seen`` (topic →
+    records, as a read_committed reader saw them). Returns ``lost`` (orders missing
+    one), ``repeated`` (records beyond the first per order and kind), ``stray``
+    (records keyed by no wanted order) and per-topic counts."""
+    kinds = {SENT: "sent", InventoryReserved.topic(): "inventory", InventoryRejected.topic(): "inventory"}
+    per: dict[str, Counter[str]] = {"sent": Counter(), "inventory": Counter()}
+    stray = 0
+    for topic, records in seen.items():
+        for r in records:
+            key = r.key.decode() if r.key is not None else None
+            if key not in wanted:
+                stray += 1
+                continue
+            per[kinds[topic]][key] += 1
+    lost = {o for o in wanted if per["sent"][o] == 0 or per["inventory"][o] == 0}
+    repeated = sum(n - 1 for c in per.values() for n in c.values() if n > 1)
+    return {"lost": lost, "repeated": repeated, "stray": stray,
+            "records": {t: len(rs) for t, rs in seen.items()},
+            "repeated_keys": sorted({k for c in per.values() for k, n in c.items() if n > 1})[:5]}
+
+
+@timed
+async def eos_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random, *,
+                         guarantee: str = "exactly_once") -> Result:
+    """``worker-kill-storm`` on a 1-node Apache Kafka with ``PROCESSING_GUARANTEE=
+    exactly_once``: the full lifecycle, every service, the worker SIGKILLed every
+    ~10 s and restarted on its data dir. Bound: a read_committed reader of every
+    derived topic sees each order's derived events exactly once — 0 lost, 0 repeated
+    (not kills × BATCH_SIZE). The SMS gateway stays at least once (same idempotency
+    key): its repeats are bounded by kills × BATCH_SIZE, as under at_least_once.
+    ``guarantee="at_least_once"`` runs the same storm without transactions (how the
+    check was seen failing: derived events repeat)."""
+    result = Result("eos-kill-storm", faults=f"{sizes.eos_kills}× SIGKILL worker (Kafka, {guarantee})",
+                    exactly_once=True)
+    orders = [(f"eos-{i}", f"sku-{i % STORM_SKUS}") for i in range(sizes.eos_orders)]
+    ids = [o for o, _ in orders]
+    skus = Counter(sku for _, sku in orders)
+    async with Stack(workdir) as st:
+        kafka = await st.kafka(1)
+        gateway = await st.gateway(sizes.gateway_delay)
+        worker = st.worker(kafka, "worker", notifier_url=gateway.url, processing_guarantee=guarantee,
+                           **WORKER_ENV)  # every service
+        result.batch_size = batch_size_of(worker)
+        await start_ready(worker)
+        await seed_stock(kafka.bootstrap, {sku: STORM_STOCK for sku in skus})
+        feeder = st.background(produce_lifecycle(kafka.bootstrap, orders, rate=sizes.eos_rate))
+        snapshots: list[tuple[int, int]] = []
+
+        async def before_kill() -> None:
+            snapshots.append(await paid_offsets(kafka.bootstrap))
+
+        last_fault = await kill_repeatedly(worker, sizes.eos_kills, sizes.eos_kill_after, feeder, result, rng,
+                                           before_kill=before_kill)
+        result.worker_kills = result.faults_done
+        produced_at = await feeder
+        since = max(produced_at, last_fault)
+        wanted = set(ids)
+        result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
+        await drained_committed(kafka.bootstrap, timeout=sizes.drain_timeout)
+        final = await paid_offsets(kafka.bootstrap)
+        committed_view = {t: await read_isolated(kafka.bootstrap, t, "read_committed") for t in EOS_DERIVED}
+        everything = {t: await read_isolated(kafka.bootstrap, t, "read_uncommitted") for t in EOS_DERIVED}
+        # dead letters of aborted batches are not letters (the dlq tools read committed ones)
+        dlq = [r for t in DLQS for r in await read_isolated(kafka.bootstrap, t, "read_committed", timeout=15)]
+        count_outcome(result, gateway, wanted, committed_view[SENT], dlq)
+        gateway_budget = result.worker_kills * result.batch_size
+        once = derived_once(wanted, committed_view)
+        result.repeated = once["repeated"] + once["stray"]
+        result.details.update(repeated=result.repeated, duplicate_budget=result.duplicate_budget)
+
+        views = await order_views(worker.url, ids)
+        not_notified = {i for i, v in views.items() if not isinstance(v, dict) or v["status"] != "NOTIFIED"}
+        lost = (wanted - gateway.accepted.keys()) | not_notified | once["lost"]
+        result.lost = len(lost)
+        if once["lost"]:
+            result.notes.append(f"{len(once['lost'])} orders without their NotificationSent or inventory answer "
+                                f"(read_committed), e.g. {sorted(once['lost'])[:5]}")
+        if once["repeated"]:
+            result.notes.append(f"derived events repeated (read_committed), e.g. {once['repeated_keys']}")
+        if once["stray"]:
+            result.notes.append(f"{once['stray']} derived records for no order of the storm")
+        if not_notified:
+            result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
+                                f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
+        not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
+        if not_reserved:
+            result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
+        stock = await stock_views(worker.url, skus)
+        wrong_stock = {sku: v for sku, v in stock.items()
+                       if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
+        if wrong_stock:
+            result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − reserved: "
+                                        f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+        if dlq:
+            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+        if result.gateway_duplicates > gateway_budget:
+            result.failed_checks.append(f"{result.gateway_duplicates} gateway calls repeated, more than "
+                                        f"{result.worker_kills} kills × BATCH_SIZE {result.batch_size}")
+        result.failed_checks.extend(commit_progress(snapshots, final))
+
+        aborted = {t: len(everything[t]) - len(committed_view[t]) for t in EOS_DERIVED}
+        result.details.update(worker_starts=worker.starts, commits_before_kills=snapshots, commit_final=final,
+                              not_notified=len(not_notified), read_committed=once["records"],
+                              read_uncommitted={t: len(rs) for t, rs in everything.items()}, aborted_seen=aborted,
+                              derived_lost=len(once["lost"]), derived_repeated=once["repeated"],
+                              stray=once["stray"], guarantee=guarantee)
+        short = {SENT: "NotificationSent", InventoryReserved.topic(): "InventoryReserved",
+                 InventoryRejected.topic(): "InventoryRejected"}
+        result.notes.append(f"PROCESSING_GUARANTEE={guarantee}, 1 Kafka node, {sizes.eos_rate:.0f} orders/s "
+                            f"(OrderCreated + OrderPaid, all services); worker started {worker.starts} times")
+        result.notes.append("read_committed: " + ", ".join(f"{once['records'][t]:,} {short[t]}" for t in EOS_DERIVED)
+                            + f" for {len(wanted):,} orders; read_uncommitted also sees "
+                            + ", ".join(f"{aborted[t]:,} {short[t]}" for t in EOS_DERIVED)
+                            + " of aborted transactions")
+        result.notes.append(f"gateway (at least once, same Idempotency-Key): {result.gateway_duplicates:,} calls "
+                            f"repeated, budget {result.worker_kills} kills × BATCH_SIZE {result.batch_size} = "
+                            f"{gateway_budget:,}")
+        result.notes.append("committed/end offsets of OrderPaid before each kill: "
+                            + ", ".join(f"{d}/{e}" for d, e in snapshots) + f"; after the drain {final[0]}/{final[1]}")
+        result.notes.append("not compared with the differential test's reference model (bench/ must not import "
+                            "tests/); order status, reservation and stock are checked instead")
+    return result
+
+
 Scenario = Callable[[Sizes, Path, random.Random], Awaitable[Result]]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -1098,6 +1360,7 @@ SCENARIOS: dict[str, Scenario] = {
     "broker-restart": broker_restart,
     "poison-flood": poison_flood,
     "leader-kill": leader_kill,
+    "eos-kill-storm": eos_kill_storm,
 }
 
 
@@ -1132,11 +1395,15 @@ injects one kind of fault, and counts the effects:
 | `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; once the outbox has nothing pending and the worker has committed everything on the new broker, `faust -A streams reconcile --sla 0 --repair` (see the caveat below), then a second `reconcile` that must exit 0 |
 | `leader-kill` | Apache Kafka with 3 KRaft nodes (`streams/broker/kafka.py`), the worker with `TOPIC_REPLICATION_FACTOR=3` (every topic it creates: `min.insync.replicas=2`); the full lifecycle at a steady rate while the node leading `OrderPaid` partition 0 is SIGKILLed every ~20 s and started again 5 s later. Checks: every order `NOTIFIED`, nothing dead-lettered, repeats within kills × `BATCH_SIZE` (a failover repeats at most the batch in flight), the worker never restarted, and `/health` non-200 only in spans that end by themselves (each span's first answer is in the notes) |
 | `poison-flood` | good `OrderPaid` interleaved with as many poison records (not JSON, wrong types, unknown version, empty value, no key); every poison record must be in `notifications.dlq` exactly once with the right reason, every good event must have exactly one gateway request |
+| `eos-kill-storm` | `worker-kill-storm` on one Apache Kafka node with `PROCESSING_GUARANTEE=exactly_once` (every service, the full lifecycle at a steady rate), the worker SIGKILLed every ~10 s (8–12 s after it was ready again) and restarted on its own data dir. Bound: **0 repeated** — a `read_committed` reader of `events.notification.sent.v1`, `events.inventory.reserved.v1` and `events.inventory.rejected.v1` must see exactly one `NotificationSent` and one inventory answer per order (0 lost, 0 repeated, nothing for other keys), not kills × `BATCH_SIZE`. Also: every order `NOTIFIED` and `RESERVED` on the worker, stock = seed − reserved, no dead letter, committed offsets of `OrderPaid` move forward in every life. The SMS gateway stays at least once (same `Idempotency-Key`): its repeats are in the notes, bounded by kills × `BATCH_SIZE`. The notes also give what a `read_uncommitted` reader sees on top (the records of aborted transactions). The order tables are *not* compared with the differential test's reference model (`bench/` must not import `tests/`) |
 
 Nothing waits for a quiet period. A scenario is over when conditions hold: every
 expected effect was accepted by the gateway, the order service's outbox has no
 pending row (`GET /outbox/stats`), and the worker's consumer group has committed
-every record in every topic it reads, with no new record appearing meanwhile. The
+every record in every topic it reads, with no new record appearing meanwhile (under
+exactly_once: no committed record after the group's offset and no open transaction
+in any of them — the group's offset is the last processed record + 1, short of the
+commit marker that ends a topic the worker writes in transactions). The
 commit protocol (`streams/engine/pipeline.py`) acknowledges a record only after its
 gateway call and derived records are done, so from then on the counts are final.
 
@@ -1149,7 +1416,11 @@ beyond the first per key; **repeated / budget** — events whose effects were re
 repeats both) against the budget *worker kills × `BATCH_SIZE`* (500 by default): the
 commit protocol repeats at most one batch per crash, so a scenario that kills no
 worker may repeat nothing. Above the budget the scenario fails, as it does on a
-loss. **dead-lettered** — records in the services' DLQs (`poison-flood`:
+loss. `eos-kill-storm` has its own bound: its **repeated** are derived events a
+`read_committed` reader sees more than once per order, and the budget is 0 (each
+batch's derived records, state and input offsets are one Kafka transaction, so a
+killed batch is aborted and read again; its **duplicate effects** column still counts
+gateway calls, which stay at least once). **dead-lettered** — records in the services' DLQs (`poison-flood`:
 `notifications.dlq`); **drain** — seconds from the later of the last fault and the
 end of production until every expected effect was seen at the gateway (it includes
 the restarted process's start-up and group rejoin, ~10–20 s for a worker here; for
@@ -1229,7 +1500,9 @@ def table_row(result: Result, date: str) -> str:
     if result.over_budget:
         notes.insert(0, f"FAILED: {result.repeated:,} repeated events, over the budget of "
                         f"{result.duplicate_budget:,}")
-    budget = (f"{result.repeated:,} / {result.duplicate_budget:,} ({result.worker_kills} × {result.batch_size})"
+    rule = ("exactly_once, read_committed" if result.exactly_once
+            else f"{result.worker_kills} × {result.batch_size}")
+    budget = (f"{result.repeated:,} / {result.duplicate_budget:,} ({rule})"
               + (f"; {result.forgotten:,} forgotten with the broker" if result.forgotten else ""))
     cells = [
         f"`{result.scenario}`", date, f"{result.produced:,}", f"**{result.lost:,}**",

@@ -4,7 +4,8 @@ tests/fault/test_chaos.py runs the scenarios; a check that can never fail would
 make those runs pass whatever the engine does. Here each check is fed the broken
 case it exists for: repeated effects over worker kills × BATCH_SIZE, a worker life
 that commits nothing, a drain that stops while derived records still arrive, an
-order without NotificationSent, reconcile's exit codes.
+order without NotificationSent, reconcile's exit codes; under exactly_once a single
+derived event seen twice (or missing) by a read_committed reader.
 """
 
 from __future__ import annotations
@@ -146,6 +147,75 @@ def test_every_topic_the_worker_reads_is_drained():
     for spec in SERVICES:
         assert set(spec.sources) <= set(chaos.WORKER_TOPICS)
         assert set(spec.retry_topics(3)) <= set(chaos.WORKER_TOPICS)
+
+
+# -- eos-kill-storm: exactly one derived event per order, read_committed ---------------------
+
+
+def derived(topic: str, *keys: str) -> list[Consumed]:
+    return [Consumed(topic, 0, n, k.encode(), b"{}", {}, 0) for n, k in enumerate(keys)]
+
+
+RESERVED, REJECTED = chaos.EOS_DERIVED[1], chaos.EOS_DERIVED[2]
+
+
+def test_each_order_has_one_notification_and_one_inventory_answer():
+    seen = {chaos.SENT: derived(chaos.SENT, "a", "b"), RESERVED: derived(RESERVED, "a"),
+            REJECTED: derived(REJECTED, "b")}
+    once = chaos.derived_once({"a", "b"}, seen)
+    assert (once["lost"], once["repeated"], once["stray"]) == (set(), 0, 0)
+
+
+def test_a_derived_event_seen_twice_is_repeated_and_a_missing_one_lost():
+    seen = {chaos.SENT: derived(chaos.SENT, "a", "a", "b", "zz"), RESERVED: derived(RESERVED, "a", "c"),
+            REJECTED: derived(REJECTED, "a")}
+    once = chaos.derived_once({"a", "b", "c"}, seen)
+    # a: NotificationSent twice, reserved *and* rejected (two inventory answers); b: no
+    # inventory answer; c: no NotificationSent; zz: no order of the storm
+    assert once["repeated"] == 2 and once["repeated_keys"] == ["a"]
+    assert once["lost"] == {"b", "c"}
+    assert once["stray"] == 1
+
+
+def test_under_exactly_once_a_single_repeat_fails_whatever_the_kills():
+    result = chaos.Result("eos-kill-storm", worker_kills=6, batch_size=500, exactly_once=True, repeated=1)
+    assert result.duplicate_budget == 0 and result.over_budget and not result.ok
+    assert "budget 0 (exactly_once: derived events read_committed)" in result.line()
+    assert "read_committed reader under exactly_once" in result.line()
+    row = chaos.table_row(result, "today")
+    assert "FAILED: 1 repeated events, over the budget of 0" in row and "1 / 0 (exactly_once, read_committed)" in row
+    assert len(chaos._split_row(row)) == len(chaos.COLUMNS)
+    clean = chaos.Result("eos-kill-storm", worker_kills=6, batch_size=500, exactly_once=True)
+    assert clean.ok
+
+
+async def test_drained_committed_waits_while_the_group_is_behind_or_a_transaction_is_open(monkeypatch):
+    behind = iter([{"t:0": -1}, {"t:0": 3}, {}, {}])  # open transaction, then 3 records past the offset
+    ends = iter([{0: 9}, {0: 12}, {0: 12}])  # a derived record landed meanwhile
+
+    async def committed_behind(bootstrap: str, topics) -> dict[str, int]:
+        return next(behind)
+
+    async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+        return next(ends)
+
+    monkeypatch.setattr(chaos, "committed_behind", committed_behind)
+    monkeypatch.setattr(chaos, "end_offsets", end_offsets)
+    assert await chaos.drained_committed("b:1", ["t"], timeout=30, interval=0) == 12
+    assert next(behind, None) is None  # asked until nothing was behind twice, the ends unchanged
+
+
+async def test_drained_committed_fails_when_the_group_stays_behind(monkeypatch):
+    async def committed_behind(bootstrap: str, topics) -> dict[str, int]:
+        return {"t:0": 2}
+
+    async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+        return {0: 5}
+
+    monkeypatch.setattr(chaos, "committed_behind", committed_behind)
+    monkeypatch.setattr(chaos, "end_offsets", end_offsets)
+    with pytest.raises(AssertionError, match="not done"):
+        await chaos.drained_committed("b:1", ["t"], timeout=0)
 
 
 # -- reconcile exit codes ----------------------------------------------------------------------
