@@ -1248,6 +1248,75 @@ def derived_once(wanted: set[str], seen: dict[str, list[Consumed]]) -> dict[str,
             "repeated_keys": sorted({k for c in per.values() for k, n in c.items() if n > 1})[:5]}
 
 
+async def eos_checks(result: Result, worker: Any, gateway: Any, ids: list[str], skus: Counter[str],
+                     once: dict[str, Any], dlq: list[Any], snapshots: list[tuple[int, int]],
+                     final: tuple[int, int], gateway_budget: int) -> set[str]:
+    """``eos-kill-storm``'s checks on the worker's view (status, reservation, stock), the
+    committed dead letters, the gateway's repeats and the commit progress; the orders not
+    NOTIFIED."""
+    wanted = set(ids)
+    views = await order_views(worker.url, ids)
+    not_notified = {i for i, v in views.items() if not isinstance(v, dict) or v["status"] != "NOTIFIED"}
+    lost = (wanted - gateway.accepted.keys()) | not_notified | once["lost"]
+    result.lost = len(lost)
+    if once["lost"]:
+        result.notes.append(f"{len(once['lost'])} orders without their NotificationSent or inventory answer "
+                            f"(read_committed), e.g. {sorted(once['lost'])[:5]}")
+    if once["repeated"]:
+        result.notes.append(f"derived events repeated (read_committed), e.g. {once['repeated_keys']}")
+    if once["stray"]:
+        result.notes.append(f"{once['stray']} derived records for no order of the storm")
+    if not_notified:
+        result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
+                            f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
+    not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
+    if not_reserved:
+        result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
+    stock = await stock_views(worker.url, skus)
+    wrong_stock = {sku: v for sku, v in stock.items()
+                   if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
+    if wrong_stock:
+        result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − reserved: "
+                                    f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+    if dlq:
+        result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                    f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+    if result.gateway_duplicates > gateway_budget:
+        result.failed_checks.append(f"{result.gateway_duplicates} gateway calls repeated, more than "
+                                    f"{result.worker_kills} kills × BATCH_SIZE {result.batch_size}")
+    result.failed_checks.extend(commit_progress(snapshots, final))
+
+    return not_notified
+
+
+def eos_notes(result: Result, sizes: Sizes, worker: Any, guarantee: str, wanted: set[str],
+              once: dict[str, Any], committed_view: dict[str, Any], everything: dict[str, Any],
+              snapshots: list[tuple[int, int]], final: tuple[int, int], not_notified: set[str],
+              gateway_budget: int) -> None:
+    """``eos-kill-storm``'s details and notes: what each isolation level saw."""
+    aborted = {t: len(everything[t]) - len(committed_view[t]) for t in EOS_DERIVED}
+    result.details.update(worker_starts=worker.starts, commits_before_kills=snapshots, commit_final=final,
+                          not_notified=len(not_notified), read_committed=once["records"],
+                          read_uncommitted={t: len(rs) for t, rs in everything.items()}, aborted_seen=aborted,
+                          derived_lost=len(once["lost"]), derived_repeated=once["repeated"],
+                          stray=once["stray"], guarantee=guarantee)
+    short = {SENT: "NotificationSent", InventoryReserved.topic(): "InventoryReserved",
+             InventoryRejected.topic(): "InventoryRejected"}
+    result.notes.append(f"PROCESSING_GUARANTEE={guarantee}, 1 Kafka node, {sizes.eos_rate:.0f} orders/s "
+                        f"(OrderCreated + OrderPaid, all services); worker started {worker.starts} times")
+    result.notes.append("read_committed: " + ", ".join(f"{once['records'][t]:,} {short[t]}" for t in EOS_DERIVED)
+                        + f" for {len(wanted):,} orders; read_uncommitted also sees "
+                        + ", ".join(f"{aborted[t]:,} {short[t]}" for t in EOS_DERIVED)
+                        + " of aborted transactions")
+    result.notes.append(f"gateway (at least once, same Idempotency-Key): {result.gateway_duplicates:,} calls "
+                        f"repeated, budget {result.worker_kills} kills × BATCH_SIZE {result.batch_size} = "
+                        f"{gateway_budget:,}")
+    result.notes.append("committed/end offsets of OrderPaid before each kill: "
+                        + ", ".join(f"{d}/{e}" for d, e in snapshots) + f"; after the drain {final[0]}/{final[1]}")
+    result.notes.append("not compared with the differential test's reference model (bench/ must not import "
+                        "tests/); order status, reservation and stock are checked instead")
+
+
 @timed
 async def eos_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random, *,
                          guarantee: str = "exactly_once") -> Result:
@@ -1297,58 +1366,10 @@ async def eos_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random, *,
         result.repeated = once["repeated"] + once["stray"]
         result.details.update(repeated=result.repeated, duplicate_budget=result.duplicate_budget)
 
-        views = await order_views(worker.url, ids)
-        not_notified = {i for i, v in views.items() if not isinstance(v, dict) or v["status"] != "NOTIFIED"}
-        lost = (wanted - gateway.accepted.keys()) | not_notified | once["lost"]
-        result.lost = len(lost)
-        if once["lost"]:
-            result.notes.append(f"{len(once['lost'])} orders without their NotificationSent or inventory answer "
-                                f"(read_committed), e.g. {sorted(once['lost'])[:5]}")
-        if once["repeated"]:
-            result.notes.append(f"derived events repeated (read_committed), e.g. {once['repeated_keys']}")
-        if once["stray"]:
-            result.notes.append(f"{once['stray']} derived records for no order of the storm")
-        if not_notified:
-            result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
-                                f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
-        not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
-        if not_reserved:
-            result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
-        stock = await stock_views(worker.url, skus)
-        wrong_stock = {sku: v for sku, v in stock.items()
-                       if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
-        if wrong_stock:
-            result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − reserved: "
-                                        f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
-        if dlq:
-            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
-                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
-        if result.gateway_duplicates > gateway_budget:
-            result.failed_checks.append(f"{result.gateway_duplicates} gateway calls repeated, more than "
-                                        f"{result.worker_kills} kills × BATCH_SIZE {result.batch_size}")
-        result.failed_checks.extend(commit_progress(snapshots, final))
-
-        aborted = {t: len(everything[t]) - len(committed_view[t]) for t in EOS_DERIVED}
-        result.details.update(worker_starts=worker.starts, commits_before_kills=snapshots, commit_final=final,
-                              not_notified=len(not_notified), read_committed=once["records"],
-                              read_uncommitted={t: len(rs) for t, rs in everything.items()}, aborted_seen=aborted,
-                              derived_lost=len(once["lost"]), derived_repeated=once["repeated"],
-                              stray=once["stray"], guarantee=guarantee)
-        short = {SENT: "NotificationSent", InventoryReserved.topic(): "InventoryReserved",
-                 InventoryRejected.topic(): "InventoryRejected"}
-        result.notes.append(f"PROCESSING_GUARANTEE={guarantee}, 1 Kafka node, {sizes.eos_rate:.0f} orders/s "
-                            f"(OrderCreated + OrderPaid, all services); worker started {worker.starts} times")
-        result.notes.append("read_committed: " + ", ".join(f"{once['records'][t]:,} {short[t]}" for t in EOS_DERIVED)
-                            + f" for {len(wanted):,} orders; read_uncommitted also sees "
-                            + ", ".join(f"{aborted[t]:,} {short[t]}" for t in EOS_DERIVED)
-                            + " of aborted transactions")
-        result.notes.append(f"gateway (at least once, same Idempotency-Key): {result.gateway_duplicates:,} calls "
-                            f"repeated, budget {result.worker_kills} kills × BATCH_SIZE {result.batch_size} = "
-                            f"{gateway_budget:,}")
-        result.notes.append("committed/end offsets of OrderPaid before each kill: "
-                            + ", ".join(f"{d}/{e}" for d, e in snapshots) + f"; after the drain {final[0]}/{final[1]}")
-        result.notes.append("not compared with the differential test's reference model (bench/ must not import "
-                            "tests/); order status, reservation and stock are checked instead")
+        not_notified = await eos_checks(result, worker, gateway, ids, skus, once, dlq, snapshots, final,
+                                        gateway_budget)
+        eos_notes(result, sizes, worker, guarantee, wanted, once, committed_view, everything, snapshots, final,
+                  not_notified, gateway_budget)
     return result
 
 
