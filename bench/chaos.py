@@ -626,6 +626,30 @@ async def paid_offsets(bootstrap: str) -> tuple[int, int]:
     return sum(done.values()), sum(ends.values())
 
 
+async def run_kill_storm(st: Stack, broker: Any, worker: Any, gateway: Any, orders: list[tuple[str, str]],
+                         result: Result, rng: random.Random, *, rate: float, kills: int, kill_after: tuple[float, float],
+                         drain_timeout: float) -> tuple[list[tuple[int, int]], set[str]]:
+    """The kill storm both storms share: stock seeded for ``orders``' SKUs, the lifecycle
+    produced at ``rate`` while the worker is SIGKILLed ``kills`` times (the committed and
+    end offsets of ``OrderPaid`` recorded before each kill), until every order's gateway
+    effect arrived. Returns those snapshots and the order ids."""
+    result.batch_size = batch_size_of(worker)
+    await start_ready(worker)
+    await seed_stock(broker.bootstrap, {sku: STORM_STOCK for sku in Counter(sku for _, sku in orders)})
+    feeder = st.background(produce_lifecycle(broker.bootstrap, orders, rate=rate))
+    snapshots: list[tuple[int, int]] = []
+
+    async def before_kill() -> None:
+        snapshots.append(await paid_offsets(broker.bootstrap))
+
+    last_fault = await kill_repeatedly(worker, kills, kill_after, feeder, result, rng, before_kill=before_kill)
+    result.worker_kills = result.faults_done
+    produced_at = await feeder
+    wanted = {order for order, _ in orders}
+    result.drain_seconds = await wait_effects(gateway, wanted, max(produced_at, last_fault), drain_timeout)
+    return snapshots, wanted
+
+
 @timed
 async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("worker-kill-storm", faults=f"{sizes.storm_kills}× SIGKILL worker")
@@ -636,22 +660,9 @@ async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> 
         broker = await st.broker()
         gateway = await st.gateway(sizes.gateway_delay)
         worker = st.worker(broker, "worker", notifier_url=gateway.url, **WORKER_ENV)  # every service
-        result.batch_size = batch_size_of(worker)
-        await start_ready(worker)
-        await seed_stock(broker.bootstrap, {sku: STORM_STOCK for sku in skus})
-        feeder = st.background(produce_lifecycle(broker.bootstrap, orders, rate=sizes.storm_rate))
-        snapshots: list[tuple[int, int]] = []
-
-        async def before_kill() -> None:
-            snapshots.append(await paid_offsets(broker.bootstrap))
-
-        last_fault = await kill_repeatedly(worker, sizes.storm_kills, sizes.storm_kill_after, feeder, result, rng,
-                                           before_kill=before_kill)
-        result.worker_kills = result.faults_done
-        produced_at = await feeder
-        since = max(produced_at, last_fault)
-        wanted = set(ids)
-        result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
+        snapshots, wanted = await run_kill_storm(st, broker, worker, gateway, orders, result, rng,
+                                                 rate=sizes.storm_rate, kills=sizes.storm_kills,
+                                                 kill_after=sizes.storm_kill_after, drain_timeout=sizes.drain_timeout)
         await drained(broker.bootstrap, timeout=sizes.drain_timeout)
         final = await paid_offsets(broker.bootstrap)
         sent = await read_topic(broker.bootstrap, SENT)
@@ -1338,22 +1349,9 @@ async def eos_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random, *,
         gateway = await st.gateway(sizes.gateway_delay)
         worker = st.worker(kafka, "worker", notifier_url=gateway.url, processing_guarantee=guarantee,
                            **WORKER_ENV)  # every service
-        result.batch_size = batch_size_of(worker)
-        await start_ready(worker)
-        await seed_stock(kafka.bootstrap, {sku: STORM_STOCK for sku in skus})
-        feeder = st.background(produce_lifecycle(kafka.bootstrap, orders, rate=sizes.eos_rate))
-        snapshots: list[tuple[int, int]] = []
-
-        async def before_kill() -> None:
-            snapshots.append(await paid_offsets(kafka.bootstrap))
-
-        last_fault = await kill_repeatedly(worker, sizes.eos_kills, sizes.eos_kill_after, feeder, result, rng,
-                                           before_kill=before_kill)
-        result.worker_kills = result.faults_done
-        produced_at = await feeder
-        since = max(produced_at, last_fault)
-        wanted = set(ids)
-        result.drain_seconds = await wait_effects(gateway, wanted, since, sizes.drain_timeout)
+        snapshots, wanted = await run_kill_storm(st, kafka, worker, gateway, orders, result, rng,
+                                                 rate=sizes.eos_rate, kills=sizes.eos_kills,
+                                                 kill_after=sizes.eos_kill_after, drain_timeout=sizes.drain_timeout)
         await drained_committed(kafka.bootstrap, timeout=sizes.drain_timeout)
         final = await paid_offsets(kafka.bootstrap)
         committed_view = {t: await read_isolated(kafka.bootstrap, t, "read_committed") for t in EOS_DERIVED}
