@@ -39,7 +39,7 @@ from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
 NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
-         "latency", "retry", "startup", "frontdoor")
+         "latency", "retry", "startup", "frontdoor", "eos")
 ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
@@ -211,6 +211,8 @@ async def run_round(results: dict[str, Any], sizes: Sizes, r: int, repeat: int, 
         results["pairs"].setdefault("paid-notifications", []).append(got)
     if "parked" in only:
         await parked_round(results, sizes, r, repeat, work, bare)
+    if "eos" in only and common.BROKER == "kafka":
+        await eos_round(results, sizes, r, repeat, work)
     if "relay" in only:
         log(f"[{r + 1}/{repeat}] P3 outbox relay vs raw producer ({sizes.relay_rows:,} rows)")
         results.setdefault("relay", []).append(await guarded(results, f"relay[{r}]",
@@ -260,6 +262,35 @@ async def parked_round(results: dict[str, Any], sizes: Sizes, r: int, repeat: in
     results["pairs"].setdefault("parked", []).append(got)
     if r == 0 and on and "dlq" in on["worker"]:
         results["parked_dlq"] = on["worker"]["dlq"]
+
+
+async def eos_round(results: dict[str, Any], sizes: Sizes, r: int, repeat: int, work: Path) -> None:
+    """The ``OrderPaid`` flood, default ``SERVICES``, under ``exactly_once`` beside the same
+    flood under ``at_least_once`` (Kafka only: Tansu has no transactions), alternating
+    which runs first; the ratio is exactly_once events/s ÷ at_least_once events/s."""
+    n, distinct = sizes.flood_events, sizes.flood_distinct
+    log(f"[{r + 1}/{repeat}] exactly_once ÷ at_least_once: OrderPaid flood, default SERVICES "
+        f"({n:,} over {distinct:,} ids, BATCH_SIZE {EOS_BATCH_SIZE})")
+
+    def flood(guarantee: str) -> Any:
+        env = {"processing_guarantee": guarantee, "batch_size": str(EOS_BATCH_SIZE)}
+        return pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work, env=env, name=f"paid-{guarantee}")
+
+    runs: dict[str, Any] = {}
+    order = ("exactly_once", "at_least_once") if r % 2 == 0 else ("at_least_once", "exactly_once")
+    for guarantee in order:
+        runs[guarantee] = await guarded(results, f"eos[{r}] {guarantee}", flood(guarantee))
+        if not runs[guarantee]:
+            break
+    got = None
+    if runs.get("exactly_once") and runs.get("at_least_once"):
+        got = {"first": order[0], "batch_size": EOS_BATCH_SIZE, **runs,
+               "ratio": runs["exactly_once"]["per_s"] / runs["at_least_once"]["per_s"]}
+    results["pairs"].setdefault("eos", []).append(got)
+
+
+#: both guarantees at the default BATCH_SIZE: the setting a user starts with
+EOS_BATCH_SIZE = 500
 
 
 async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repeat: int, only: set[str],

@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, create_topics, fresh_broker, order_paid_inputs, produce_all

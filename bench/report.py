@@ -85,6 +85,11 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
         "Reference: `SERVICES=notifications` worker (at-least-once) ÷ Kafka Streams `exactly_once_v2`",
         "–", lambda v: True, 3,
         "as above with `processing.guarantee=exactly_once_v2` (commit interval 100 ms, Streams' default)"),
+    "eos": (
+        "`PROCESSING_GUARANTEE=exactly_once` ÷ `at_least_once`: `OrderPaid` flood, default `SERVICES`",
+        "≥ 0.7", lambda v: v >= 0.7, 3,
+        "the `paid` flood twice on fresh Kafka brokers, both at `BATCH_SIZE=500` (the default), alternating "
+        "which runs first; events/s ÷ events/s; Kafka only (Tansu has no transactions)"),
     "quix": (
         "Reference: `SERVICES=notifications` worker ÷ Quix Streams (same flood)", "≥ 1.0", lambda v: v >= 1.0, 3,
         "Quix 3.28.1 in its own venv (bench/quix.py), fresh broker, same inputs"),
@@ -136,6 +141,7 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
     out["kstreams-eos"] = [p["worker_over_kstreams_exactly_once_v2"] for p in flood
                            if "worker_over_kstreams_exactly_once_v2" in p]
     out["quix"] = [p["worker_over_quix"] for p in _ok(pairs.get("paid-notifications")) if "worker_over_quix" in p]
+    out["eos"] = [p["ratio"] for p in _ok(pairs.get("eos"))]
     out["relay"] = [x["ratio"] for x in (r.get("relay") or []) if x]
     for variant, services in (("notifications", "notifications"), ("default", "notifications,order-state,inventory")):
         v = _dig(r, "latency", services, "p99_ms")
@@ -268,7 +274,7 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     """docs/benchmarks.md from a results dict: the header, goals and method, then one
     section per measurement, then the errors."""
     sections = [_md_header(r, results_file), _md_goals(r), _md_method(r), _md_headline(r), _md_floods(r),
-                _md_kstreams(r), _md_quix(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
+                _md_kstreams(r), _md_quix(r), _md_eos(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
                 _md_relay(r), _md_latency(r), _md_retry(r), _md_errors(r)]
     path.write_text("\n".join(line for section in sections for line in section))
 
@@ -431,6 +437,25 @@ def _md_kstreams(r: dict[str, Any]) -> list[str]:
     else:
         out.append("Not run in this invocation (Kafka only).")
     out.append("")
+    return out
+
+
+def _md_eos(r: dict[str, Any]) -> list[str]:
+    """Section 2's exactly-once cost: the default flood under each guarantee."""
+    ok = _ok(r.get("pairs", {}).get("eos"))
+    out = ["**`PROCESSING_GUARANTEE=exactly_once` ÷ `at_least_once`** (default `SERVICES`, same flood, a fresh "
+           "Kafka broker each).", ""]
+    if not ok:
+        out += ["Not run in this invocation (Kafka only).", ""]
+        return out
+    out += ["| # | first | BATCH_SIZE | exactly_once events/s | CPU-s/100k | at_least_once events/s | CPU-s/100k "
+            "| ratio |", "|---|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(ok, 1):
+        e, a = p["exactly_once"], p["at_least_once"]
+        out.append(f"| {i} | {p['first']} | {p['batch_size']} | {_fmt(e['per_s'])} | {_fmt(e['cpu_s_per_100k'], 1)} "
+                   f"| {_fmt(a['per_s'])} | {_fmt(a['cpu_s_per_100k'], 1)} | {_fmt(p['ratio'], 3)} |")
+    out += ["", "Under `exactly_once` each batch is one transaction per input partition (a producer each); "
+            "the CPU column is the worker's own cost per event, the ratio the wall-clock throughput.", ""]
     return out
 
 
