@@ -131,8 +131,9 @@ async def test_heavy_console_requests_take_turns_and_the_rest_are_told_busy():
             outcomes.append("busy")
 
     tasks = [asyncio.ensure_future(load()) for _ in range(8)]
-    while outcomes.count("busy") < 6:  # the six without a turn give up after their wait
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        while outcomes.count("busy") < 6:  # the six without a turn give up after their wait
+            await asyncio.sleep(0.01)
     release.set()
     await asyncio.gather(*tasks)
     assert most == 2 and sorted(outcomes) == ["busy"] * 6 + ["served"] * 2

@@ -16,7 +16,7 @@ from streams.engine.pipeline import Pipeline
 from streams.engine.position import Driver
 from streams.engine.records import TP, Ack, Outgoing
 from streams.engine.routing import RetryPolicy
-from streams.engine.testing import NOW, Clock, FakeConsumer, FakePublisher, MemoryStore
+from streams.engine.testing import NOW, Clock, FakeConsumer, FakePublisher, MemoryStore, wait_until
 from streams.engine.transactions import (
     Fenced,
     ProducerDead,
@@ -337,8 +337,7 @@ async def test_a_rebalance_during_the_batch_aborts_it() -> None:
     await h.ready()
     h.notifier.delay = 0.01
     task = asyncio.ensure_future(h.fetch({P0: paid(P0, 0, 2)}))
-    while not h.notifier.calls:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.notifier.calls)
     h.consumer.gen += 1  # a rebalance starts while the gateway calls run
     assert await task == 0
     assert ("abort", transactional_id(GROUP, P0)) in h.log
@@ -383,8 +382,7 @@ async def test_a_fenced_owner_stops_the_partition_and_nothing_it_sent_becomes_vi
     old = h.producer(P0)
     h.notifier.delay = 0.01
     task = asyncio.ensure_future(h.fetch({P0: paid(P0, 0, 2), P1: paid(P1, 0, 0)}))
-    while not h.notifier.calls:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: h.notifier.calls)
     # the new owner (another worker) starts its producer of the same id mid-batch
     new_owner = FakeTxnProducer(old.transactional_id, h.broker, [])
     await new_owner.start()
