@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams import registry
 from streams.broker import free_port
-from harness.worker import ROOT, http_get
+from harness.worker import ROOT, http_get, metric_names
 
 APP_ID = "order-streams"
 
@@ -220,7 +220,11 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of ``name``: (labels, value)."""
+    """Every sample of ``name``: (labels, value). A name the exposition does not export
+    raises ``KeyError`` (as :func:`harness.worker.metric_value` does): a misspelt name
+    would otherwise read as no samples, and a check that counts them could not fail."""
+    if name not in metric_names(text):
+        raise KeyError(f"no metric {name!r} in the exposition")
     out = []
     for line in text.splitlines():
         m = _SAMPLE.match(line)

@@ -56,3 +56,15 @@ def test_the_names_a_family_exports_include_its_type_suffixes_and_nothing_else()
             "batch_size_events_count", "batch_size_events_sum"} <= names
     assert "dedup_keys_expired" not in names and "event_processed" not in names
     assert metric_value(exposition(metrics), "batch_size_events_count", service="notifications") == 1
+
+
+def test_the_fuzzers_sample_reader_refuses_a_name_the_worker_does_not_export():
+    from tests.support.hostile import samples
+
+    metrics = Metrics()
+    metrics.dead_lettered("notifications", "max_attempts")
+    text = exposition(metrics)
+    assert samples(text, "dead_letter_total") == [({"service": "notifications", "reason": "max_attempts"}, 1.0)]
+    assert samples(Metrics().exposition().decode(), "dead_letter_total") == []  # exported, no child yet
+    with pytest.raises(KeyError, match="dead_letters_total"):
+        samples(text, "dead_letters_total")
