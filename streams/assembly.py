@@ -30,7 +30,7 @@ from streams.faust.compat import EngineProducer, EngineTableManager, broker_roun
 from streams.faust.consumer import engine_consumer_class
 from streams.faust.publisher import KafkaPublisher
 from streams.faust.transactions import (
-    broker_is_tansu, faust_environment, make_transactions, refuse_without_transactions,
+    broker_is_tansu, faust_environment, make_transactions, refuse_without_transactions, transactional_id_refused,
 )
 from streams.faust.recovery import BulkLoader, Progress
 from streams.faust.stores import EngineTable, TableStore
@@ -77,7 +77,9 @@ def create_app(settings: WorkerSettings) -> WorkerApp:
     worker = build_worker(app, settings)
     check_kafka_access_first(app, settings)
     if settings.processing_guarantee == EXACTLY_ONCE:  # one line and exit 1 on Tansu
-        refuse_without_transactions(app, lambda: broker_is_tansu(settings.bootstrap, settings.aiokafka_kwargs()))
+        refuse_without_transactions(
+            app, lambda: broker_is_tansu(settings.bootstrap, settings.aiokafka_kwargs()),
+            lambda: transactional_id_refused(settings.bootstrap, settings.aiokafka_kwargs(), app.conf.id))
     observe(app, worker)
     register_web(app, worker)
     register_console(app, worker)  # after the web's routes and auth middleware

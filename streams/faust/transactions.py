@@ -148,10 +148,13 @@ def make_transactions(app: Any, *, bootstrap: str, client_kwargs: Mapping[str, A
     return transactions
 
 
-def refuse_without_transactions(app: Any, is_tansu: Any) -> None:
+def refuse_without_transactions(app: Any, is_tansu: Any, refused: Any = None) -> None:
     """Before the worker's first Kafka client: ``exactly_once`` on a broker without
-    transactions ends start-up with one line, exit 1. ``is_tansu()`` answers whether the
-    broker is the embedded one (its Metadata cluster id)."""
+    transactions, or with transactional ids this principal may not write, ends start-up
+    with one line, exit 1 (not a traceback from the first partition's producer).
+    ``is_tansu()`` answers whether the broker is the embedded one (its Metadata cluster
+    id); ``refused()`` (:func:`transactional_id_refused`) what the broker refused, or
+    None."""
     first_start = app.on_first_start
 
     async def on_first_start() -> None:
@@ -160,9 +163,33 @@ def refuse_without_transactions(app: Any, is_tansu: Any) -> None:
                   "(Apache Kafka); the embedded Tansu broker has none that work: use at_least_once there",
                   file=sys.__stderr__, flush=True)
             raise SystemExit(1)
+        why = await refused() if refused is not None else None
+        if why:
+            print(f"order-streams: PROCESSING_GUARANTEE=exactly_once: {why}", file=sys.__stderr__, flush=True)
+            raise SystemExit(1)
         await first_start()
 
     app.on_first_start = on_first_start
+
+
+async def transactional_id_refused(bootstrap: str, client_kwargs: Mapping[str, Any], group_id: str) -> str | None:
+    """Start and stop one transactional producer under the group's prefix (the id
+    ``<group>-access-check``, never a partition's: that would fence its owner, T1).
+    The broker's refusal of the id, as one sentence naming the grant; None if allowed."""
+    from aiokafka.errors import ClusterAuthorizationFailedError, TransactionalIdAuthorizationFailed
+
+    probe = f"{group_id}-access-check"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=probe,
+                                client_id=f"order-streams-txn-{probe}", **dict(client_kwargs))
+    try:
+        await producer.start()
+    except (TransactionalIdAuthorizationFailed, ClusterAuthorizationFailedError) as exc:
+        return (f"the broker refused the TransactionalId {probe!r} ({type(exc).__name__}); grant this "
+                f"principal WRITE and DESCRIBE on the TransactionalId prefix '{group_id}-' (one producer "
+                f"per input partition, '{group_id}-<topic>-<partition>')")
+    finally:
+        await producer.stop()
+    return None
 
 
 async def broker_is_tansu(bootstrap: str, client_kwargs: Mapping[str, Any]) -> bool:

@@ -240,3 +240,18 @@ async def test_a_topic_the_worker_may_not_write_dead_letters_the_event(secure, s
             raise AssertionError(f"the worker's group did not move past the refused events: {need}")
     finally:
         await delete_acls(secure, deny)
+
+
+# -- exactly_once without the transactional-id ACL ---------------------------------------------
+
+
+async def test_exactly_once_without_the_transactional_id_acl_is_one_line(secure, tmp_path):
+    """``PROCESSING_GUARANTEE=exactly_once`` needs WRITE on the transactional ids
+    ``<APP_ID>-…`` (T1: one per input partition). The ``worker`` principal here has none
+    (worker_acls above grants topics and the group only): the worker ends with one line
+    naming the transactional id and what to grant, never a traceback or a hang."""
+    env = {**secure.env("worker"), "DATA_DIR": str(tmp_path), "WEB_PORT": str(_free()),
+           "PROCESSING_GUARANTEE": "exactly_once"}
+    result = await asyncio.to_thread(run, COMMANDS["worker"], env)
+    assert_one_line(result, "TransactionalId", secure.passwords["worker"])
+    assert "PROCESSING_GUARANTEE" in result.stderr.splitlines()[-1]
