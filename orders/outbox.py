@@ -15,6 +15,26 @@ topic, bytes that cannot be encoded — gets ``status = 'failed'`` and its
 :func:`stats` (``failed_terminal``) and the ``outbox_failed_rows`` gauge. Nothing
 deletes it; re-queue it by hand once the cause is fixed
 (``UPDATE outbox SET status = 'pending', next_retry_at = 0 WHERE id = …``).
+
+Time (the project's rule is ``streams/engine/streamtime.py``: no decision compares a
+wall clock with a time stored before a restart, or written by another host's clock).
+The one decision here is whether a row is due, enforced by :func:`add_event` and
+:func:`claim`:
+
+- A new row is due at once: its ``next_retry_at`` is 0, not the writer's clock. (It
+  was the API's ``now``: a relay whose clock was behind the writer's — restarted with
+  its clock stepped back, or on another host — published nothing written after its
+  own ``now`` until its clock caught up, 10 minutes for a 10-minute step.)
+- A failed row's ``next_retry_at`` is the relay's ``now`` + its backoff, at most
+  ``max_delay`` (``RELAY_BACKOFF_MAX``) ahead. A claim therefore counts as due every row
+  whose ``next_retry_at`` is at or before its ``now`` **or more than** ``max_delay``
+  **after it**: no backoff of this clock put it there, a clock that has since stepped
+  back did (a restart with a corrected clock, another relay's host), and the row is
+  retried now instead of waiting for the step (400 days for a 400-day step).
+  A forward step makes retries due early — harmless, a retry may run any time.
+- ``created_at`` and ``sent_at`` are the writer's clock, for people and for the sent
+  rows' retention (``OUTBOX_RETENTION``: a forward step deletes sent rows early, which
+  publishes nothing twice and loses nothing pending).
 """
 
 from __future__ import annotations
@@ -88,9 +108,9 @@ async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple
     key = event.idempotency_key()
     await tx.execute(
         "INSERT INTO outbox (id, aggregate_id, topic, key, payload, headers, status, attempts,"
-        " next_retry_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+        " next_retry_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
         (event_id, key, event.topic(), key.encode(), event.to_bytes() if payload is None else payload,
-         json.dumps([list(h) for h in headers]), now, now),
+         json.dumps([list(h) for h in headers]), now),
     )
     return event_id
 
@@ -98,7 +118,7 @@ async def add_event(tx: Tx, event: Event, *, now: float, headers: Sequence[tuple
 CLAIM = """
 SELECT o.id, o.aggregate_id, o.topic, o.key, o.payload, o.headers, o.attempts, o.created_at
 FROM outbox o
-WHERE o.status = 'pending' AND o.next_retry_at <= ?
+WHERE o.status = 'pending' AND (o.next_retry_at <= ? OR o.next_retry_at > ?)
   AND NOT EXISTS (
       SELECT 1 FROM outbox p
       WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.position < o.position)
@@ -107,11 +127,12 @@ LIMIT ?
 """
 
 
-async def claim(tx: Tx, *, now: float, limit: int, skip_locked: bool) -> list[OutboxRow]:
-    """Due head rows, oldest first. On PostgreSQL the rows stay locked until the
+async def claim(tx: Tx, *, now: float, limit: int, skip_locked: bool, max_delay: float) -> list[OutboxRow]:
+    """Due head rows, oldest first: due at ``now`` or more than ``max_delay`` (the longest
+    backoff) after it — see "Time" above. On PostgreSQL the rows stay locked until the
     transaction ends and other relays skip them (``FOR UPDATE SKIP LOCKED``)."""
     sql = CLAIM + (" FOR UPDATE OF o SKIP LOCKED" if skip_locked else "")
-    rows = await tx.fetchall(sql, (now, limit))
+    rows = await tx.fetchall(sql, (now, now + max_delay, limit))
     return [_row(r) for r in rows]
 
 

@@ -11,7 +11,8 @@ One round:
 2. Send every claimed row (``acks="all"``) with an ``event_id`` header = the row id.
 3. Await every ack (at most ``RELAY_SEND_TIMEOUT``).
 4. Mark the acknowledged rows ``sent``; give the others ``attempts + 1``, the error
-   and ``next_retry_at`` = now + exponential backoff with jitter — or, when waiting
+   and ``next_retry_at`` = now + exponential backoff with jitter (due times and clock
+   steps: "Time" in :mod:`orders.outbox`) — or, when waiting
    cannot help (the record is too large, the topic is invalid, the row cannot be
    encoded), ``status = 'failed'``: the row stops holding back its order.
 
@@ -208,14 +209,16 @@ class Relay:
                 log.log(logging.INFO if self._waiting_logged else logging.DEBUG,
                         "relay %s: holds %s; publishing", s.relay_id, self.lock.path)
             async with self.db.transaction() as tx:
-                rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=False)
+                rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=False,
+                                          max_delay=s.relay_backoff_max)
             if not rows:
                 return 0
             results = await self._publish(rows)
             async with self.db.transaction() as tx:
                 return await self._mark(tx, rows, results)
         async with self.db.transaction() as tx:
-            rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=True)
+            rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=True,
+                                      max_delay=s.relay_backoff_max)
             if not rows:
                 return 0
             results = await self._publish(rows)

@@ -41,9 +41,12 @@ async def add(db: SqliteDatabase, event: Event, *, now: float = T0, headers: Any
         return await outbox.add_event(tx, event, now=now, headers=headers)
 
 
+MAX_DELAY = 60.0
+
+
 async def claim(db: SqliteDatabase, *, now: float = T0, limit: int = 100) -> list[outbox.OutboxRow]:
     async with db.transaction() as tx:
-        return await outbox.claim(tx, now=now, limit=limit, skip_locked=False)
+        return await outbox.claim(tx, now=now, limit=limit, skip_locked=False, max_delay=MAX_DELAY)
 
 
 async def claimed_ids(db: SqliteDatabase, *, now: float = T0, limit: int = 100) -> list[str]:
@@ -134,9 +137,32 @@ async def test_first_row_waiting_for_its_retry_blocks_the_orders_later_rows(db: 
 
 
 async def test_claim_respects_next_retry_at(db: SqliteDatabase) -> None:
-    a1 = await add(db, created("o-a"), now=T0 + 5)  # next_retry_at = created time
+    a1 = await add(db, created("o-a"))
+    [row] = await claim(db)
+    await failed(db, row, "timeout", now=T0, delay=5.0)
     assert await claimed_ids(db, now=T0 + 4.999) == []
     assert await claimed_ids(db, now=T0 + 5) == [a1]  # due at exactly next_retry_at
+
+
+async def test_a_new_row_is_due_at_once_whatever_the_claiming_clock_says(db: SqliteDatabase) -> None:
+    """Written by a clock ahead of the claimer's (another host, or the claimer restarted with
+    its clock stepped back): due at once, not when the claimer's clock reaches the writer's."""
+    a1 = await add(db, created("o-a"), now=T0)
+    assert await claimed_ids(db, now=T0 - 600) == [a1]
+    assert await claimed_ids(db, now=T0 - 400 * 86400) == [a1]
+
+
+async def test_a_due_time_further_ahead_than_any_backoff_is_due_now(db: SqliteDatabase) -> None:
+    """A clock stepped back after a row's backoff was set: the row is retried now, not after
+    the step. Within MAX_DELAY (the longest backoff) the due time holds."""
+    a1 = await add(db, created("o-a"))
+    [row] = await claim(db)
+    await failed(db, row, "timeout", now=T0, delay=MAX_DELAY)  # due at T0 + 60
+    assert await claimed_ids(db, now=T0) == []
+    assert await claimed_ids(db, now=T0 + 0.001) == []  # 59.999 s ahead: a backoff may do that
+    assert await claimed_ids(db, now=T0 - 0.001) == [a1]  # 60.001 s ahead: a clock stepped back
+    assert await claimed_ids(db, now=T0 - 600) == [a1]
+    assert await claimed_ids(db, now=T0 - 400 * 86400) == [a1]
 
 
 async def test_claim_orders_by_position_not_created_at(db: SqliteDatabase) -> None:
@@ -201,7 +227,7 @@ async def test_mark_failed_counts_attempts_and_schedules_the_retry(db: SqliteDat
     assert t[a1]["attempts"] == 1
     assert t[a1]["next_retry_at"] == T0 + 3.5
     assert t[a1]["last_error"] == "KafkaTimeoutError: no ack"
-    assert t[b1]["attempts"] == 0 and t[b1]["last_error"] is None and t[b1]["next_retry_at"] == T0
+    assert t[b1]["attempts"] == 0 and t[b1]["last_error"] is None and t[b1]["next_retry_at"] == 0
 
     await failed(db, row_a, "x" * 5000, now=T0 + 10, delay=4.0)
     t = await table(db)
@@ -230,7 +256,7 @@ async def test_a_claim_reads_pending_rows_in_order_instead_of_sorting_the_backlo
     await d.setup()
     try:
         async with d.transaction() as tx:
-            plan = " / ".join(r[3] for r in await tx.fetchall("EXPLAIN QUERY PLAN " + outbox.CLAIM, (T0, 500)))
+            plan = " / ".join(r[3] for r in await tx.fetchall("EXPLAIN QUERY PLAN " + outbox.CLAIM, (T0, T0 + 60, 500)))
     finally:
         await d.close()
     assert "TEMP B-TREE" not in plan and "outbox_claim" in plan, plan

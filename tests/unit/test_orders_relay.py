@@ -243,6 +243,27 @@ async def test_a_failed_ack_leaves_the_row_pending_with_a_retry_time(db: SqliteD
     assert row3["status"] == "sent" and row3["last_error"] is None and row3["attempts"] == 2
 
 
+@pytest.mark.parametrize("step", [600.0, 400 * 86400.0], ids=["10 minutes", "400 days"])
+async def test_a_relay_restarted_with_its_clock_stepped_back_publishes_at_once(
+        db: SqliteDatabase, make_relay: Any, step: float) -> None:
+    """Rows written before the restart (the API's clock at T0) and a row in backoff from the
+    relay's last life: the relay that starts with its clock ``step`` behind publishes all of
+    them in its first round — not once its clock is back at T0 (rule: "Time" in orders.outbox)."""
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    before, _ = make_relay(producer=FakeProducer(outcome=lambda s: BrokerDown("x") if s.key == b"o-a" else "ack"))
+    assert await before.round() == 1
+    assert (await table(db))[a]["next_retry_at"] > T0  # o-a waits for its backoff
+    c = await add(db, created("o-c"))  # written after, still by the clock at T0
+    before.lock.release()  # its process ends
+
+    after, producer = make_relay(clock=Clock(T0 - step))
+    assert await after.round() == 2
+    assert sorted(s.key for s in producer.sends) == [b"o-a", b"o-c"]
+    t = await table(db)
+    assert t[a]["status"] == t[b]["status"] == t[c]["status"] == "sent"
+
+
 async def test_only_the_failed_rows_of_a_batch_are_retried(db: SqliteDatabase, make_relay: Any) -> None:
     a = await add(db, created("o-a"))
     b = await add(db, created("o-b"))
