@@ -5,8 +5,12 @@ Three stages, one per source topic, each keyed by what it decides on:
 1. ``events.order.created.v1`` and ``.v2`` (key: order id; both read as v2) → one
    ``reserve`` command per SKU to ``inventory.requests`` (key: SKU) — the repartition
    by SKU — and one ``expect`` message (the order's items) to ``inventory.answers``
-   (key: order id). One order created on both topics is decided once: decisions are
-   per (SKU, order id) and the expectation per order id, none per version.
+   (key: order id). One order created on both topics is handled once: the first
+   ``OrderCreated`` of an order leaves a marker (``<order id>\x00created``, in
+   ``inventory-orders``, the order's partition) and any later one — the same order on
+   the other version's topic, or a replay — is a ``duplicate`` that sends nothing.
+   The marker expires with the order's decisions (``DEDUP_TTL``); behind it,
+   decisions per (SKU, order id) and the expectation per order id still hold.
 2. ``inventory.requests`` → the SKU's stock in ``inventory-stock`` (decided once per
    order) → a ``SkuAnswer`` to ``inventory.answers`` (key: order id) — re-keyed by order.
 3. ``inventory.answers`` → ``inventory-orders`` collects the expectation and the
@@ -84,6 +88,12 @@ def decode_message(parse: Callable[[bytes], Any], record: Record) -> Any:
         raise ValidationFailed(validation_summary(exc)) from None
 
 
+def created_key(order_id: str) -> bytes:
+    """The key of the marker that an order's ``OrderCreated`` was handled: beside the
+    order's answers in ``inventory-orders``; an order id never holds ``\x00``."""
+    return f"{order_id}\x00created".encode()
+
+
 def command_bytes(cmd: BaseModel) -> bytes:
     return cmd.model_dump_json(exclude_none=True).encode()
 
@@ -125,7 +135,7 @@ class InventoryService:
             try:
                 msg = item.message
                 if isinstance(msg, OrderCreatedV2):
-                    self._order_created(item, msg)
+                    self._order_created(item, msg, batch)
                 elif isinstance(msg, StockCommand):
                     self._stock_command(item, msg, batch)
                 else:
@@ -134,7 +144,14 @@ class InventoryService:
                 item.fail(exc)
 
     # 1. OrderCreated → reserve commands keyed by SKU, and the expectation keyed by order
-    def _order_created(self, item: Item, created: OrderCreatedV2) -> None:
+    def _order_created(self, item: Item, created: OrderCreatedV2, batch: Batch) -> None:
+        # Once per order id, whichever version's topic brought it (the marker lives on the
+        # partition of inventory-orders the expectation goes to: the order's).
+        tx = batch.tx(ORDERS_TABLE, item.partition)
+        marker = created_key(created.order_id)
+        if tx.get(marker) is not None:
+            item.succeed(status=DUPLICATE)
+            return
         # Answers come back to the order's partition (where its OrderCreated, its other
         # events and its inventory-orders state are), whatever partitioner the SKU had.
         out = [Outgoing(INVENTORY_REQUESTS, sku.encode(), command_bytes(StockCommand(
@@ -144,6 +161,9 @@ class InventoryService:
         items = tuple(OrderItem(sku=i.sku, qty=i.qty) for i in created.items)
         expect = Expected(order_id=created.order_id, items=items, causation_id=created.event_id)
         out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect), (), item.partition))
+        at = batch.time(item.partition)  # forgotten DEDUP_TTL later, by maintain (index rebuilt from "t")
+        tx.set(marker, orjson.dumps({"t": at}))
+        tx.schedule(at, marker, durable=False)
         item.succeed(*out)
 
     # 2. stock per SKU -----------------------------------------------------------------

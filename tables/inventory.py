@@ -12,7 +12,8 @@ Two tables, both bounded per key:
   every order that ever touched it.
 - ``inventory-orders``, partitioned like ``inventory.answers`` (keyed by order id):
   the order's expected SKUs and the answers so far; once every SKU answered, the
-  outcome, kept (without the items) until it expires.
+  outcome, kept (without the items) until it expires. Beside it, ``<order id>\x00created``
+  marks that the order's ``OrderCreated`` was handled (any version; expires the same way).
 
 Messages between them are ours (``extra="forbid"``) and carry no item lists but the
 one ``expect`` message per order, so an order's size on the topics grows with its

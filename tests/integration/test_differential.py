@@ -432,9 +432,8 @@ def worker_counts(text: str) -> dict[str, dict[str, float]]:
 
 def model_counts(ref: Reference) -> dict[str, dict[str, float]]:
     """The model's verdicts in the worker's terms (README, "Event counts"): a parked event
-    is counted again by what it became when it was judged again (applied: success), and
-    inventory counts a replayed OrderCreated — decided before, nothing changes — as
-    success (it has no dedup table; the model calls it a duplicate)."""
+    is counted again by what it became when it was judged again (applied: success); a
+    replayed OrderCreated is a duplicate for inventory too (its marker per order id)."""
     c = ref.counts
     letters = Counter(l.service for l in ref.letters if l.service != INVENTORY or l.source_topic == CREATED)
     counts = {
@@ -442,7 +441,7 @@ def model_counts(ref: Reference) -> dict[str, dict[str, float]]:
                         "retry": c[(NOTIFICATIONS, "retry")]},
         ORDER_STATE: {"success": c[(ORDER_STATE, "apply")] + c[(ORDER_STATE, "unparked:apply")],
                       "duplicate": c[(ORDER_STATE, "duplicate")] + c[(ORDER_STATE, "unparked:duplicate")]},
-        INVENTORY: {"success": c[(INVENTORY, "success")] + c[(INVENTORY, "duplicate")]},
+        INVENTORY: {"success": c[(INVENTORY, "success")], "duplicate": c[(INVENTORY, "duplicate")]},
     }
     return {service: {status: float(counts[service].get(status, 0) if status != "dead_letter" else letters[service])
                       for status in STATUSES} for service in SERVICES}

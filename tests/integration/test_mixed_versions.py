@@ -1,8 +1,9 @@
 """OrderCreated v1 and v2 on their topics at once, read by one worker (issue 22).
 
 N orders only on v1, M only on v2 and one order on both topics under the same id:
-order-state applies N + M + 1 OrderCreated (the one on both is a duplicate, by order id)
-and inventory decides each order once; a v9 record is dead-lettered as unknown_version.
+order-state and inventory each handle N + M + 1 OrderCreated (the one on both is a
+duplicate, by order id: inventory sends its commands once) and inventory decides each
+order once; a v9 record is dead-lettered as unknown_version.
 That every record reaches the handlers as the v2 model is tests/unit/test_upcasting.py's.
 """
 
@@ -56,9 +57,16 @@ async def test_v1_only_v2_only_and_one_order_on_both_topics_are_each_handled_onc
     await wait_consumed(broker.bootstrap, [INVENTORY_REQUESTS, INVENTORY_ANSWERS, *derived])
 
     text = await asyncio.to_thread(worker.metrics)
-    created = {s: metric_value(text, "event_processed_total", service="order-state", type="OrderCreated", status=s)
-               for s in ("success", "duplicate")}
-    assert created == {"success": N + M + 1, "duplicate": 1}
+    for service in ("order-state", "inventory"):  # the handlers ran N + M + 1 times; the copy is a duplicate
+        created = {s: metric_value(text, "event_processed_total", service=service, type="OrderCreated", status=s)
+                   for s in ("success", "duplicate")}
+        assert created == {"success": N + M + 1, "duplicate": 1}, service
+    # inventory sent the order on both topics to its stages once: one reserve (one SKU), one expectation
+    requests = Counter(json.loads(r.value).get("order_id")
+                       for r in await read_topic(broker.bootstrap, INVENTORY_REQUESTS))
+    answers = Counter((r.key, json.loads(r.value)["kind"])
+                      for r in await read_topic(broker.bootstrap, INVENTORY_ANSWERS))
+    assert requests[both] == 1 and answers[(both.encode(), "expect")] == 1, (requests[both], answers)
 
     records = [r for t in derived for r in await read_topic(broker.bootstrap, t)]
     outcomes = Counter(r.key.decode() for r in records)
