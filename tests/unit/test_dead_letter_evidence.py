@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import Counter
+from pathlib import Path
 
 from streams.engine import headers as H
 from streams.engine.errors import GatewayRejected, UnknownDestination
 from streams.engine.records import Record
-from streams.engine.routing import LETTER_HEAD_BYTES, shrink_letter
+from streams.engine.routing import LETTER_HEAD_BYTES, OURS, shrink_letter
 from streams.engine.testing import NOW_MS, wait_until
 from tests.unit.fakes import PAID_TOPIC, paid_record
 from tests.unit.test_pipeline import DLQ, Harness
@@ -100,3 +102,15 @@ async def test_a_dead_letter_that_cannot_be_sent_is_never_acknowledged() -> None
     del h.publisher.reject[DLQ]  # the topic is back: the letter goes, the batch returns
     assert await asyncio.wait_for(task, 5) == Counter(dead_letter=1)
     assert h.processed("dead_letter") == 1
+
+
+def test_every_header_name_a_dead_letter_can_carry_is_described_in_the_readme() -> None:
+    """The evidence must be readable: each header name the engine writes on a letter
+    (its own, a shrunk letter's, a raw header key's) has a row in the README's "Retry
+    and DLQ headers" table. The key's size/digest, the dropped-header count and
+    ``x-raw-key:<hex>`` were written on letters but described nowhere."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Retry and DLQ headers", 1)[1].split("\n## ", 1)[0]
+    described = set(re.findall(r"`(x-[^`]+)`", section))
+    written = set(OURS) | {H.RAW_KEY_PREFIX + "<hex>"}
+    assert written <= described, sorted(written - described)
