@@ -20,6 +20,13 @@ upcaster from ``vN`` (:data:`streams.events.UPCASTERS`); the gate also refuses a
 chain with a gap (:func:`streams.events.chain_gaps`). ``tests/unit/test_schema_gate.py``
 runs the gate against the committed files and fails when regeneration would change them.
 
+The committed file is the published version, so regenerating it must not launder a
+change: the export refuses to overwrite a committed ``vN`` the model breaks
+(:func:`refusals`), and :func:`published_changes` holds every committed file against
+the version git first recorded for it, as Buf compares against git (a file edited by
+hand, or deleted and exported again, is caught there:
+tests/integration/test_schema_history.py).
+
 :func:`asyncapi` describes every channel (event topics with payload schemas and
 CloudEvents headers, the inventory's internal topics, retry tiers, DLQs, redrive
 ledgers) as AsyncAPI 3.0; the export writes it to ``docs/asyncapi.json`` and the worker
@@ -29,6 +36,7 @@ serves it at ``/asyncapi.json``.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -191,16 +199,73 @@ def gate(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEMA_DI
     A version with no committed file yet is new: it is the exporter's to write."""
     types = tuple(types)
     problems = list(chain_gaps(types, upcasters))
-    for t in types:
-        path = committed / f"{schema_name(t)}.json"
-        if not path.exists():
-            continue
-        old = json.loads(path.read_text(encoding="utf-8"))
-        new = schema_of(t)
+    for t, old, new in _published_pairs(types, committed):
         found = breaking_changes(old, new)
         if not found:
             found = [f"jsoncompat: {role} incompatible" for role in _jsoncompat_verdict(old, new)]
         problems.extend(f"{schema_name(t)} is published and frozen; {p}" for p in found)
+    return problems
+
+
+def refusals(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEMA_DIR) -> list[str]:
+    """What the export must not write: each committed ``vN`` the model no longer
+    matches, with the rule it breaks (the gate's named rules; no ``jsoncompat``, which
+    is a test dependency). Empty: every file may be (re)written."""
+    return [f"{schema_name(t)} is published and frozen; {p}"
+            for t, old, new in _published_pairs(tuple(types), committed) for p in breaking_changes(old, new)]
+
+
+def _published_pairs(types: tuple[type[Event], ...], committed: Path
+                     ) -> list[tuple[type[Event], dict[str, Any], dict[str, Any]]]:
+    """(model, its committed schema, its schema now) for every model with a committed
+    file; a version with no file yet is new: it is the exporter's to write."""
+    out = []
+    for t in types:
+        path = committed / f"{schema_name(t)}.json"
+        if path.exists():
+            out.append((t, json.loads(path.read_text(encoding="utf-8")), schema_of(t)))
+    return out
+
+
+# -- against git ------------------------------------------------------------------------------
+
+
+class HistoryUnavailable(RuntimeError):
+    """:func:`published_changes` cannot see what was published (no git, not a repository,
+    or a shallow clone: fetch the whole history, e.g. ``fetch-depth: 0``)."""
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        raise HistoryUnavailable(f"git: {exc}") from None
+    if done.returncode != 0:
+        raise HistoryUnavailable(f"git {args[0]}: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+def published_changes(root: Path = ROOT) -> list[str]:
+    """Every committed ``schemas/*.json`` held against the version of it that git first
+    recorded (the published one), by the gate's rules; a schema git once recorded that
+    is gone now is a problem too. Empty when nothing published changed beyond
+    title/description. Raises :class:`HistoryUnavailable` when the history is not there
+    (a shallow clone would compare a file with itself and pass)."""
+    if _git(root, "rev-parse", "--is-shallow-repository").strip() != "false":
+        raise HistoryUnavailable("a shallow clone: the published schemas are not in it (fetch the whole history)")
+    recorded = sorted({line for line in _git(root, "log", "--format=", "--name-only", "--diff-filter=A", "HEAD",
+                                             "--", "schemas/").splitlines() if line.endswith(".json")})
+    problems: list[str] = []
+    for rel in recorded:
+        name = rel.rsplit("/", 1)[-1].removesuffix(".json")
+        current = root / rel
+        if not current.exists():
+            problems.append(f"{name} was published and its schema is gone: restore {rel}")
+            continue
+        first = _git(root, "log", "--format=%H", "--diff-filter=A", "HEAD", "--", rel).split()[-1]
+        old = json.loads(_git(root, "show", f"{first}:{rel}"))
+        new = json.loads(current.read_text(encoding="utf-8"))
+        problems.extend(f"{name} is published (git {first[:12]}) and frozen; {p}" for p in breaking_changes(old, new))
     return problems
 
 

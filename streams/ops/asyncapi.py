@@ -11,7 +11,7 @@ from typing import Any
 from streams import registry
 from streams.engine.topology import ServiceSpec
 from streams.events import EVENT_TYPES, Event, ce_dataschema, ce_type
-from streams.events.schemas import ROOT, dumps, render
+from streams.events.schemas import ROOT, dumps, refusals, render
 
 ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.json"
 
@@ -187,10 +187,19 @@ def asyncapi_bytes() -> bytes:
     return _ASYNCAPI_BYTES
 
 
+class FrozenSchema(Exception):
+    """The export refused: a model no longer matches its published (committed) ``vN``."""
+
+
 def export(root: Path = ROOT, types: Iterable[type[Event]] = EVENT_TYPES) -> list[Path]:
     """Write ``schemas/*.json`` and ``docs/asyncapi.json`` under ``root``; the paths
-    written (changed or not)."""
+    written (changed or not). Writes nothing and raises :class:`FrozenSchema` (one line
+    per broken rule) when a model breaks its committed ``vN`` under ``root``: a
+    regenerated file must not hide the change from the gate."""
     types = tuple(types)
+    refused = refusals(types, root / "schemas")
+    if refused:
+        raise FrozenSchema("\n".join(refused))
     files = {f"schemas/{name}": text for name, text in render(types).items()}
     files[str(ASYNCAPI_PATH.relative_to(ROOT))] = dumps(asyncapi(types))
     written = []

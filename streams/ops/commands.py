@@ -545,9 +545,12 @@ def register_schema_commands(app: Any) -> None:
         from pathlib import Path
 
         from streams.events.schemas import ROOT
-        from streams.ops.asyncapi import export
+        from streams.ops.asyncapi import FrozenSchema, export
 
-        written = export(Path(root) if root else ROOT)
+        try:
+            written = export(Path(root) if root else ROOT)
+        except FrozenSchema as refused:  # nothing written: make a vN+1 instead
+            raise click.ClickException(f"nothing written: {refused}") from None
         self.say(f"{len(written)} files written under {Path(root) if root else ROOT}")
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 from pydantic import ConfigDict, Field
 
 from streams.events import schemas
-from streams.ops.asyncapi import export
+from streams.ops.asyncapi import FrozenSchema, export
 from streams.events import (
     EVENT_TYPES, UPCASTERS, Amount, Event, Id, NotificationSent, OrderPaid, OrderCancelled, chain_gaps,
 )
@@ -150,6 +151,32 @@ def test_title_and_description_may_change():
         model_config = ConfigDict(title="OrderPaidRenamed")
     assert changes(OrderPaid, Paid) == []
     assert schemas.gate(replaced(OrderPaid, Paid)) == []
+
+
+# -- the export does not launder a change ----------------------------------------------------
+
+
+def test_the_export_refuses_to_overwrite_a_published_version_the_model_breaks(tmp_path):
+    """Regenerating the committed file would make the gate compare the changed model
+    with itself: the export writes nothing and names the rule instead."""
+    export(tmp_path)
+    committed = (tmp_path / "schemas" / "order.paid.v1.json").read_bytes()
+    with pytest.raises(FrozenSchema) as info:
+        export(tmp_path, replaced(OrderPaid, OrderPaidWithNote))
+    assert str(info.value) == ("order.paid.v1 is published and frozen; new property in a closed schema at $.note: "
+                               "old readers reject records that carry it (add it in a new version)")
+    assert (tmp_path / "schemas" / "order.paid.v1.json").read_bytes() == committed
+
+
+def test_the_export_writes_a_new_version_and_a_new_title(tmp_path):
+    export(tmp_path)
+
+    class Paid(OrderPaid):
+        """Another description."""
+        model_config = ConfigDict(title="OrderPaidRenamed")
+    export(tmp_path, (*replaced(OrderPaid, Paid), OrderPaidV2))
+    assert "OrderPaidRenamed" in (tmp_path / "schemas" / "order.paid.v1.json").read_text()
+    assert (tmp_path / "schemas" / "order.paid.v2.json").exists()
 
 
 def test_jsoncompat_agrees_on_the_fixtures():
