@@ -13,7 +13,8 @@ import faust
 
 from streams.engine.health import Health
 from streams.engine.position import Driver
-from streams.faust.compat import read_offset
+from streams.engine.records import TP
+from streams.faust.compat import fetch_position, read_offset
 from streams.faust.recovery import Progress
 from streams.faust.stores import TableStore
 from streams.metrics import Metrics
@@ -40,7 +41,13 @@ class Worker:
 
 
 def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
-    """Per assigned partition: the high watermark − the next offset to read."""
+    """Per assigned partition: the high watermark − the next offset to process.
+
+    A topic written in transactions (``PROCESSING_GUARANTEE=exactly_once``) ends each
+    transaction with a commit marker, an offset that holds no record, so the next
+    offset to process stops one short of the high watermark for good. Those offsets
+    count as read once aiokafka's fetch position has passed them and nothing fetched
+    waits to be processed (the engine is between fetches: its lock is free)."""
     consumer = app.consumer if not app.rebalancing else None
     if consumer is None:
         return []
@@ -48,6 +55,9 @@ def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
         assigned = consumer.assignment()
     except Exception:  # not started yet
         return []
+    engine = getattr(consumer, "engine", None)
+    lock = getattr(consumer, "engine_lock", None)
+    idle = lock is not None and not lock.locked()
     out = []
     for tp in sorted(assigned):
         try:
@@ -56,8 +66,13 @@ def consumer_lag(app: Any) -> list[tuple[str, int, int]]:
             continue
         if high is None:
             continue
-        read = read_offset(consumer, tp)
-        out.append((tp.topic, tp.partition, max(0, int(high) - (int(read) + 1 if read is not None else 0))))
+        nxt = engine.next.get(TP(tp.topic, tp.partition)) if engine is not None else None
+        if nxt is None:
+            read = read_offset(consumer, tp)
+            nxt = int(read) + 1 if read is not None else 0
+        if idle and nxt < int(high) and (fetch_position(consumer, tp) or 0) >= int(high):
+            nxt = int(high)  # the rest are markers (or aborted records): nothing to process
+        out.append((tp.topic, tp.partition, max(0, int(high) - nxt)))
     return out
 
 

@@ -25,7 +25,9 @@ What the worker leans on, and why:
 - **the stores** — ``Store._db_for_partition`` and ``Store._dbs`` (per-partition
   rocksdict handles), ``Store.offset_key``, and ``Store.apply_changelog_batch``
   (:class:`EngineStore` writes the engine's index entries for what Faust applies);
-- **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch);
+- **clients** — aiokafka's ``_client`` of a consumer (metadata refresh, raw Fetch),
+  its ``_subscription`` (the fetch position, for ``consumer_lag``) and Faust's
+  ``_thread``/``_consumer`` that hold it;
 - **the record reader** — ``aiokafka.consumer.fetcher.MemoryRecords`` (replaced by
   :class:`TolerantMemoryRecords`, see :func:`read_any_header_key`), the pure-Python
   ``_DefaultRecordBatchPy`` (its header and decompression) and ``_DefaultRecordPy``;
@@ -48,7 +50,7 @@ import rocksdict
 from aiokafka import TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 
-from streams.engine.records import TP, Record
+from streams.engine.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +580,21 @@ def apply_click_options(options: Sequence[Any]) -> Any:
     from faust.cli.base import _apply_options
 
     return _apply_options(options)
+
+
+def fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The offset aiokafka fetches next for ``tp`` (Faust's consumer thread's
+    ``AIOKafkaConsumer._subscription``), past the transaction markers and aborted
+    records it skipped; None when unknown (not assigned, no position yet)."""
+    thread = getattr(consumer, "_thread", None)
+    aio = getattr(thread, "_consumer", None) if thread is not None else None
+    if aio is None:
+        return None
+    assignment = aio._subscription.subscription.assignment if aio._subscription.subscription else None
+    if assignment is None or tp not in assignment.tps:
+        return None
+    state = assignment.state_value(tp)
+    return state.position if state.has_valid_position else None
 
 
 def aiokafka_client(consumer: Any) -> Any:

@@ -128,6 +128,27 @@ async def test_producer_and_client_names() -> None:
     assert consumer._fetch_max_wait_ms == 1234 and consumer._client is faust_compat.aiokafka_client(consumer)
 
 
+async def test_fetch_position_is_aiokafka_s_position_behind_faust_s_consumer_thread() -> None:
+    """consumer_lag's fetch position: Faust's consumer ``_thread`` holds the aiokafka
+    consumer as ``_consumer``; its ``_subscription`` holds each partition's position
+    (what aiokafka's fetcher moves past transaction markers)."""
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "_consumer" in AIOKafkaConsumerThread.__annotations__
+    aio = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    tp = TopicPartition("t", 0)
+    faust_side = SimpleNamespace(_thread=SimpleNamespace(_consumer=aio))
+    assert faust_compat.fetch_position(faust_side, tp) is None  # not assigned
+    aio.assign([tp])
+    assert faust_compat.fetch_position(faust_side, tp) is None  # no position yet
+    aio._subscription.seek(tp, 42)
+    assert faust_compat.fetch_position(faust_side, tp) == 42
+    assert faust_compat.fetch_position(SimpleNamespace(), tp) is None  # no thread: not started
+
+
 def test_apply_click_options_adds_the_options_to_a_click_command() -> None:
     import click
     from faust.cli import option
