@@ -650,7 +650,8 @@ async def test_worker_agrees_with_the_model_through_retries_park_timeouts_and_a_
         # Nothing is parked now, so no park times out while the worker is down: the counts
         # of its first life are final (they restart from 0). The restart is a crash
         # (SIGKILL, no shutdown code) once the group has committed all of phase 1: the
-        # next life has only what was committed (tables from their changelogs) to go on.
+        # next life recovers its tables from a data dir that was never closed cleanly,
+        # and the changelogs.
         first_life = worker_counts(await asyncio.to_thread(worker.metrics))
         worker.kill()
         assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL
