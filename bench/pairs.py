@@ -38,7 +38,7 @@ from bench.common import (
     processed, produce_all, wait_metrics,
 )
 from streams.events import InventoryRejected, InventoryReserved, NotificationSent, OrderCreated, OrderPaid
-from streams.faust.compat import fetch_high_watermarks
+from streams.faust.compat import aiokafka_records, fetch_high_watermarks
 from streams.registry import INVENTORY_REQUESTS
 from harness.gateway import GatewayStub
 from harness.kafka import read_topic
@@ -247,6 +247,11 @@ async def raw_consume(bootstrap: str, topic: str, *, big_fetches: bool) -> dict[
     kwargs: dict[str, Any] = ({"max_partition_fetch_bytes": 16 * 1024 * 1024, "fetch_max_bytes": 64 * 1024 * 1024,
                                "fetch_max_wait_ms": 20} if big_fetches else {})
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **kwargs)
+    with aiokafka_records():  # the baseline is plain aiokafka (harness.kafka made this process tolerant)
+        return await _raw_consume(consumer, topic)
+
+
+async def _raw_consume(consumer: AIOKafkaConsumer, topic: str) -> dict[str, Any]:
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()

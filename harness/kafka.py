@@ -6,6 +6,10 @@ records already written — duplicates — are seen too), and :func:`wait_consum
 waits until the worker's group has committed every record of its source topics,
 after which everything the worker derives from them is in the broker (the commit
 protocol acknowledges offsets only after every derived record's ack).
+
+Every consumer of a process that imports this module reads any bytes Kafka carries in
+a header key (:func:`streams.faust.compat.read_any_header_key`, as the worker does):
+the tests, the chaos runs and the bench read topics a hostile record may be in.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.faust.compat import fetch_high_watermarks
+from streams.faust.compat import fetch_high_watermarks, read_any_header_key
 
 GROUP = "order-streams"
+read_any_header_key()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ What the worker leans on, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import threading
@@ -433,6 +434,22 @@ def read_any_header_key() -> None:
 
 
 _MemoryRecords: Any = None
+
+
+@contextlib.contextmanager
+def aiokafka_records() -> Iterator[None]:
+    """aiokafka's own record reader inside the block, whatever :func:`read_any_header_key`
+    did: for the bench's bare baselines, which measure what a plain aiokafka consumer
+    costs (they read only records the bench wrote). Not for anything that reads
+    records it did not write."""
+    from aiokafka.consumer import fetcher
+
+    saved = fetcher.MemoryRecords
+    fetcher.MemoryRecords = _MemoryRecords or saved
+    try:
+        yield
+    finally:
+        fetcher.MemoryRecords = saved
 
 
 class TolerantMemoryRecords:

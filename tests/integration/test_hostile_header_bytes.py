@@ -87,3 +87,32 @@ async def test_dlq_commands_and_console_read_letters_whose_header_keys_are_not_u
     again = await read_raw(broker.bootstrap, PAID, expect=1)
     [copy] = [r for r in again if r.key == b"raw-2"]
     assert names(copy)[:3] == [H.RAW_KEY_PREFIX + b"\x80evil\x1b".hex(), "trace", "trace"], names(copy)
+
+
+READERS = """
+import asyncio, sys
+from {module} import {reader}
+got = asyncio.run({reader}(sys.argv[1], sys.argv[2]{extra}))
+print(sorted((r.key, sorted(r.headers.items())) for r in got))
+"""
+
+
+@pytest.mark.parametrize("module, reader, extra", [("harness.kafka", "read_topic", ", expect=2"),
+                                                   ("bench.chaos", "read_isolated", ", 'read_committed'")])
+async def test_the_harness_and_chaos_readers_read_a_header_key_that_is_not_utf8(broker, module, reader, extra):
+    """The tests' and the chaos runs' readers (issue 23: "every reader of records ...
+    the bench and chaos tools"), each in a fresh process that imports nothing else:
+    aiokafka's own reader raised UnicodeDecodeError on the record."""
+    import subprocess
+    import sys
+
+    from harness.worker import ROOT
+
+    topic = f"raw-{reader}"
+    await produce_raw_headers(broker.bootstrap, topic, [(b"bad", b"v", [(RAW, b"x"), ("t", b"1")]),
+                                                        (b"ok", b"v", [("t", b"2")])], partition=0)
+    script = READERS.format(module=module, reader=reader, extra=extra)
+    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", script, broker.bootstrap, topic],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == repr([(b"bad", [("t", b"1"), ("\udcff\udcfe", b"x")]), (b"ok", [("t", b"2")])])
