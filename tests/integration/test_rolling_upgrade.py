@@ -74,7 +74,8 @@ async def test_switching_the_order_service_from_v1_to_v2_while_orders_flow(broke
         assert ce.get_id() == json.loads(r.value)["event_id"] and "events." + ce.get_type() == r.topic
 
     text = await asyncio.to_thread(worker.metrics)
-    for service, type_ in (("order-state", "OrderCreated"), ("notifications", "OrderPaid")):
+    for service, type_ in (("order-state", "OrderCreated"), ("inventory", "OrderCreated"),
+                           ("notifications", "OrderPaid")):
         done = metric_value(text, "event_processed_total", service=service, type=type_, status="success")
         assert done == len(ids), (service, done, len(ids))
     assert metric_value(text, "dead_letter_total", service="order-state") == 0
