@@ -16,7 +16,11 @@ The rules, each enforced here and each with a test in tests/unit/test_position.p
    partition not yet ready, the rest of a fetch when a rebalance starts, retry
    records not yet due, and a *hole*: a fetch whose first record is past the next
    offset to process. A hole is only accepted when the broker answers the seek back
-   with the same first offset (a real gap: control records, deleted segments).
+   with the same first offset (a real gap: control records, deleted segments). An
+   accepted gap of at most :data:`MARKER_GAP` offsets is what transaction markers
+   leave (a commit marker after each transaction's records; an aborted record and its
+   marker) — one per transaction read under exactly-once — and is logged at DEBUG;
+   a larger one (compaction, retention, an aborted batch) at INFO.
 3. **A rebalance stops work at the next batch boundary**: before each batch the
    generation is compared with the one the fetch started in; after a change nothing
    more of the fetch is processed, and a batch whose partitions changed hands while
@@ -69,6 +73,9 @@ log = logging.getLogger(__name__)
 
 #: The header a rerouted copy carries: the partition and offset it first arrived at.
 REROUTED_FROM = "x-rerouted-from"
+#: Rule 2: an accepted gap of at most this many offsets is a transaction's marker(s),
+#: logged at DEBUG (it follows every transaction read); a larger one at INFO.
+MARKER_GAP = 2
 
 
 class ConsumerPort(Protocol):
@@ -223,8 +230,9 @@ class Driver:
         first = fresh[0].offset
         if first > nxt:
             if self._probe.get(tp) == first:
-                log.info("%s[%d]: offsets %d..%d are not in the log; continuing at %d",
-                         tp.topic, tp.partition, nxt, first - 1, first)
+                log.log(logging.DEBUG if first - nxt <= MARKER_GAP else logging.INFO,
+                        "%s[%d]: offsets %d..%d are not in the log; continuing at %d",
+                        tp.topic, tp.partition, nxt, first - 1, first)
                 self._probe.pop(tp, None)
             else:
                 self._probe[tp] = first

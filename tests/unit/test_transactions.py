@@ -502,3 +502,37 @@ async def test_maintenance_runs_in_a_transaction_of_an_owned_partition() -> None
     await h.driver.tick(h.consumer)
     assert sorted(h.broker.texts(SENT)) == [b"expired-0", b"expired-1", b"expired-1"]
     assert h.store.table("svc-table", 0) == {b"swept": b"1"}
+
+
+# -- rule 2 under exactly-once: the marker after each transaction is not news ---------------
+
+
+async def test_a_marker_gap_is_logged_at_debug_and_a_larger_gap_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """Every transaction read leaves one offset (its commit marker) that no fetch
+    returns: an INFO line per transaction was noise. A gap of one or two offsets is
+    logged at DEBUG; a larger one (compaction, retention, an aborted batch) at INFO."""
+    import logging
+
+    h = Harness()
+    await h.ready()
+    caplog.set_level(logging.DEBUG, logger="streams.engine.position")
+
+    def gaps() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "are not in the log" in r.getMessage()]
+
+    assert await h.fetch({P0: paid(P0, 0, 2)}) == 3
+    # offset 3 is the commit marker: sought back once (rule 2), then accepted
+    for _ in range(2):
+        await h.fetch({P0: paid(P0, 4, 5)})
+    assert gaps() == [(logging.DEBUG, f"{PAID_TOPIC}[0]: offsets 3..3 are not in the log; continuing at 4")]
+    caplog.clear()
+    # an aborted record and its marker: two offsets, still DEBUG
+    for _ in range(2):
+        await h.fetch({P0: paid(P0, 8, 8)})
+    assert gaps() == [(logging.DEBUG, f"{PAID_TOPIC}[0]: offsets 6..7 are not in the log; continuing at 8")]
+    caplog.clear()
+    # three offsets and more are not a marker: INFO, as before
+    for _ in range(2):
+        await h.fetch({P0: paid(P0, 12, 12)})
+    assert gaps() == [(logging.INFO, f"{PAID_TOPIC}[0]: offsets 9..11 are not in the log; continuing at 12")]
+    assert h.broker.committed_offsets == {P0: 13}
