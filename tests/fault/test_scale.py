@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections import Counter
 
@@ -13,7 +14,7 @@ import pytest
 from bench.chaos import batch_size_of, drained
 from streams.events import NotificationSent, OrderCreated, OrderPaid
 from harness.events import created, paid
-from harness.kafka import produce, read_topic
+from harness.kafka import committed, produce, read_topic
 from harness.worker import http_get
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -49,24 +50,48 @@ async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker
     looked_up = ids[::80]  # 250 orders also get OrderCreated, to check GET /orders/{id}
     await produce(broker.bootstrap, OrderCreated.topic(), [created(i) for i in looked_up])
 
-    async def feed() -> None:
-        for start in range(0, len(ids), 500):
-            await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in ids[start:start + 500]])
-            await asyncio.sleep(0.4)
+    async def feed(part: list[str]) -> None:
+        for start in range(0, len(part), 500):
+            await produce(broker.bootstrap, OrderPaid.topic(), [paid(i) for i in part[start:start + 500]])
+            await asyncio.sleep(0.4)  # paces production (a part over ~3 s), not a wait for quiet
 
-    feeder = asyncio.create_task(feed())
-    # The sleeps below pace the faults (when to scale, when to kill); no step waits for quiet.
-    await asyncio.sleep(3)
+    async def committed_paid() -> int:
+        return sum((await committed(broker.bootstrap, OrderPaid.topic())).values())
+
+    async def progress(beyond: int, what: str, timeout: float = 60.0) -> int:
+        """The group's committed OrderPaid once it is past ``beyond``: a fault lands only
+        after the workers did work since the last one."""
+        deadline = time.monotonic() + timeout
+        while (now := await committed_paid()) <= beyond:
+            assert time.monotonic() < deadline, f"{what}: committed OrderPaid stayed at {now} for {timeout} s"
+            await asyncio.sleep(0.1)
+        return now
+
+    # The faults follow progress, not elapsed time (with fixed 3 s / 3 s / 2 s pauses the
+    # kill came after all 20,000 were committed: it tested nothing). Production comes in
+    # five parts of 4,000: a part starts before each wait for progress (so progress
+    # comes) and before each membership change (so it meets records arriving), the last
+    # only after the kill.
+    parts = [ids[k * 4000:(k + 1) * 4000] for k in range(5)]
+    feeders = [asyncio.create_task(feed(parts[0]))]
+    await progress(1000, "w1 alone")
+    feeders.append(asyncio.create_task(feed(parts[1])))
     await asyncio.to_thread(workers[1].start().wait_ready)
-    await asyncio.sleep(3)
+    feeders.append(asyncio.create_task(feed(parts[2])))
+    await progress(await committed_paid() + 500, "w1 and w2")
     await asyncio.to_thread(workers[2].start().wait_ready)
     await asyncio.to_thread(wait_all_assigned, workers)
-    await asyncio.sleep(2)
+    feeders.append(asyncio.create_task(feed(parts[3])))
+    before_kill = await progress(await committed_paid() + 500, "w1, w2 and w3")
 
     victim, survivors = workers[1], [workers[0], workers[2]]
     victim.kill()
+    assert victim.proc is not None and victim.proc.returncode == -signal.SIGKILL  # a live worker, killed
+    feeders.append(asyncio.create_task(feed(parts[4])))
     takeover = await asyncio.to_thread(wait_all_assigned, survivors)
-    await feeder
+    await asyncio.gather(*feeders)
+    # The kill came with work left: the group had not committed all that was produced by then.
+    assert before_kill < 16_000, f"the workers had finished four parts before the kill ({before_kill})"
 
     # The group has committed every record of every topic the workers read: every
     # NotificationSent (duplicates too) and every order state is final.
@@ -90,7 +115,8 @@ async def test_issue7_scale_1_to_3_then_sigkill_one_loses_nothing(broker, worker
     # killed worker's, or one whose partitions changed hands): 1 + 2 + 3 batches.
     budget = (1 + 2 + 3) * batch_size_of(workers[0])
     print(f"\nscale 1→3 then SIGKILL 1 of 3 over {len(ids)} OrderPaid: notified={len(per_order)} "
-          f"lost={len(lost)} duplicates={duplicates} (budget {budget}) takeover={takeover:.1f}s")
+          f"lost={len(lost)} duplicates={duplicates} (budget {budget}) takeover={takeover:.1f}s "
+          f"committed OrderPaid at the kill {before_kill}")
     assert not lost, f"lost {len(lost)}, e.g. {sorted(lost)[:5]}"
     assert set(per_order) == wanted
     assert duplicates <= budget
