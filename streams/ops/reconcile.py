@@ -32,7 +32,7 @@ import aiohttp
 
 from orders import outbox
 from orders.db import Database
-from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid
+from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid, ce_headers
 from streams.ops.text import printable
 
 KINDS = ("missing", "stuck", "diverged")
@@ -152,6 +152,16 @@ def repair_events(row: OrderRow, worker_status: str) -> list[Event]:
     return events
 
 
+#: ``ce_source`` of the events ``reconcile --repair`` re-publishes (they are new events: new ids).
+REPAIR_SOURCE = "/order-streams/reconcile"
+
+
+def repair_headers(event: Event) -> list[tuple[str, str]]:
+    """A re-published event's outbox headers: the CloudEvents binding's, as every event
+    the project produces carries (streams.events.ce_headers), and ``x-repair``."""
+    return [*((k, v.decode()) for k, v in ce_headers(event, REPAIR_SOURCE)), ("x-repair", "reconcile")]
+
+
 async def repair(db: Database, mismatches: list[Mismatch]) -> int:
     """Re-publish through the outbox what missing and stuck orders need; returns rows added."""
     wanted = {m.order_id: m for m in mismatches if m.kind in REPAIRABLE}
@@ -163,7 +173,7 @@ async def repair(db: Database, mismatches: list[Mismatch]) -> int:
     async with db.transaction() as tx:
         for order_id, m in wanted.items():
             for event in repair_events(rows[order_id], m.worker_status):
-                await outbox.add_event(tx, event, now=now, headers=[("x-repair", "reconcile")])
+                await outbox.add_event(tx, event, now=now, headers=repair_headers(event))
                 added += 1
         if db.dialect == "postgresql":
             from orders.relay import NOTIFY_CHANNEL

@@ -50,3 +50,22 @@ async def test_the_order_services_outbox_rows_carry_them(tmp_path: Path):
         assert ce.get_id() == event_id and ce.get_source() == ORDERS_SOURCE
         assert "events." + ce.get_type() == topic
         assert ce.get_data()["order_id"] == order_id
+
+
+async def test_the_events_reconcile_repair_re_publishes_carry_them(tmp_path: Path):
+    from streams.ops.reconcile import REPAIR_SOURCE, Mismatch, repair
+
+    async with open_ctx(tmp_path / "o.db") as ctx:  # type: ignore[arg-type]
+        order_id = await ctx.create()
+        assert (await ctx.client.post(f"/orders/{order_id}/pay")).status == 202
+        async with ctx.db.transaction() as tx:
+            before = len(await tx.fetchall("SELECT id FROM outbox"))
+        assert await repair(ctx.db, [Mismatch(order_id, "missing", "PAID", "-", 120.0)]) == 2
+        async with ctx.db.transaction() as tx:
+            rows = await tx.fetchall("SELECT id, topic, key, payload, headers FROM outbox ORDER BY position")
+    assert [r[1] for r in rows[before:]] == ["events.order.created.v1", "events.order.paid.v1"]
+    for event_id, topic, key, payload, headers in rows[before:]:
+        pairs = json.loads(headers)
+        ce = read([(k, v.encode()) for k, v in pairs], bytes(key), bytes(payload))
+        assert ce.get_id() == event_id and ce.get_source() == REPAIR_SOURCE and "events." + ce.get_type() == topic
+        assert ["x-repair", "reconcile"] in pairs
