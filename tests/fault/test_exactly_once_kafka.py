@@ -209,3 +209,58 @@ async def test_a_zombie_resumed_after_its_takeover_commits_nothing(kafka, kafka_
             await asyncio.sleep(0.1)
     finally:
         await gateway.stop()
+
+
+def _lines(worker: Any, text: str) -> list[str]:
+    return [line for line in worker.log_path.read_text(errors="replace").splitlines() if text in line]
+
+
+async def test_a_rebalance_mid_batch_aborts_the_batch_and_each_event_is_committed_once(kafka, kafka_worker_factory):
+    """T4 on Kafka: worker B joins the group while worker A is inside a batch's
+    transaction (each batch waits ~1 s on the SMS gateway, and A is kept busy, so the
+    rebalance lands inside one). A's batch is Superseded and its transaction aborted —
+    not committed after the partitions changed hands — and a read_committed reader sees
+    each NotificationSent exactly once; the aborted records are in the log, visible
+    only to read_uncommitted."""
+    gateway = await GatewayStub(delay=1.0).start()
+    try:
+        env = {"notifier_url": gateway.url, "services": "notifications", "processing_guarantee": "exactly_once",
+               "batch_size": "50"}
+        a, b = kafka_worker_factory("a", **env), kafka_worker_factory("b", **env)
+        await asyncio.to_thread(a.start().wait_ready)
+        ids: list[str] = []
+        caught = asyncio.Event()
+
+        async def feed() -> None:  # ~40 orders/s: A (one ~1 s batch of ≤ 50 at a time) is never idle
+            while not caught.is_set() and len(ids) < 4_000:
+                more = [f"o-{i}" for i in range(len(ids), len(ids) + 20)]
+                await produce(kafka.bootstrap, PAID, [paid(i) for i in more])
+                ids.extend(more)
+                await asyncio.sleep(0.5)
+
+        feeder = asyncio.create_task(feed())
+        deadline = time.monotonic() + 60
+        while sum((await committed(kafka.bootstrap, PAID)).values()) == 0:
+            assert time.monotonic() < deadline, f"A committed nothing:\n{a.tail()}"
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(b.start().wait_ready)  # B joins: the group rebalances
+        # the hazard: a batch of A still running when its partitions changed hands
+        while not _lines(a, "partitions changed hands during a batch"):
+            assert time.monotonic() < deadline, f"no batch of A was caught by the rebalance:\n{a.tail()}"
+            await asyncio.sleep(0.1)
+        caught.set()
+        await feeder
+        await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
+        committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
+        everything = Counter(await read_all(kafka.bootstrap, SENT, "read_uncommitted"))
+        print(f"\nrebalance mid-batch: {len(ids)} orders; read_committed {sum(committed_view.values())} "
+              f"NotificationSent for {len(committed_view)} orders; read_uncommitted {sum(everything.values())}; "
+              f"gateway calls {sum(gateway.requests.values())}; A: {_lines(a, 'transaction aborted')[:3]}")
+        assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
+        assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
+        # the caught batch had sent its records inside its transaction, and aborted it
+        assert _lines(a, "transaction aborted (the batch did not finish (rebalance))"), a.tail()
+        assert sum(everything.values()) > sum(committed_view.values()), "the aborted batch left no records"
+        assert b.proc is not None and b.proc.poll() is None and a.proc is not None and a.proc.poll() is None
+    finally:
+        await gateway.stop()
