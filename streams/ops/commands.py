@@ -488,11 +488,14 @@ def register_reconcile(app: Any, settings: Any) -> None:
                help="a worker's web URL (default: this worker's, from WEB_HOST/WEB_PORT/CANONICAL_URL)"),
         option("--metrics-file", default=None, show_default=False,
                help="write reconciliation_mismatches{kind} here (default: DATA_DIR/reconcile.prom)"),
+        option("--created-version", type=click.Choice(["1", "2"]), default="1", envvar="ORDER_EVENTS_VERSION",
+               show_default=True, help="OrderCreated version --repair publishes (default: ORDER_EVENTS_VERSION)"),
         JSON_OPTION,
         base=OpsCommand, click_name="reconcile",
     )
     async def reconcile(self: OpsCommand, since: int | None, sla: float, repair: bool,
-                        worker_url: str | None, metrics_file: str | None, as_json: bool) -> None:
+                        worker_url: str | None, metrics_file: str | None, created_version: str,
+                        as_json: bool) -> None:
         """Compare the order service's orders with the workers' order states.
 
         Prints missing / stuck / diverged orders and writes reconciliation_mismatches
@@ -513,7 +516,8 @@ def register_reconcile(app: Any, settings: Any) -> None:
             target = Path(metrics_file) if metrics_file else Path(settings.data_dir) / "reconcile.prom"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(rc.prometheus_text(mismatches))
-            added = await rc.repair(db, mismatches) if repair else None
+            added = await rc.repair(db, mismatches, created_version=int(created_version),
+                                    currency=settings.default_currency) if repair else None
         finally:
             await db.close()
         if mismatches:

@@ -32,7 +32,7 @@ import aiohttp
 
 from orders import outbox
 from orders.db import Database
-from streams.events import Event, OrderCancelled, OrderCreated, OrderItem, OrderPaid, ce_headers
+from streams.events import Event, OrderCancelled, OrderCreated, OrderCreatedV2, OrderItem, OrderPaid, ce_headers
 from streams.ops.text import printable
 
 KINDS = ("missing", "stuck", "diverged")
@@ -140,11 +140,19 @@ async def reconcile(db: Database, web_url: str, *, since: float | None, sla: flo
     return mismatches, len(rows)
 
 
-def repair_events(row: OrderRow, worker_status: str) -> list[Event]:
-    """Events that bring the workers' view of ``row`` up to the order service's."""
+def repair_events(row: OrderRow, worker_status: str, *, created_version: int = 1,
+                  currency: str = "EUR") -> list[Event]:
+    """Events that bring the workers' view of ``row`` up to the order service's.
+    ``OrderCreated`` in ``created_version`` (``ORDER_EVENTS_VERSION``, as the order service
+    writes it, so a repair is no v1 producer once v1 is retired); v2 takes ``currency``
+    (``DEFAULT_CURRENCY``: the row does not keep one, as v1 did not)."""
     events: list[Event] = []
     if worker_status in ("-", "NEW"):
-        events.append(OrderCreated(order_id=row.order_id, user_id=row.user_id, items=row.items, amount=row.amount))
+        fields = {"order_id": row.order_id, "user_id": row.user_id, "amount": row.amount}
+        if created_version == 2:
+            events.append(OrderCreatedV2(**fields, currency=currency, items=[i.model_dump() for i in row.items]))
+        else:
+            events.append(OrderCreated(**fields, items=row.items))
     if row.status == "PAID":
         events.append(OrderPaid(order_id=row.order_id, user_id=row.user_id, amount=row.amount))
     if row.status == "CANCELLED":
@@ -162,8 +170,10 @@ def repair_headers(event: Event) -> list[tuple[str, str]]:
     return [*((k, v.decode()) for k, v in ce_headers(event, REPAIR_SOURCE)), ("x-repair", "reconcile")]
 
 
-async def repair(db: Database, mismatches: list[Mismatch]) -> int:
-    """Re-publish through the outbox what missing and stuck orders need; returns rows added."""
+async def repair(db: Database, mismatches: list[Mismatch], *, created_version: int = 1,
+                 currency: str = "EUR") -> int:
+    """Re-publish through the outbox what missing and stuck orders need (see
+    :func:`repair_events`); returns rows added."""
     wanted = {m.order_id: m for m in mismatches if m.kind in REPAIRABLE}
     if not wanted:
         return 0
@@ -172,7 +182,8 @@ async def repair(db: Database, mismatches: list[Mismatch]) -> int:
     now = time.time()
     async with db.transaction() as tx:
         for order_id, m in wanted.items():
-            for event in repair_events(rows[order_id], m.worker_status):
+            for event in repair_events(rows[order_id], m.worker_status, created_version=created_version,
+                                       currency=currency):
                 await outbox.add_event(tx, event, now=now, headers=repair_headers(event))
                 added += 1
         if db.dialect == "postgresql":

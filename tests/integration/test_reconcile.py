@@ -73,8 +73,13 @@ async def test_reconcile_reports_lost_orders_and_repair_converges(broker, orders
     prom = (tmp_path / "reconcile" / "reconcile.prom").read_text()
     assert 'reconciliation_mismatches{kind="missing"} 3' in prom
 
-    repaired = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", code=3)  # found some
+    # the order service is on OrderCreated v2 by now (issue 22): the repair publishes v2 too
+    repaired = await asyncio.to_thread(reconcile_cli, {**env, "ORDER_EVENTS_VERSION": "2"}, "--sla", "0", "--repair",
+                                       code=3)  # found some
     assert "repair: 8 events re-published through the outbox" in repaired  # 3 × (created + paid) + 2 × paid
+    with sqlite3.connect(db_path) as conn:
+        topics = sorted(t for (t,) in conn.execute("SELECT topic FROM outbox WHERE headers LIKE '%x-repair%'"))
+    assert topics == ["events.order.created.v2"] * 3 + ["events.order.paid.v1"] * 5
     assert await converged(lost_all + lost_paid)
     second = await asyncio.to_thread(reconcile_cli, env, "--sla", "0", "--repair", "--json")
     assert reported(second) == {} and json.loads(second)["repaired_events"] == 0

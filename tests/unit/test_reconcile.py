@@ -48,6 +48,16 @@ def test_repair_events_bring_the_worker_up_to_the_source():
     assert [e.type_name() for e in repair_events(row("CREATED"), "-")] == ["OrderCreated"]
 
 
+def test_repair_publishes_order_created_in_the_order_services_version():
+    """Once producers are on v2 and v1 is retired, a repair must not publish v1 again."""
+    [v1] = repair_events(row("CREATED"), "-")
+    [v2] = repair_events(row("CREATED"), "-", created_version=2, currency="SEK")
+    assert (v1.topic(), v2.topic()) == ("events.order.created.v1", "events.order.created.v2")
+    assert v2.currency == "SEK" and [(i.sku, i.qty, i.unit_price) for i in v2.items] == [
+        (i.sku, i.qty, None) for i in v1.items]
+    assert (v2.order_id, v2.user_id, v2.amount) == (v1.order_id, v1.user_id, v1.amount)
+
+
 def test_report_and_prometheus_text_count_each_kind():
     ms = [Mismatch("o-1", "missing", "PAID", "-", 90), Mismatch("o-2", "stuck", "PAID", "CREATED", 70)]
     assert summary(ms, 10) == "10 orders checked: 1 missing, 1 stuck, 0 diverged"
