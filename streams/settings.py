@@ -66,6 +66,13 @@ class WorkerSettings(KafkaConnection, BaseSettings):
     #: (streams/engine/transactions.py); HTTP calls (the SMS gateway) stay at-least-once
     #: with the idempotency key. Refused at start-up on the embedded Tansu broker.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: ``exactly_once`` only: milliseconds a batch's transaction may stay open (the
+    #: producers' ``transaction.timeout.ms``, counted by the broker from the batch's first
+    #: record). Past it the broker aborts the transaction; the worker stops that partition
+    #: and rejoins its group, and the batch is read again (streams/engine/transactions.py,
+    #: T6). Keep it above the slowest batch, its HTTP calls included; the broker refuses
+    #: more than its ``transaction.max.timeout.ms`` (15 minutes by default).
+    transaction_timeout_ms: int = Field(60_000, ge=1_000, le=900_000)
     #: Handler calls run at once within a batch (e.g. concurrent SMS gateway requests).
     handler_concurrency: int = Field(64, ge=1)
     #: Seconds between maintenance ticks (dedup TTL expiry, park timeouts, inventory

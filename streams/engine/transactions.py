@@ -44,8 +44,15 @@ T5. **ProducerFenced → that partition stops**: a newer owner started (or the
     its group. A producer that can no longer abort (its sender died — the way
     aiokafka #1004 and #1098 end) is treated the same way: stop, rejoin, and a fresh
     producer (whose start aborts the open transaction) on the new assignment.
-T6. **Transaction timeout**: producers are made with ``TRANSACTION_TIMEOUT_MS``; a
-    batch that outlives it is aborted by the broker and ends as T5.
+T6. **Transaction timeout**: producers are made with the ``TRANSACTION_TIMEOUT_MS``
+    setting (default :data:`TRANSACTION_TIMEOUT_MS`). The broker counts it from the
+    transaction's first record on the coordinator — not from :meth:`TxnProducer.begin`,
+    which is local — and aborts a transaction open longer (checked every
+    ``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 10 s by default),
+    bumping the id's epoch: the batch's next send, offsets or commit fails as fenced
+    and the batch ends as T5 (stop the partition, rejoin, read it again on the next
+    assignment). A batch keeps its transaction open while one service's records are
+    sent and another's HTTP calls still run (services reading one topic share a batch).
 """
 
 from __future__ import annotations

@@ -129,12 +129,13 @@ def request_rejoin(consumer: Any) -> None:
 
 
 def make_transactions(app: Any, *, bootstrap: str, client_kwargs: Mapping[str, Any],
-                      max_request_size: int) -> Transactions:
-    """The worker's producers per input partition, in the consumer group ``app.conf.id``."""
+                      max_request_size: int, transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS) -> Transactions:
+    """The worker's producers per input partition, in the consumer group ``app.conf.id``,
+    with ``transaction_timeout_ms`` (``TRANSACTION_TIMEOUT_MS``, T6)."""
 
     def make(transactional_id: str) -> AiokafkaTxnProducer:
         return AiokafkaTxnProducer(transactional_id, bootstrap=bootstrap, client_kwargs=client_kwargs,
-                                   max_request_size=max_request_size)
+                                   max_request_size=max_request_size, transaction_timeout_ms=transaction_timeout_ms)
 
     def on_stopped(tp: TP) -> None:
         request_rejoin(app.consumer)

@@ -536,3 +536,38 @@ async def test_a_marker_gap_is_logged_at_debug_and_a_larger_gap_at_info(caplog: 
         await h.fetch({P0: paid(P0, 12, 12)})
     assert gaps() == [(logging.INFO, f"{PAID_TOPIC}[0]: offsets 9..11 are not in the log; continuing at 12")]
     assert h.broker.committed_offsets == {P0: 13}
+
+
+# -- T6: the transaction timeout is a setting ----------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["999", "900001", "2s"])
+def test_transaction_timeout_ms_out_of_range_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """Below 1 s every batch would time out; above 15 min the broker refuses the
+    producers (its default transaction.max.timeout.ms)."""
+    from streams.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("TRANSACTION_TIMEOUT_MS", value)
+    with pytest.raises(SettingsError):
+        load_settings()
+    assert "TRANSACTION_TIMEOUT_MS" in capsys.readouterr().err
+
+
+async def test_transaction_timeout_ms_reaches_every_partitions_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from streams.faust.transactions import make_transactions
+    from streams.settings import load_settings
+
+    monkeypatch.delenv("TRANSACTION_TIMEOUT_MS", raising=False)
+    assert load_settings().transaction_timeout_ms == 60_000
+    monkeypatch.setenv("TRANSACTION_TIMEOUT_MS", "2500")
+    settings = load_settings()
+    app = SimpleNamespace(conf=SimpleNamespace(id=GROUP), consumer=None,
+                          on_before_shutdown=SimpleNamespace(connect=lambda f: f))
+    txns = make_transactions(app, bootstrap="127.0.0.1:9", client_kwargs={}, max_request_size=1 << 20,
+                             transaction_timeout_ms=settings.transaction_timeout_ms)
+    producer = txns.make(transactional_id(GROUP, P0))
+    assert producer.client._txn_manager.transaction_timeout_ms == 2500  # never started: no broker needed
