@@ -10,9 +10,10 @@ here, beside the app rather than inside its test suite:
 - :mod:`harness.kafka` — produce, read and committed-offset helpers (plain aiokafka) that
   wait for conditions, never for quiet periods;
 - :mod:`harness.outbox_waits` — waits on the order service's outbox;
-- :mod:`harness.events` — the JSON shapes of the events other services send.
+- :mod:`harness.events` — the JSON shapes of the events other services send;
+- :mod:`harness.reference` — the reference model of the services (standard library only),
+  which the differential test and the chaos runs compare the worker's tables with.
 
 The brokers themselves are started by :mod:`streams.broker` (``python -m streams.broker``).
-Helpers only the tests use (hostile input, fault injection, the reference model) stay in
-``tests/support/``.
+Helpers only the tests use (hostile input, fault injection) stay in ``tests/support/``.
 """

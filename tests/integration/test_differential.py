@@ -1,5 +1,5 @@
 """Differential test: one mixed workload through the real worker and through an
-independent in-memory model of the services (tests/support/reference.py); the final
+independent in-memory model of the services (harness/reference.py); the final
 order states, the derived events, the dead letters and the stock must agree.
 
 The workload (seeded, 5,000 orders) mixes creations over a handful of SKUs with limited
@@ -50,9 +50,9 @@ import pytest
 
 from harness.gateway import GatewayStub
 from harness.kafka import produce, read_topic, wait_consumed
-from tests.support.reference import (
+from harness.reference import (
     ANSWERS, CANCELLED, CREATED, INVENTORY, NOTIFICATIONS, ORDER_STATE, PAID, REJECTED, REQUESTS, RESERVED,
-    RESERVATION_TYPES, SENT, SERVICES, STATUS_TYPES, Reference, dlq,
+    SENT, SERVICES, Reference, compare_order, compare_stock, dlq,
 )
 from harness.worker import http_get, metric_value
 
@@ -375,33 +375,6 @@ class Workload:
 VALUE_CHECKED = {CREATED, PAID, CANCELLED, REQUESTS, ANSWERS}
 
 
-def compare_order(oid: str, want: dict[str, Any] | None, got: dict[str, Any] | None) -> list[str]:
-    if want is None or got is None:
-        return [] if want is got else [f"{oid}: worker {got!r:.300} vs model {want!r:.300}"]
-    out = []
-    for fact in ("status", "reservation", "version"):
-        if got.get(fact) != want[fact]:
-            out.append(f"{oid}: {fact} worker {got.get(fact)!r} vs model {want[fact]!r}")
-    history = [(h["type"], h.get("event_id")) for h in got.get("history", [])]
-    types = [t for t, _ in history]
-    for fact, group in (("status", STATUS_TYPES), ("reservation", RESERVATION_TYPES)):  # each in order
-        g = [t for t in types if t in group]
-        w = [t for t, _ in want["history"] if t in group]
-        if g != w:
-            out.append(f"{oid}: {fact} history worker {g} vs model {w} (worker's whole history: {types})")
-    for t in types:  # an inventory event always follows OrderCreated
-        if t in RESERVATION_TYPES and "OrderCreated" in types and types.index(t) < types.index("OrderCreated"):
-            out.append(f"{oid}: {t} before OrderCreated in the worker's history {types}")
-    got_ids = dict(history)
-    for t, event_id in want["history"]:
-        if event_id is not None and t in got_ids and got_ids[t] != event_id:
-            out.append(f"{oid}: {t} event_id worker {got_ids[t]} vs model {event_id}")
-    parked = sorted(p["type"] for p in got.get("parked", []))
-    if parked != want["parked"]:
-        out.append(f"{oid}: parked worker {parked} vs model {want['parked']}")
-    return out
-
-
 def fetch_states(url: str, ids: list[str]) -> dict[str, dict[str, Any] | None]:
     def one(oid: str) -> tuple[str, dict[str, Any] | None]:
         code, raw = http_get(f"{url}/orders/{oid}", timeout=10)
@@ -524,10 +497,7 @@ async def compare(ref: Reference, broker: Any, worker: Any, ids: list[str],
     # 4. stock
     for sku in sorted(ref.stock):
         code, raw = await asyncio.to_thread(http_get, f"{worker.url}/inventory/{sku}")
-        got = json.loads(raw) if code == 200 else {"http": code}
-        want = ref.stock[sku]
-        if (got.get("available"), got.get("reserved")) != (want["available"], want["reserved"]):
-            mismatches.append(f"stock {sku}: worker {got} vs model {want}")
+        mismatches += compare_stock(sku, ref.stock[sku], json.loads(raw) if code == 200 else code)
 
     # 5. what each service did with each event, as the worker counted it
     text = await asyncio.to_thread(worker.metrics)

@@ -1,10 +1,16 @@
-"""An independent, in-memory model of the worker's three services, for differential tests.
+"""An independent, in-memory model of the worker's three services, for differential tests
+and the chaos runs (tests/integration/test_differential.py, bench/chaos.py's kill storms).
 
 Written from the contract (``/work/shared/design/contract.md``: topics, "Consumer commit
 protocol", "Order lifecycle") and the README ("Services", "Failures: retries and dead
 letters") — deliberately *not* from ``agents/``, ``tables/``, ``streams.engine`` or
 ``streams.events``, none of which is imported here: a schema bug in the worker's pydantic
-models must not be reproduced here. The field rules below (:data:`FIELDS`) are written
+models must not be reproduced here. **Rule: this module imports the standard library
+only** (no ``streams``, ``agents``, ``tables``, ``orders``, no other ``harness`` module,
+no third-party package) — tests/unit/test_reference_model.py reads its imports and fails
+on any other. It lives in ``harness/`` and not in ``tests/support/`` because ``bench/``
+may not import ``tests/`` (tests/unit/test_layout_rules.py, rule d) and the chaos runs
+compare their tables with it too. The field rules below (:data:`FIELDS`) are written
 out from the README ("Event schemas": ids, items, quantities, amounts, unknown fields and
 versions), the contract ("Event bodies": optional ``event_id`` UUID and ``occurred_at``
 RFC 3339) and the published wire format, ``schemas/*.json`` (the inventory events' and
@@ -93,7 +99,7 @@ TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 DECIMAL_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 MAX_ITEMS, MAX_QTY, MAX_AMOUNT, MAX_REASON = 100, 10_000, Decimal(1_000_000_000), 500
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def _known_versions(topic: str) -> set[int]:
@@ -539,3 +545,55 @@ class Reference:
 
     def parked_total(self) -> int:
         return sum(len(o.parked) for o in self.orders.values())
+
+
+# -- comparing a worker with the model -------------------------------------------------------
+#
+# Shared by the differential test and the chaos runs, so that "equal to the model" means one
+# thing everywhere. ``got`` is what the worker's web view answers: ``GET /orders/{id}``
+# (None for a 404) and ``GET /inventory/{sku}``.
+
+
+def compare_order(oid: str, want: dict[str, Any] | None, got: dict[str, Any] | None) -> list[str]:
+    """The mismatches between the model's view of an order (:meth:`Reference.view`) and the
+    worker's ``GET /orders/{id}`` body, one line each; [] when they agree.
+
+    Compared: status, reservation, version; the status events and the reservation events
+    each in their order (not where the inventory event lands among the others — the
+    contract leaves that to the interleaving, see the differential test), an inventory
+    event never before ``OrderCreated``; each event id the model predicted; what is still
+    parked."""
+    if want is None or got is None:
+        return [] if want is got else [f"{oid}: worker {got!r:.300} vs model {want!r:.300}"]
+    out = []
+    for fact in ("status", "reservation", "version"):
+        if got.get(fact) != want[fact]:
+            out.append(f"{oid}: {fact} worker {got.get(fact)!r} vs model {want[fact]!r}")
+    history = [(h["type"], h.get("event_id")) for h in got.get("history", [])]
+    types = [t for t, _ in history]
+    for fact, group in (("status", STATUS_TYPES), ("reservation", RESERVATION_TYPES)):  # each in order
+        g = [t for t in types if t in group]
+        w = [t for t, _ in want["history"] if t in group]
+        if g != w:
+            out.append(f"{oid}: {fact} history worker {g} vs model {w} (worker's whole history: {types})")
+    for t in types:  # an inventory event always follows OrderCreated
+        if t in RESERVATION_TYPES and "OrderCreated" in types and types.index(t) < types.index("OrderCreated"):
+            out.append(f"{oid}: {t} before OrderCreated in the worker's history {types}")
+    got_ids = dict(history)
+    for t, event_id in want["history"]:
+        if event_id is not None and t in got_ids and got_ids[t] != event_id:
+            out.append(f"{oid}: {t} event_id worker {got_ids[t]} vs model {event_id}")
+    parked = sorted(p["type"] for p in got.get("parked", []))
+    if parked != want["parked"]:
+        out.append(f"{oid}: parked worker {parked} vs model {want['parked']}")
+    return out
+
+
+def compare_stock(sku: str, want: dict[str, int], got: dict[str, Any] | int | None) -> list[str]:
+    """The mismatch between the model's stock of ``sku`` (``Reference.stock[sku]``) and the
+    worker's ``GET /inventory/{sku}`` body (an int: the HTTP status it answered instead);
+    [] when available and reserved agree."""
+    pair = (got.get("available"), got.get("reserved")) if isinstance(got, dict) else None
+    if pair == (want["available"], want["reserved"]):
+        return []
+    return [f"stock {sku}: worker {got!r:.200} vs model {want}"]
