@@ -161,7 +161,8 @@ def build_worker(app: WorkerApp, settings: WorkerSettings) -> Worker:
     ]
     # PROCESSING_GUARANTEE=exactly_once: a transaction per batch and input partition
     transactions = (make_transactions(app, bootstrap=settings.bootstrap, client_kwargs=settings.aiokafka_kwargs(),
-                                      max_request_size=settings.max_message_bytes)
+                                      max_request_size=settings.max_message_bytes,
+                                      transaction_timeout_ms=settings.transaction_timeout_ms)
                     if settings.processing_guarantee == EXACTLY_ONCE else None)
     driver = Driver(pipelines, batch_size=settings.batch_size, health=health, clock=clock,
                     maintenance_interval=settings.maintenance_interval, publisher=publisher,
@@ -198,10 +199,15 @@ def observe(app: WorkerApp, worker: Worker) -> None:
         log.info("worker web server on %s (WEB_HOST=%s): /health /metrics%s", settings.web_url, settings.web_host,
                  "".join(f" {r}" for r in ("/orders/{id}", "/inventory/{sku}", "/console")))
 
+    # the worker's own topics: what it reads (sources, retry tiers) and writes (derived, DLQs)
+    topics = sorted(driver.topics | {t for service in worker.services.values()
+                                     for t in (*service.spec.derived, service.spec.dlq)})
+
     @app.task
     async def watch_broker_round_trips() -> None:
-        """/health: 503 after BROKER_LOSS_TIMEOUT without an answer from the broker."""
-        await watch_broker(worker.health, lambda: broker_round_trip(app))
+        """/health: 503 after BROKER_LOSS_TIMEOUT without an answer from the broker, or
+        with a partition of the worker's topics without a leader."""
+        await watch_broker(worker.health, lambda: broker_round_trip(app, topics))
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def close_clients(app: Any, **kwargs: Any) -> None:

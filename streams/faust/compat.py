@@ -66,12 +66,13 @@ def aiokafka_producer(app: Any) -> Any:
     return app.producer._ensure_producer()
 
 
-async def broker_round_trip(app: Any) -> int:
-    """One request a broker must answer: Metadata for no topics (v1+: no topic list in
-    the answer, so it costs the same on any cluster) through the app's producer client
-    (the consumer's runs on Faust's consumer thread), to each known broker in turn
-    until one answers. Returns the node that answered; raises if none did or the
-    producer is not started. Bound it with a timeout: a frozen broker never answers."""
+async def broker_round_trip(app: Any, topics: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """One request a broker must answer: Metadata for ``topics`` (the worker's own; no
+    topic is created by it) through the app's producer client (the consumer's runs on
+    Faust's consumer thread), to each known broker in turn until one answers. Returns
+    the partitions of ``topics`` that have no leader (:func:`leaderless`); raises if no
+    broker answered or the producer is not started. Bound it with a timeout: a frozen
+    broker never answers."""
     from aiokafka.errors import KafkaConnectionError
     from aiokafka.protocol.metadata import MetadataRequest
 
@@ -82,14 +83,34 @@ async def broker_round_trip(app: Any) -> int:
     error: BaseException | None = None
     for node in nodes:
         try:
-            await client.send(node, MetadataRequest([]))
-            return int(node)
+            response = await client.send(node, MetadataRequest(list(topics), allow_auto_topic_creation=False))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = exc
+        else:
+            return leaderless(response)
     assert error is not None
     raise error
+
+
+def leaderless(response: Any) -> list[tuple[str, int]]:
+    """The partitions a Metadata response lists without a leader: leader -1, or a
+    partition error (``LEADER_NOT_AVAILABLE`` while an election runs, a replica that
+    is offline). Topics the response does not know (not created yet) are not counted.
+    The tuple layout is aiokafka's (``ClusterMetadata.update_metadata`` reads it so)."""
+    out: list[tuple[str, int]] = []
+    for topic_data in getattr(response, "topics", None) or ():
+        if response.API_VERSION == 0:
+            error_code, topic, partitions = topic_data
+        else:
+            error_code, topic, _internal, partitions = topic_data[:4]
+        if error_code == 3:  # UNKNOWN_TOPIC_OR_PARTITION: not there yet
+            continue
+        for p_error, partition, leader, *_ in partitions:
+            if p_error != 0 or leader < 0:
+                out.append((topic, int(partition)))
+    return sorted(out)
 
 
 # -- stores ----------------------------------------------------------------------------

@@ -70,3 +70,50 @@ def test_broker_loss_timeout_is_validated() -> None:
     for bad in ("0", "-1", "nan", "1e9"):
         with pytest.raises(ValueError):
             WorkerSettings(broker_loss_timeout=bad)
+
+
+def test_a_partition_without_a_leader_past_the_timeout_is_named_and_clears_itself() -> None:
+    """A leader election shorter than BROKER_LOSS_TIMEOUT reports nothing (no flapping);
+    one longer is named in /health's problems until the probe sees a leader again."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_loss_timeout=10.0)
+
+    def answer(at: float, leaderless: list[tuple[str, int]]) -> list[str]:
+        """The probe's answer at ``at`` s; /health's problems then."""
+        now[0] = at
+        health.broker_answered()
+        health.leaders_seen(leaderless)
+        return health.problems(lag=0, stall_timeout=1e9, send_budget=1e9)
+
+    assert answer(0, [("events.order.paid.v1", 0)]) == []
+    assert answer(8, [("events.order.paid.v1", 0)]) == []
+    assert answer(9, []) == []  # elected within the timeout
+    assert answer(20, [("events.order.paid.v1", 0), ("order-state.dlq", 3)]) == []
+    assert answer(29, [("events.order.paid.v1", 0), ("order-state.dlq", 3)]) == []
+    [problem] = answer(31, [("events.order.paid.v1", 0), ("order-state.dlq", 3)])
+    assert "2 partition(s) without a leader for up to 11s" in problem, problem
+    assert "events.order.paid.v1[0], order-state.dlq[3]" in problem and "BROKER_LOSS_TIMEOUT=10" in problem
+    [problem] = answer(32, [("order-state.dlq", 3)])
+    assert "1 partition(s)" in problem and "order-state.dlq[3]" in problem
+    assert answer(33, []) == []
+
+
+async def test_the_probe_s_answer_carries_the_leaderless_partitions_to_health() -> None:
+    now = [0.0]
+    health = Health(clock=lambda: now[0], broker_loss_timeout=10.0)
+    answers = [[("t", 1)]] * 5 + [[]]
+    probes = [0]
+
+    async def round_trip() -> list[tuple[str, int]]:
+        probes[0] += 1
+        now[0] += 4.0
+        return answers[min(probes[0], len(answers)) - 1]
+
+    task = asyncio.create_task(watch_broker(health, round_trip, interval=0.001, attempt_timeout=0.05))
+    try:
+        await until(lambda: probes[0] >= 4)
+        assert health.leaderless_since == {("t", 1): 4.0}
+        await until(lambda: probes[0] >= 6)
+        assert health.leaderless_since == {}
+    finally:
+        task.cancel()

@@ -195,10 +195,10 @@ def test_a_header_with_a_null_value_becomes_empty() -> None:
     assert dict(converted.headers) == {"a": b"", "b": b"x"}
 
 
-async def test_broker_round_trip_asks_each_known_broker_for_no_topics_until_one_answers() -> None:
+async def test_broker_round_trip_asks_each_known_broker_for_the_worker_s_topics_until_one_answers() -> None:
     """The health probe: the producer's public ``client`` (``send``, ``cluster.brokers()``),
-    reached through Faust's private ``_ensure_producer``; a Metadata request for no topics
-    (v1+ carries an empty topic list: the answer holds no topics on any cluster)."""
+    reached through Faust's private ``_ensure_producer``; a Metadata request for the
+    worker's topics, never creating one."""
     from types import SimpleNamespace
 
     from aiokafka import AIOKafkaProducer
@@ -209,7 +209,7 @@ async def test_broker_round_trip_asks_each_known_broker_for_no_topics_until_one_
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
     assert isinstance(producer.client, AIOKafkaClient)
     assert inspect.iscoroutinefunction(AIOKafkaClient.send) and callable(producer.client.cluster.brokers)
-    assert MetadataRequest([]).build(MetadataRequest_v1).topics == []
+    assert MetadataRequest(["t"], allow_auto_topic_creation=False).build(MetadataRequest_v1).topics == ["t"]
 
     sent: list[tuple[int, Any]] = []
 
@@ -227,12 +227,29 @@ async def test_broker_round_trip_asks_each_known_broker_for_no_topics_until_one_
     def app_with(client: Client) -> Any:
         return SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: SimpleNamespace(client=client)))
 
-    assert await faust_compat.broker_round_trip(app_with(Client([1, 2, 3], answering={2}))) == 2
+    assert await faust_compat.broker_round_trip(app_with(Client([1, 2, 3], answering={2})), ["a", "b"]) == []
     assert [n for n, _ in sent] == [1, 2] and all(isinstance(r, MetadataRequest) for _, r in sent)
+    assert all(r._topics == ["a", "b"] and r._allow_auto_topic_creation is False for _, r in sent)
     with pytest.raises(RequestTimedOutError):
         await faust_compat.broker_round_trip(app_with(Client([1], answering=set())))
     with pytest.raises(KafkaConnectionError):
         await faust_compat.broker_round_trip(app_with(Client([], answering=set())))
+
+
+def test_leaderless_reads_aiokafka_s_metadata_response_layout() -> None:
+    """Partitions with leader -1 or a partition error are leaderless, in v0 and v1+
+    answers (aiokafka's MetadataResponse structs); a topic the broker does not know yet
+    (UNKNOWN_TOPIC_OR_PARTITION) is not."""
+    from aiokafka.protocol.metadata import MetadataResponse_v0, MetadataResponse_v1, MetadataResponse_v5
+
+    parts = [(0, 0, 1, [1], [1]), (0, 1, -1, [2], []), (5, 2, 3, [3], [3])]  # ok, no leader, LEADER_NOT_AVAILABLE
+    v0 = MetadataResponse_v0([(1, "h", 9)], [(0, "t", parts), (3, "missing", [])])
+    v1 = MetadataResponse_v1([(1, "h", 9, None)], 1, [(0, "t", False, parts), (3, "missing", False, [])])
+    v5 = MetadataResponse_v5(0, [(1, "h", 9, None)], None, 1,
+                             [(0, "t", False, [(*p, []) for p in parts]), (3, "missing", False, [])])
+    for response in (v0, v1, v5):
+        assert faust_compat.leaderless(response) == [("t", 1), ("t", 2)]
+    assert faust_compat.leaderless(object()) == []
 
 
 def test_reopen_partition_db_closes_the_handle_and_faust_opens_a_fresh_one_with_the_data(app: Any) -> None:
