@@ -11,7 +11,10 @@ one kind of fault and checks what came out:
   random points K times (restarted after each, on its own data dir). Before each
   kill the group's committed offsets of ``OrderPaid`` are recorded: every life of
   the worker must move them forward (a worker that never commits re-fetches its
-  whole backlog after each restart).
+  whole backlog after each restart). After the drain the worker's tables (every
+  order's state, every SKU's stock) must equal the reference model's
+  (harness/reference.py, the differential test's), fed the records the worker read
+  (:func:`storm_model`, :func:`check_against_model`).
 * ``relay-kill`` — orders created and paid over HTTP (order service with
   ``RELAY_ENABLED=false``, SQLite) while a separate relay (fixed ``RELAY_ID``) is
   SIGKILLed K times.
@@ -30,7 +33,9 @@ one kind of fault and checks what came out:
   ``PROCESSING_GUARANTEE=exactly_once``, the worker SIGKILLed every ~10 s. Its bound
   is not kills × ``BATCH_SIZE``: a ``read_committed`` reader of every derived topic
   must see exactly one ``NotificationSent`` and one inventory answer per order — 0
-  lost, 0 repeated (:func:`derived_once`). The gateway stays at least once. The drain
+  lost, 0 repeated (:func:`derived_once`) — and the worker's tables must equal the
+  reference model's, as in ``worker-kill-storm`` (fed what a ``read_committed`` reader
+  sees). The gateway stays at least once. The drain
   condition is :func:`drained_committed` (under exactly_once the group's offset stops
   before the commit marker ending a transactional topic).
 
@@ -62,8 +67,8 @@ scenario like a loss does.
 The table goes to ``docs/reliability.md``; the exit code is 1 when a scenario lost
 anything, exceeded its duplicate budget, failed one of its own checks, or crashed.
 
-Importing ``tests.support`` needs the repository root on ``sys.path``: run it from
-there (``python -m bench.chaos``).
+Importing ``harness`` needs the repository root on ``sys.path``: run it from there
+(``python -m bench.chaos``).
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ from harness.gateway import GatewayStub
 from harness.kafka import GROUP, Consumed, _partitions, committed, end_offsets, read_topic, wait_consumed
 from harness.orders import OrdersClient, OrdersProcess
 from harness.outbox_waits import outbox_stats, wait_for
+from harness.reference import Reference, compare_order, compare_stock
 from harness.worker import ROOT, WorkerProcess, metric_value
 
 PAID, CREATED, SENT, DLQ = OrderPaid.topic(), OrderCreated.topic(), NotificationSent.topic(), "notifications.dlq"
@@ -650,6 +656,89 @@ async def run_kill_storm(st: Stack, broker: Any, worker: Any, gateway: Any, orde
     return snapshots, wanted
 
 
+#: What the kill storms produce and the worker reads, in the order the model is fed them:
+#: the stock seed (``inventory.requests``), every ``OrderCreated``, every ``OrderPaid``.
+STORM_INPUTS: tuple[str, ...] = (INVENTORY_REQUESTS, CREATED, PAID)
+#: Commands on ``inventory.requests`` the inventory service writes itself: its internal
+#: protocol, which the model does in itself (``Reference`` models ``set`` from outside only).
+OWN_COMMANDS = frozenset({"reserve", "release"})
+
+Read = Callable[[str], Awaitable[list[Consumed]]]
+
+
+def _command_kind(value: bytes | None) -> Any:
+    try:
+        obj = json.loads(value) if value else None
+    except ValueError:
+        return None
+    return obj.get("kind") if isinstance(obj, dict) else None
+
+
+async def storm_model(read: Read) -> tuple[Reference, dict[str, int]]:
+    """The reference model (harness/reference.py, the differential test's) fed what the
+    storm produced, read back from the broker as the worker read it (``read``: a topic's
+    records in offset order per partition — under exactly_once a ``read_committed``
+    reader), topic by topic in :data:`STORM_INPUTS`' order, then settled. The inventory
+    service's own commands on ``inventory.requests`` (:data:`OWN_COMMANDS`) are left out:
+    the model reserves in itself. Returns the model and the records fed per topic.
+
+    Feeding the topics one after the other is one legal interleaving; the storm's outcome
+    does not depend on which (stock never runs out, every order is created and paid once,
+    and parking makes the status chain independent of arrival order)."""
+    ref = Reference()
+    fed: dict[str, int] = {}
+    for topic in STORM_INPUTS:
+        records = [r for r in await read(topic)
+                   if topic != INVENTORY_REQUESTS or _command_kind(r.value) not in OWN_COMMANDS]
+        for r in records:
+            ref.feed(topic, r.key, r.value)
+        fed[topic] = len(records)
+    ref.settle()
+    return ref, fed
+
+
+def model_mismatches(ref: Reference, views: dict[str, Any], stock: dict[str, Any]) -> list[str]:
+    """The worker's tables against the model's, key by key (harness.reference's
+    :func:`compare_order` and :func:`compare_stock`, as in the differential test): every
+    order either knows (``views``: ``GET /orders/{id}`` bodies, or the HTTP status
+    answered instead — 404 is "no such order") and every SKU either knows (``stock``:
+    ``GET /inventory/{sku}`` bodies or statuses)."""
+    out: list[str] = []
+    for oid in sorted(set(views) | set(ref.orders)):
+        if oid not in views:
+            out.append(f"{oid}: in the model, not read from the worker")
+            continue
+        got = views[oid]
+        if isinstance(got, int) and got != 404:
+            out.append(f"{oid}: the worker answered HTTP {got}")
+            continue
+        out += compare_order(oid, ref.view(oid), got if isinstance(got, dict) else None)
+    for sku in sorted(set(stock) | set(ref.stock)):
+        if sku not in stock:
+            out.append(f"stock {sku}: in the model, not read from the worker")
+            continue
+        out += compare_stock(sku, ref.stock.get(sku, {"available": 0, "reserved": 0}), stock[sku])
+    return out
+
+
+def check_against_model(result: Result, ref: Reference, fed: dict[str, int], views: dict[str, Any],
+                        stock: dict[str, Any]) -> list[str]:
+    """The storms' comparison with the reference model: a mismatch fails the scenario
+    (its count and first ones in the failed checks); the notes say what was compared."""
+    mismatches = model_mismatches(ref, views, stock)
+    result.details.update(model_mismatches=len(mismatches), model_fed=fed,
+                          model_orders=len(set(views) | set(ref.orders)), model_skus=len(set(stock) | set(ref.stock)))
+    result.notes.append(
+        f"reference model (harness/reference.py) fed the {sum(fed.values()):,} records the worker read ("
+        + ", ".join(f"{n:,} {t}" for t, n in fed.items()) + f"): {result.details['model_orders']:,} orders "
+        f"(GET /orders/{{id}}) and {result.details['model_skus']} SKUs (GET /inventory/{{sku}}) compared key by "
+        f"key, {len(mismatches):,} mismatches")
+    if mismatches:
+        result.failed_checks.append(f"{len(mismatches):,} mismatches between the worker's tables and the reference "
+                                    f"model, first: {'; '.join(mismatches[:5])}")
+    return mismatches
+
+
 @timed
 async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> Result:
     result = Result("worker-kill-storm", faults=f"{sizes.storm_kills}× SIGKILL worker")
@@ -687,6 +776,8 @@ async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> 
         if wrong_stock:
             result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − orders: "
                                         f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+        ref, fed = await storm_model(lambda topic: read_topic(broker.bootstrap, topic))
+        check_against_model(result, ref, fed, views, stock)
         if dlq:
             result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
                                         f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
@@ -1261,8 +1352,9 @@ def derived_once(wanted: set[str], seen: dict[str, list[Consumed]]) -> dict[str,
 
 async def eos_checks(result: Result, worker: Any, gateway: Any, ids: list[str], skus: Counter[str],
                      once: dict[str, Any], dlq: list[Any], snapshots: list[tuple[int, int]],
-                     final: tuple[int, int], gateway_budget: int) -> set[str]:
-    """``eos-kill-storm``'s checks on the worker's view (status, reservation, stock), the
+                     final: tuple[int, int], gateway_budget: int, model: tuple[Reference, dict[str, int]]) -> set[str]:
+    """``eos-kill-storm``'s checks on the worker's view (status, reservation, stock, and
+    its tables against ``model``: the reference model and the records it was fed), the
     committed dead letters, the gateway's repeats and the commit progress; the orders not
     NOTIFIED."""
     wanted = set(ids)
@@ -1289,6 +1381,7 @@ async def eos_checks(result: Result, worker: Any, gateway: Any, ids: list[str], 
     if wrong_stock:
         result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − reserved: "
                                     f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+    check_against_model(result, *model, views, stock)
     if dlq:
         result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
                                     f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
@@ -1324,8 +1417,6 @@ def eos_notes(result: Result, sizes: Sizes, worker: Any, guarantee: str, wanted:
                         f"{gateway_budget:,}")
     result.notes.append("committed/end offsets of OrderPaid before each kill: "
                         + ", ".join(f"{d}/{e}" for d, e in snapshots) + f"; after the drain {final[0]}/{final[1]}")
-    result.notes.append("not compared with the differential test's reference model (bench/ must not import "
-                        "tests/); order status, reservation and stock are checked instead")
 
 
 @timed
@@ -1363,9 +1454,10 @@ async def eos_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random, *,
         once = derived_once(wanted, committed_view)
         result.repeated = once["repeated"] + once["stray"]
         result.details.update(repeated=result.repeated, duplicate_budget=result.duplicate_budget)
+        model = await storm_model(lambda topic: read_isolated(kafka.bootstrap, topic, "read_committed"))
 
         not_notified = await eos_checks(result, worker, gateway, ids, skus, once, dlq, snapshots, final,
-                                        gateway_budget)
+                                        gateway_budget, model)
         eos_notes(result, sizes, worker, guarantee, wanted, once, committed_view, everything, snapshots, final,
                   not_notified, gateway_budget)
     return result
@@ -1409,12 +1501,12 @@ injects one kind of fault, and counts the effects:
 
 | scenario | what it does |
 |---|---|
-| `worker-kill-storm` | the full lifecycle at a steady rate — `OrderCreated`, then `OrderPaid`, per order, stock seeded for every SKU; the worker is SIGKILLed at random points K times (each at least 2.5 s after it was ready again) and restarted on its own data dir after each. Checks: every order `NOTIFIED` and `RESERVED` on the worker (`GET /orders/{id}`), exactly one `NotificationSent` per order or a counted duplicate, stock = seed − orders, no dead letter, and the group's committed offsets of `OrderPaid` move forward in every life of the worker (recorded before each kill) |
+| `worker-kill-storm` | the full lifecycle at a steady rate — `OrderCreated`, then `OrderPaid`, per order, stock seeded for every SKU; the worker is SIGKILLed at random points K times (each at least 2.5 s after it was ready again) and restarted on its own data dir after each. Checks: every order `NOTIFIED` and `RESERVED` on the worker (`GET /orders/{id}`), exactly one `NotificationSent` per order or a counted duplicate, stock = seed − orders, no dead letter, the group's committed offsets of `OrderPaid` move forward in every life of the worker (recorded before each kill), and the worker's tables equal the reference model's (`harness/reference.py`, the differential test's model), fed the records the worker read — the stock seed, every `OrderCreated` and `OrderPaid` — and compared key by key: each order's state (`GET /orders/{id}`: status, reservation, version, history, parked) and each SKU's stock (`GET /inventory/{sku}`); one mismatch fails the scenario and the first ones are in its notes |
 | `relay-kill` | order service API (`RELAY_ENABLED=false`, SQLite) + a separate relay (fixed `RELAY_ID`) + worker; orders created and paid over HTTP while the relay is SIGKILLed K times |
 | `broker-restart` | order service with its relay + worker; the broker is SIGKILLed mid-burst and a new, empty one started on the same port (event topics created before the relay reaches it); the worker is restarted with a wiped `DATA_DIR`; once the outbox has nothing pending and the worker has committed everything on the new broker, `faust -A streams reconcile --sla 0 --repair` (see the caveat below), then a second `reconcile` that must exit 0 |
 | `leader-kill` | Apache Kafka with 3 KRaft nodes (`streams/broker/kafka.py`), the worker with `TOPIC_REPLICATION_FACTOR=3` (every topic it creates: `min.insync.replicas=2`); the full lifecycle at a steady rate while the node leading `OrderPaid` partition 0 is SIGKILLed every ~20 s and started again 5 s later. Checks: every order `NOTIFIED`, nothing dead-lettered, repeats within kills × `BATCH_SIZE` (a failover repeats at most the batch in flight), the worker never restarted, and `/health` non-200 only in spans that end by themselves (each span's first answer is in the notes) |
 | `poison-flood` | good `OrderPaid` interleaved with as many poison records (not JSON, wrong types, unknown version, empty value, no key); every poison record must be in `notifications.dlq` exactly once with the right reason, every good event must have exactly one gateway request |
-| `eos-kill-storm` | `worker-kill-storm` on one Apache Kafka node with `PROCESSING_GUARANTEE=exactly_once` (every service, the full lifecycle at a steady rate), the worker SIGKILLed every ~10 s (8–12 s after it was ready again) and restarted on its own data dir. Bound: **0 repeated** — a `read_committed` reader of `events.notification.sent.v1`, `events.inventory.reserved.v1` and `events.inventory.rejected.v1` must see exactly one `NotificationSent` and one inventory answer per order (0 lost, 0 repeated, nothing for other keys), not kills × `BATCH_SIZE`. Also: every order `NOTIFIED` and `RESERVED` on the worker, stock = seed − reserved, no dead letter, committed offsets of `OrderPaid` move forward in every life. The SMS gateway stays at least once (same `Idempotency-Key`): its repeats are in the notes, bounded by kills × `BATCH_SIZE`. The notes also give what a `read_uncommitted` reader sees on top (the records of aborted transactions). The order tables are *not* compared with the differential test's reference model (`bench/` must not import `tests/`) |
+| `eos-kill-storm` | `worker-kill-storm` on one Apache Kafka node with `PROCESSING_GUARANTEE=exactly_once` (every service, the full lifecycle at a steady rate), the worker SIGKILLed every ~10 s (8–12 s after it was ready again) and restarted on its own data dir. Bound: **0 repeated** — a `read_committed` reader of `events.notification.sent.v1`, `events.inventory.reserved.v1` and `events.inventory.rejected.v1` must see exactly one `NotificationSent` and one inventory answer per order (0 lost, 0 repeated, nothing for other keys), not kills × `BATCH_SIZE`. Also: every order `NOTIFIED` and `RESERVED` on the worker, stock = seed − reserved, no dead letter, committed offsets of `OrderPaid` move forward in every life. The SMS gateway stays at least once (same `Idempotency-Key`): its repeats are in the notes, bounded by kills × `BATCH_SIZE`. The notes also give what a `read_uncommitted` reader sees on top (the records of aborted transactions). The worker's tables must equal the reference model's, as in `worker-kill-storm` (the model fed what a `read_committed` reader sees): **0 mismatches** |
 
 Nothing waits for a quiet period. A scenario is over when conditions hold: every
 expected effect was accepted by the gateway, the order service's outbox has no

@@ -5,19 +5,23 @@ make those runs pass whatever the engine does. Here each check is fed the broken
 case it exists for: repeated effects over worker kills × BATCH_SIZE, a worker life
 that commits nothing, a drain that stops while derived records still arrive, an
 order without NotificationSent, reconcile's exit codes; under exactly_once a single
-derived event seen twice (or missing) by a read_committed reader.
+derived event seen twice (or missing) by a read_committed reader; a worker table that
+differs from the reference model's in one order or one unit of stock.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from bench import chaos
 from harness.gateway import GatewayStub
 from harness.kafka import Consumed
+from harness.reference import Reference
 
 
 def gateway_with(calls: dict[str, list[float]]) -> GatewayStub:
@@ -234,6 +238,76 @@ def test_reconcile_failure_raises(monkeypatch, code):
                         lambda *a, **k: subprocess.CompletedProcess(a, code, "", "worker unreachable"))
     with pytest.raises(RuntimeError, match=f"reconcile exited {code}"):
         chaos.reconcile_cli({}, "--sla", "0")
+
+
+# -- the kill storms: the worker's tables against the reference model -----------------------
+
+STORM = [("o-1", "sku-a"), ("o-2", "sku-b"), ("o-3", "sku-a")]
+
+
+def storm_topics(orders: list[tuple[str, str]]) -> dict[str, list[Consumed]]:
+    """What a kill storm leaves in its input topics: the stock seed (``set``) and the
+    inventory service's own ``reserve`` commands on inventory.requests, each order's
+    OrderCreated and OrderPaid (the storm's own records, :func:`chaos.lifecycle`)."""
+    def records(topic: str, pairs: list[tuple[bytes, bytes]]) -> list[Consumed]:
+        return [Consumed(topic, 0, n, k, v, {}, 0) for n, (k, v) in enumerate(pairs)]
+
+    seed = [(sku.encode(), json.dumps({"kind": "set", "sku": sku, "qty": 10}).encode())
+            for sku in sorted({sku for _, sku in orders})]
+    own = [(sku.encode(), json.dumps({"kind": "reserve", "sku": sku, "qty": 1, "order_id": o, "reply_to": 0}).encode())
+           for o, sku in orders]
+    return {chaos.INVENTORY_REQUESTS: records(chaos.INVENTORY_REQUESTS, seed + own),
+            chaos.CREATED: records(chaos.CREATED, [chaos.lifecycle(o, sku)[0] for o, sku in orders]),
+            chaos.PAID: records(chaos.PAID, [chaos.lifecycle(o, sku)[1] for o, sku in orders])}
+
+
+async def model_of(orders: list[tuple[str, str]]) -> tuple[Reference, dict[str, int]]:
+    topics = storm_topics(orders)
+
+    async def read(topic: str) -> list[Consumed]:
+        return topics[topic]
+
+    return await chaos.storm_model(read)
+
+
+def worker_tables(orders: list[tuple[str, str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``GET /orders/{id}`` and ``GET /inventory/{sku}`` of a worker that did the storm
+    right: each order NOTIFIED and RESERVED, its inventory event before its payment (an
+    interleaving the model does not pick, which the contract allows), event ids of its own."""
+    views = {o: {"order_id": o, "status": "NOTIFIED", "reservation": "RESERVED", "version": 4, "parked": [],
+                 "history": [{"type": t, "event_id": f"{o}-{n}"} for n, t in enumerate(
+                     ["OrderCreated", "InventoryReserved", "OrderPaid", "NotificationSent"])]}
+             for o, _ in orders}
+    skus = Counter(sku for _, sku in orders)
+    return views, {sku: {"sku": sku, "available": 10 - n, "reserved": n} for sku, n in skus.items()}
+
+
+async def test_the_model_fed_a_storms_records_agrees_with_a_worker_that_did_the_same():
+    ref, fed = await model_of(STORM)
+    # the inventory service's own reserve commands are not fed (the model would refuse them)
+    assert fed == {chaos.INVENTORY_REQUESTS: 2, chaos.CREATED: 3, chaos.PAID: 3}
+    assert ref.stock == {"sku-a": {"available": 8, "reserved": 2}, "sku-b": {"available": 9, "reserved": 1}}
+    result = chaos.Result("eos-kill-storm", exactly_once=True)
+    assert chaos.check_against_model(result, ref, fed, *worker_tables(STORM)) == []
+    assert result.details["model_mismatches"] == 0 and (result.details["model_orders"], result.details["model_skus"]) == (3, 2)
+    assert result.ok and "3 orders (GET /orders/{id}) and 2 SKUs" in result.notes[-1]
+
+
+async def test_one_order_or_one_unit_of_stock_off_the_model_fails_the_storm():
+    ref, fed = await model_of(STORM)
+    views, stock = worker_tables(STORM)
+    views["o-2"] = {**views["o-2"], "status": "PAID", "version": 3, "history": views["o-2"]["history"][:3]}
+    views["o-3"] = 404  # the worker does not know the order
+    stock["sku-a"] = {**stock["sku-a"], "available": 7, "reserved": 3}  # one unit more reserved
+    views["o-9"] = {**views["o-1"], "order_id": "o-9"}  # an order the storm never produced
+    result = chaos.Result("eos-kill-storm", exactly_once=True)
+    mismatches = chaos.check_against_model(result, ref, fed, views, stock)
+    assert [m.split(":")[0] for m in mismatches] == ["o-2", "o-2", "o-2", "o-3", "o-9", "stock sku-a"]
+    assert "o-2: status worker 'PAID' vs model 'NOTIFIED'" in mismatches
+    assert result.details["model_mismatches"] == 6 and not result.ok
+    row = chaos.table_row(result, "today")
+    assert "FAILED: 6 mismatches between the worker's tables and the reference model" in row
+    assert "6 mismatches" in result.notes[-1]
 
 
 # -- the document ------------------------------------------------------------------------------
