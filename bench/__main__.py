@@ -39,7 +39,7 @@ from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
 NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
-         "latency", "retry", "startup", "frontdoor", "eos")
+         "latency", "retry", "startup", "frontdoor", "eos", "profile")
 ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
@@ -320,12 +320,31 @@ async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repea
 
         log("front door: wrk -t2 -c64 on POST /orders, order service with default settings")
         results["frontdoor"] = await guarded(results, "frontdoor", frontdoor.run(work, seconds=5 if quick else 15))
+    if "profile" in only:
+        await profile_runs(results, sizes, work)
     if "startup" in only:
         from bench import startup
 
         rounds = 3 if quick else 5
         log(f"start-up: start → /health 200, every service, {rounds} rounds (empty broker, then a restart)")
         results["startup"] = await guarded(results, "startup", startup.run(rounds, work))
+
+
+async def profile_runs(results: dict[str, Any], sizes: Sizes, work: Path) -> None:
+    """One more run of each flood and of the headline with py-spy sampling the worker
+    (bench.profile): where the time goes. Runs of their own: no ratio comes from them."""
+    n, distinct = sizes.flood_events, sizes.flood_distinct
+    runs = {
+        "paid-notifications": lambda: pairs.paid_flood(n, distinct, "notifications", work, name="prof-n", profile=True),
+        "paid": lambda: pairs.paid_flood(n, distinct, pairs.DEFAULT_SERVICES, work, name="prof-d", profile=True),
+        "headline": lambda: pairs.lifecycle(sizes.orders, work, profile=True),
+    }
+    for name, run in runs.items():
+        log(f"profile: {name} with py-spy sampling the worker")
+        got = await guarded(results, f"profile {name}", run())
+        if got and "profile" in got:
+            results.setdefault("profiles", {})[name] = {**got["profile"], "per_s": got["per_s"],
+                                                        "services": got["services"]}
 
 
 def parse_only(value: str) -> set[str]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.profile import Sampler
 from bench.common import (
     ROOT, create_topics, distinct_paid, fresh_broker, lifecycle_inputs, measured, order_paid_inputs, process_cpu_seconds,
     processed, produce_all, wait_metrics,
@@ -97,10 +98,11 @@ After = Callable[[Any, WorkerProcess, float, float], Awaitable[dict[str, Any]]]
 async def worker_run(
     name: str, workdir: Path, *, services: str, inputs: list[tuple[str, Iterable[tuple[bytes, bytes]]]],
     done: Callable[[str], float], units: int, timeout: float, env: dict[str, str] | None = None,
-    after: After | None = None,
+    after: After | None = None, profile: bool = False,
 ) -> dict[str, Any]:
     """Inputs produced, the worker started, timed until ``done(metrics)``; ``after``
-    runs on the still-running worker (its numbers are merged in)."""
+    runs on the still-running worker (its numbers are merged in); ``profile``: py-spy
+    samples the worker over the same span (bench.profile), in ``result["profile"]``."""
     wd = workdir / f"{name}-{time.strftime('%H%M%S')}-{time.perf_counter_ns() % 10**6}"
     wd.mkdir(parents=True)
     with fresh_broker() as broker:
@@ -114,15 +116,19 @@ async def worker_run(
             await asyncio.to_thread(worker.start().wait_ready, 180.0)
             t0 = worker.ready_at or time.time()
             pid = worker.proc.pid  # type: ignore[union-attr]
+            sampler = Sampler(pid, wd / "profile.txt").start() if profile else None
             cpu0 = process_cpu_seconds(pid)
             t1, text = await wait_metrics(worker, done, timeout=timeout)
             cpu = process_cpu_seconds(pid) - cpu0
+            sampled = await asyncio.to_thread(sampler.stop) if sampler else None
             seconds = max(1e-6, t1 - t0)
             result: dict[str, Any] = {
                 "services": services, "inputs": produced, "units": units, "seconds": seconds,
                 "per_s": units / seconds, "cpu_seconds": cpu, "cpu_s_per_100k": _per_100k(cpu, produced),
                 "start_to_healthy_s": t0 - started, "counts": counts_of(text), "log": str(worker.log_path),
             }
+            if sampled is not None:
+                result["profile"] = sampled
             if after is not None:
                 result.update(await after(broker, worker, t0, t1))
             return result
@@ -133,7 +139,7 @@ async def worker_run(
 
 # -- 1. headline: the whole worker over the full lifecycle ------------------------------
 
-async def lifecycle(orders: int, workdir: Path) -> dict[str, Any]:
+async def lifecycle(orders: int, workdir: Path, *, profile: bool = False) -> dict[str, Any]:
     """Default SERVICES; stock seeded, N orders created and paid (all produced first);
     done when order-state applied N ``NotificationSent`` and N inventory outcomes."""
     w = lifecycle_inputs(orders)
@@ -146,7 +152,7 @@ async def lifecycle(orders: int, workdir: Path) -> dict[str, Any]:
 
     r = await worker_run("lifecycle", workdir, services=DEFAULT_SERVICES,
                          inputs=[(INVENTORY_REQUESTS, w["stock"]), (CREATED, w["created"]), (PAID, w["paid"])],
-                         done=done, units=orders, timeout=max(600.0, orders / 20))
+                         done=done, units=orders, timeout=max(600.0, orders / 20), profile=profile)
     c = r["counts"]
     r["reserved"] = sum(v for k, v in c.items() if 'service="order-state"' in k and "InventoryReserved" in k
                         and 'status="success"' in k)
@@ -176,13 +182,13 @@ def _paid_done(services: str, n: int, distinct: int) -> Callable[[str], float]:
 
 
 async def paid_flood(n: int, distinct: int, services: str, workdir: Path, *, env: dict[str, str] | None = None,
-                     after: After | None = None, name: str = "paid") -> dict[str, Any]:
+                     after: After | None = None, name: str = "paid", profile: bool = False) -> dict[str, Any]:
     """``n`` OrderPaid over ``distinct`` ids, no OrderCreated; done when every service
     reading the topic processed every record (order-state: the n OrderPaid and the
     ``distinct`` NotificationSent the notifications service derived)."""
     return await worker_run(name, workdir, services=services, inputs=[(PAID, order_paid_inputs(n, distinct))],
                             done=_paid_done(services, n, distinct), units=n, timeout=max(600.0, n / 50),
-                            env=env, after=after)
+                            env=env, after=after, profile=profile)
 
 
 # -- 3. parked flood and the park timeout ---------------------------------------------------

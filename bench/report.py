@@ -275,7 +275,7 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     section per measurement, then the errors."""
     sections = [_md_header(r, results_file), _md_goals(r), _md_method(r), _md_headline(r), _md_floods(r),
                 _md_kstreams(r), _md_quix(r), _md_eos(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
-                _md_relay(r), _md_latency(r), _md_retry(r), _md_errors(r)]
+                _md_relay(r), _md_latency(r), _md_retry(r), _md_profiles(r), _md_errors(r)]
     path.write_text("\n".join(line for section in sections for line in section))
 
 
@@ -677,6 +677,28 @@ def _md_retry(r: dict[str, Any]) -> list[str]:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
+
+
+def _md_profiles(r: dict[str, Any]) -> list[str]:
+    """Where the time goes: the py-spy runs (bench.profile), one table pair each."""
+    profiles = r.get("profiles") or {}
+    out = ["## Where the time goes (py-spy)", ""]
+    if not profiles:
+        return out + ["Not run in this invocation (`--only profile`; needs py-spy from the bench extra).", ""]
+    out += ["A run of its own per measurement (no ratio above comes from it): `py-spy record --nonblocking` "
+            "at 100 Hz on the worker process over the measured span, idle samples left out, so the shares "
+            "are of the worker's busy time. Time inside a C extension is charged to the Python function "
+            "that called it.", ""]
+    titles = {"paid-notifications": "`OrderPaid` flood, `SERVICES=notifications`",
+              "paid": "`OrderPaid` flood, default `SERVICES`", "headline": "Headline: the full lifecycle"}
+    for name, p in profiles.items():
+        out += [f"**{titles.get(name, name)}** — {_fmt(p['samples'])} samples, {_fmt(p['per_s'])}/s while sampled.", "",
+                "| area | share |", "|---|---|"]
+        out += [f"| {area} | {share:.1%} |" for area, share in p["areas"]]
+        out += ["", "| function (innermost Python frame) | self share |", "|---|---|"]
+        out += [f"| `{fn}` | {share:.1%} |" for fn, share in p["functions"]]
+        out.append("")
     return out
 
 
