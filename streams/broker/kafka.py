@@ -227,6 +227,9 @@ def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int]
         "transaction.state.log.replication.factor": rf,
         "transaction.state.log.min.isr": min(2, rf),
         "transaction.state.log.num.partitions": 4,
+        # a transaction open past its timeout is aborted within a second of it, not up to
+        # 10 s later (the default): the transaction-timeout fault test (engine rule T6)
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": min(2, rf),
         # as docker-compose.yml's cluster profile (deploy/cluster.env): topics created

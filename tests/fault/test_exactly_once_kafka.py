@@ -264,3 +264,49 @@ async def test_a_rebalance_mid_batch_aborts_the_batch_and_each_event_is_committe
         assert b.proc is not None and b.proc.poll() is None and a.proc is not None and a.proc.poll() is None
     finally:
         await gateway.stop()
+
+
+async def test_a_batch_that_outlives_the_transaction_timeout_is_aborted_and_read_again_once(
+        kafka, kafka_worker_factory):
+    """T6 on Kafka: TRANSACTION_TIMEOUT_MS=2000 and batches that keep their transaction
+    open ~6 s. order-state and notifications both read OrderPaid, so they share each
+    batch: order-state's changelog records open the transaction on the broker while
+    notifications' SMS gateway calls (6 s each) still run. The broker aborts it (the
+    test's Kafka checks every second), the worker's next step of that transaction fails
+    as fenced, and the worker stops the partition and rejoins (T5). Read again with a
+    fast gateway, each NotificationSent is visible once to read_committed; the aborted
+    changelog records only to read_uncommitted. One worker only: no newer owner can
+    have fenced it, the broker's timeout did."""
+    changelog = "order-streams-order-state-changelog"
+    gateway = await GatewayStub(delay=6.0).start()
+    try:
+        worker = kafka_worker_factory(notifier_url=gateway.url, services="notifications,order-state",
+                                      processing_guarantee="exactly_once", transaction_timeout_ms="2000",
+                                      notifier_timeout="30")
+        await asyncio.to_thread(worker.start().wait_ready)
+        ids = [f"o-{i}" for i in range(40)]
+        await produce(kafka.bootstrap, PAID, [paid(i) for i in ids])
+        deadline = time.monotonic() + 60
+        while not (stopped := _lines(worker, "the partition stops here until the group assigns it again")):
+            assert time.monotonic() < deadline, f"no transaction timed out:\n{worker.tail()}"
+            await asyncio.sleep(0.1)
+        gateway.delay = 0.0  # batches read again (and the rest) now fit in the timeout
+        await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
+        committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
+        state_committed = await read_all(kafka.bootstrap, changelog, "read_committed")
+        state_everything = await read_all(kafka.bootstrap, changelog, "read_uncommitted")
+        print(f"\ntransaction timeout: {stopped[0]}\nread_committed {sum(committed_view.values())} NotificationSent "
+              f"for {len(committed_view)} orders; order-state changelog: read_committed {len(state_committed)}, "
+              f"read_uncommitted {len(state_everything)}; gateway calls {sum(gateway.requests.values())}")
+        assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
+        assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
+        # the hazard was caused: the broker aborted a transaction with records in it
+        # (no other worker exists to fence this one), and the worker saw it as T5
+        assert len(state_everything) > len(state_committed), "no transaction with records was aborted"
+        assert "fenced by a newer owner or a transaction timeout" in stopped[0] \
+            or "its transactional producer cannot go on" in stopped[0], stopped[0]
+        # it rejoined: the stopped partition was assigned again and its records processed
+        assert worker.log_path.read_text(errors="replace").split(stopped[0], 1)[1].count("engine ready") >= 1
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        await gateway.stop()
