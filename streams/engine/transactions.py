@@ -3,7 +3,9 @@ Kafka transaction of its input partition.
 
 The transaction steps of the consumer-position protocol (:mod:`streams.engine.position`
 rule 7 points here). Each is enforced in this module or where the docstring names, and
-each has a test on fakes in tests/unit/test_transactions.py:
+each has a test on fakes in tests/unit/test_transactions.py; the failure modes are also
+caused on Apache Kafka in tests/fault/test_exactly_once_kafka.py (a SIGKILL inside a
+transaction, T1; a rebalance mid-batch, T4; a fenced zombie, T5; a timeout, T6):
 
 T1. **One transactional producer per assigned input partition**, ``transactional.id =
     "<group>-<topic>-<partition>"`` (stable: the next owner of the partition uses the
