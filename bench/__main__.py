@@ -39,7 +39,7 @@ from bench.report import summarize, write_markdown, write_plot
 
 #: --only names (and the old P-numbers as aliases)
 NAMES = ("headline", "paid", "paid-notifications", "kstreams", "quix", "parked", "recovery", "sweep", "relay",
-         "latency", "retry", "startup", "frontdoor", "eos", "profile")
+         "latency", "retry", "startup", "frontdoor", "eos", "profile", "scale")
 ALIASES = {"p1": ("paid", "paid-notifications", "quix", "kstreams"), "p2": ("recovery",), "p3": ("relay",),
            "p4": ("latency",), "p5": ("retry",), "lifecycle": ("headline",), "p2-sweep": ("sweep",)}
 
@@ -322,6 +322,11 @@ async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repea
         results["frontdoor"] = await guarded(results, "frontdoor", frontdoor.run(work, seconds=5 if quick else 15))
     if "profile" in only:
         await profile_runs(results, sizes, work)
+    if "scale" in only:
+        from bench import scale
+
+        log("scale over cores: the default OrderPaid flood on 1 and on 2 worker processes in one group")
+        results["scale"] = await guarded(results, "scale", scale.run(sizes.flood_events, sizes.flood_distinct, work))
     if "startup" in only:
         from bench import startup
 

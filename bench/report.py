@@ -90,6 +90,11 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
         "≥ 0.7", lambda v: v >= 0.7, 3,
         "the `paid` flood twice on fresh Kafka brokers, both at `BATCH_SIZE=500` (the default), alternating "
         "which runs first; events/s ÷ events/s; Kafka only (Tansu has no transactions)"),
+    "scale": (
+        "Scale over cores: two worker processes in one group ÷ one (`OrderPaid` flood, default `SERVICES`)",
+        "–", lambda v: True, 2,
+        "each run: every worker healthy and the group settled, then the flood produced; first record → every "
+        "service done (bench/scale.py); the broker and the workers share the 2 cores"),
     "quix": (
         "Reference: `SERVICES=notifications` worker ÷ Quix Streams (same flood)", "≥ 1.0", lambda v: v >= 1.0, 3,
         "Quix 3.28.1 in its own venv (bench/quix.py), fresh broker, same inputs"),
@@ -142,6 +147,7 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
                            if "worker_over_kstreams_exactly_once_v2" in p]
     out["quix"] = [p["worker_over_quix"] for p in _ok(pairs.get("paid-notifications")) if "worker_over_quix" in p]
     out["eos"] = [p["ratio"] for p in _ok(pairs.get("eos"))]
+    out["scale"] = [r["scale"]["factor"]] if r.get("scale") else []
     out["relay"] = [x["ratio"] for x in (r.get("relay") or []) if x]
     for variant, services in (("notifications", "notifications"), ("default", "notifications,order-state,inventory")):
         v = _dig(r, "latency", services, "p99_ms")
@@ -275,7 +281,7 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     section per measurement, then the errors."""
     sections = [_md_header(r, results_file), _md_goals(r), _md_method(r), _md_headline(r), _md_floods(r),
                 _md_kstreams(r), _md_quix(r), _md_eos(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
-                _md_relay(r), _md_latency(r), _md_retry(r), _md_profiles(r), _md_errors(r)]
+                _md_relay(r), _md_latency(r), _md_retry(r), _md_scale(r), _md_profiles(r), _md_errors(r)]
     path.write_text("\n".join(line for section in sections for line in section))
 
 
@@ -677,6 +683,22 @@ def _md_retry(r: dict[str, Any]) -> list[str]:
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
+    return out
+
+
+def _md_scale(r: dict[str, Any]) -> list[str]:
+    """Scale over cores: one worker process and two (bench/scale.py)."""
+    sc = r.get("scale")
+    out = ["## Scale over cores", ""]
+    if not sc:
+        return out + ["Not run in this invocation (`--only scale`).", ""]
+    out += ["| workers | events/s | seconds | CPU share of wall time, per worker |", "|---|---|---|---|"]
+    for run in (sc["one"], sc["two"]):
+        shares = ", ".join(f"{s:.0%}" for s in run["cpu_share_of_wall"])
+        out.append(f"| {run['workers']} | {_fmt(run['per_s'])} | {_fmt(run['seconds'], 2)} | {shares} |")
+    out += ["", f"Factor {sc['factor']:.2f}. Two cores hold the broker, the producer of the flood and the "
+            "workers: a factor well under 2 with each worker below 100 % of a core means the ceiling is the "
+            "machine, not the group.", ""]
     return out
 
 
