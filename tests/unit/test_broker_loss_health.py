@@ -101,19 +101,24 @@ def test_a_partition_without_a_leader_past_the_timeout_is_named_and_clears_itsel
 async def test_the_probe_s_answer_carries_the_leaderless_partitions_to_health() -> None:
     now = [0.0]
     health = Health(clock=lambda: now[0], broker_loss_timeout=10.0)
-    answers = [[("t", 1)]] * 5 + [[]]
+    answers: asyncio.Queue[list[tuple[str, int]]] = asyncio.Queue()
     probes = [0]
 
     async def round_trip() -> list[tuple[str, int]]:
+        answer = await answers.get()  # the broker answers when the test says
         probes[0] += 1
         now[0] += 4.0
-        return answers[min(probes[0], len(answers)) - 1]
+        return answer
 
-    task = asyncio.create_task(watch_broker(health, round_trip, interval=0.001, attempt_timeout=0.05))
+    task = asyncio.create_task(watch_broker(health, round_trip, interval=0.001, attempt_timeout=5.0))
     try:
-        await until(lambda: probes[0] >= 4)
-        assert health.leaderless_since == {("t", 1): 4.0}
-        await until(lambda: probes[0] >= 6)
-        assert health.leaderless_since == {}
+        for _ in range(4):
+            answers.put_nowait([("t", 1)])
+        await until(lambda: probes[0] == 4 and answers.empty())
+        await until(lambda: health.leaderless_since == {("t", 1): 4.0})
+        assert "t[1]" in health.problems(lag=0, stall_timeout=1e9, send_budget=1e9)[0]  # 12 s > 10 s
+        answers.put_nowait([])
+        await until(lambda: health.leaderless_since == {})
+        assert health.problems(lag=0, stall_timeout=1e9, send_budget=1e9) == []
     finally:
         task.cancel()
