@@ -19,6 +19,10 @@ Three stages, one per source topic, each keyed by what it decides on:
    best-effort search warm-up (``SEARCH_URL``) after a reservation.
 
 Derived events get ids derived from the order id, so a replay re-sends the same ids.
+The internal commands and answers carry the CloudEvents headers too (:func:`internal`):
+``ce_id`` derived from the order id, kind and SKU, ``ce_time`` the time of the record
+that caused them; a reader checks their ``ce_type`` against the decoded message
+(:func:`streams.events.check_ce_type`: a forged one is a dead letter, nothing else).
 Records that cannot be read go to ``inventory.dlq``. Decisions and settled orders
 expire after ``DEDUP_TTL`` through the time index, in their partition's stream time
 (:mod:`streams.engine.streamtime`), never by the worker's wall clock, whose jump
@@ -41,8 +45,8 @@ from streams.engine.pipeline import DUPLICATE, MAINTENANCE_LIMIT, SUCCESS, Batch
 from streams.engine.ports import INDEX_PREFIX, Indexer, index_key
 from streams.engine.records import Outgoing, Record
 from streams.events import (
-    InventoryRejected, InventoryReserved, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext, ce_headers,
-    decode_newest, require_whole_chains, validation_summary,
+    InventoryRejected, InventoryReserved, Message, OrderCreated, OrderCreatedV2, OrderItem, UpcastContext,
+    ce_headers, check_ce_type, decode_newest, message_headers, require_whole_chains, validation_summary,
 )
 from streams.engine.topology import ServiceSpec
 from agents.rpc import BestEffortCaller
@@ -98,6 +102,28 @@ def command_bytes(cmd: BaseModel) -> bytes:
     return cmd.model_dump_json(exclude_none=True).encode()
 
 
+def internal_id(msg: StockCommand | Expected | SkuAnswer) -> str:
+    """The ``ce_id`` of an internal message: derived from what it is about (its kind,
+    order id and SKU; a ``reserved``/``rejected`` answer from its decision too), so a
+    replay or a retried send carries the same id. A ``set`` has no order: see seed-stock."""
+    if isinstance(msg, Expected):
+        about = f"expect:{msg.order_id}"
+    elif isinstance(msg, SkuAnswer):
+        about = f"answer:{msg.order_id}:{msg.sku}:{msg.decision}"
+    else:
+        about = f"{msg.kind}:{msg.order_id}:{msg.sku}"
+    return str(uuid.uuid5(ID_NAMESPACE, f"inventory-{about}"))
+
+
+def internal(topic: str, key: bytes, msg: StockCommand | Expected | SkuAnswer, time_ms: int,
+             partition: int | None = None) -> Outgoing:
+    """An internal record of the service with its CloudEvents headers (``ce_source``
+    :data:`CE_SOURCE`, ``ce_time`` ``time_ms``: the time of the record that caused it)."""
+    kind: type[Message] = type(msg)
+    return Outgoing(topic, key, command_bytes(msg), message_headers(kind, internal_id(msg), CE_SOURCE, time_ms),
+                    partition)
+
+
 class InventoryService:
     spec = SPEC
     dedup_table = None  # decisions per (SKU, order) and outcomes per order are the memory
@@ -122,10 +148,12 @@ class InventoryService:
             return decode_newest(topic, record, self.upcast)
         if topic == INVENTORY_REQUESTS:
             cmd = decode_message(StockCommand.model_validate_json, record)
+            check_ce_type(StockCommand, record)
             if record.key != cmd.sku.encode():
                 raise ValidationFailed(f"record key {record.key!r:.80} is not the SKU {cmd.sku!r}")
             return cmd
         msg = decode_message(ANSWER.validate_json, record)
+        check_ce_type(type(msg), record)
         if record.key != msg.order_id.encode():
             raise ValidationFailed(f"record key {record.key!r:.80} is not the order id {msg.order_id!r}")
         return msg
@@ -154,13 +182,13 @@ class InventoryService:
             return
         # Answers come back to the order's partition (where its OrderCreated, its other
         # events and its inventory-orders state are), whatever partitioner the SKU had.
-        out = [Outgoing(INVENTORY_REQUESTS, sku.encode(), command_bytes(StockCommand(
-                   kind="reserve", sku=sku, qty=qty, order_id=created.order_id, reply_to=item.partition)))
+        out = [internal(INVENTORY_REQUESTS, sku.encode(), StockCommand(
+                   kind="reserve", sku=sku, qty=qty, order_id=created.order_id, reply_to=item.partition), item.time_ms)
                for sku, qty in per_sku(created.items).items()]
         # the internal expectation keeps what inventory decides on: SKU and quantity
         items = tuple(OrderItem(sku=i.sku, qty=i.qty) for i in created.items)
         expect = Expected(order_id=created.order_id, items=items, causation_id=created.event_id)
-        out.append(Outgoing(INVENTORY_ANSWERS, created.order_id.encode(), command_bytes(expect), (), item.partition))
+        out.append(internal(INVENTORY_ANSWERS, created.order_id.encode(), expect, item.time_ms, item.partition))
         at = batch.time(item.partition)  # forgotten DEDUP_TTL later, by maintain (index rebuilt from "t")
         tx.set(marker, orjson.dumps({"t": at}))
         tx.schedule(at, marker, durable=False)
@@ -187,7 +215,7 @@ class InventoryService:
         out = []
         if announce is not None and cmd.order_id is not None:
             answer = SkuAnswer(order_id=cmd.order_id, sku=cmd.sku, qty=cmd.qty, decision=announce)  # type: ignore[arg-type]
-            out.append(Outgoing(INVENTORY_ANSWERS, cmd.order_id.encode(), command_bytes(answer), (), cmd.reply_to))
+            out.append(internal(INVENTORY_ANSWERS, cmd.order_id.encode(), answer, item.time_ms, cmd.reply_to))
         item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
     # 3. answers per order → one inventory event -----------------------------------------
@@ -203,7 +231,7 @@ class InventoryService:
             new["t"] = batch.time(item.partition)
             tx.schedule(new["t"], key, durable=False)
         if result is not None:
-            out = self._outcome_messages(msg.order_id, new, result, item.partition)
+            out = self._outcome_messages(msg.order_id, new, result, item.partition, item.time_ms)
             new = settled(new, result)
             if result == "reserved" and self.search_url:
                 skus = list(new["skus"])
@@ -213,7 +241,7 @@ class InventoryService:
         item.succeed(*out, status=SUCCESS if changed else DUPLICATE)
 
     def _outcome_messages(self, order_id: str, order: dict[str, Any], result: str,
-                          partition: int) -> list[Outgoing]:
+                          partition: int, time_ms: int) -> list[Outgoing]:
         key = order_id.encode()
         event_id = uuid.uuid5(ID_NAMESPACE, f"inventory-{result}:{order_id}")
         items = tuple(OrderItem(**i) for i in order["items"])
@@ -228,7 +256,7 @@ class InventoryService:
         releases = [StockCommand(kind="release", sku=sku, qty=order["skus"][sku], order_id=order_id)
                     for sku, d in order["answers"].items() if d == "reserved"]
         return [Outgoing(InventoryRejected.topic(), key, ev.to_bytes(), ce_headers(ev, CE_SOURCE), partition)] + [
-            Outgoing(INVENTORY_REQUESTS, c.sku.encode(), command_bytes(c)) for c in releases]
+            internal(INVENTORY_REQUESTS, c.sku.encode(), c, time_ms) for c in releases]
 
     def indexers(self) -> dict[str, Indexer]:
         return {STOCK_TABLE: Indexer(self.index_entries), ORDERS_TABLE: Indexer(self.index_entries)}

@@ -15,7 +15,9 @@ Two tables, both bounded per key:
   outcome, kept (without the items) until it expires. Beside it, ``<order id>\x00created``
   marks that the order's ``OrderCreated`` was handled (any version; expires the same way).
 
-Messages between them are ours (``extra="forbid"``) and carry no item lists but the
+Messages between them are ours (``extra="forbid"``; each a versioned
+:class:`~streams.events.Message` with a committed schema, ``schemas/inventory.<name>.v1.json``,
+frozen like the events' and named by the records' ``ce_type``) and carry no item lists but the
 one ``expect`` message per order, so an order's size on the topics grows with its
 SKUs, not with their square (docs/design-notes.md, "State and message sizes").
 """
@@ -26,9 +28,9 @@ import uuid
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 
-from streams.events import MAX_ITEMS, Id, OrderItem
+from streams.events import MAX_ITEMS, Id, Message, OrderItem
 
 STOCK_TABLE = "inventory-stock"
 ORDERS_TABLE = "inventory-orders"
@@ -37,10 +39,12 @@ MAX_STOCK = 1_000_000_000
 State = dict[str, Any]
 
 
-class StockCommand(BaseModel):
+class StockCommand(Message):
     """On ``inventory.requests``, keyed by SKU: reserve or release for an order, or set stock."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    domain = "inventory"
+    name = "command"
 
     kind: Literal["reserve", "release", "set"]
     sku: Id
@@ -50,10 +54,12 @@ class StockCommand(BaseModel):
     reply_to: int | None = Field(None, ge=0, le=100_000)
 
 
-class Expected(BaseModel):
+class Expected(Message):
     """On ``inventory.answers``, keyed by order id: the SKUs an order waits for."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    domain = "inventory"
+    name = "expected"
 
     kind: Literal["expect"] = "expect"
     order_id: Id
@@ -61,10 +67,12 @@ class Expected(BaseModel):
     causation_id: uuid.UUID
 
 
-class SkuAnswer(BaseModel):
+class SkuAnswer(Message):
     """On ``inventory.answers``, keyed by order id: one SKU's decision."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    domain = "inventory"
+    name = "answer"
 
     kind: Literal["answer"] = "answer"
     order_id: Id
@@ -74,6 +82,8 @@ class SkuAnswer(BaseModel):
 
 
 Answer = Annotated[Expected | SkuAnswer, Field(discriminator="kind")]
+#: The internal messages of the service (their schemas are exported beside the events').
+MESSAGE_TYPES: tuple[type[Message], ...] = (StockCommand, Expected, SkuAnswer)
 ANSWER = TypeAdapter(Answer)
 
 

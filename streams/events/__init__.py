@@ -22,7 +22,7 @@ import re
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
@@ -78,14 +78,22 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class Event(BaseModel):
-    """Base of every event: an id, an event time and a schema version."""
+class Message(BaseModel):
+    """Base of every model of a record the project writes: public events (:class:`Event`)
+    and internal messages (inventory's commands and answers, the redrive ledger). Closed
+    (``extra="forbid"``) and named ``<domain>.<name>.v<N>``: the name of its committed
+    schema (``schemas/<domain>.<name>.v<N>.json``, frozen once published) and its
+    CloudEvents ``ce_type`` (:func:`ce_type`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     domain: ClassVar[str]
     name: ClassVar[str]
     schema_version: ClassVar[int] = 1
+
+
+class Event(Message):
+    """Base of every event: an id, an event time and a schema version."""
 
     version: Literal["v1"] = "v1"
     event_id: uuid.UUID = Field(default_factory=new_event_id)
@@ -309,8 +317,9 @@ def require_whole_chains(types: Iterable[type[Event]] = EVENT_TYPES,
         raise ChainGap(2)
 
 
-def ce_type(event_type: type[Event]) -> str:
-    """The event's CloudEvents ``type``: ``<domain>.<event>.v<N>`` (its schema's name)."""
+def ce_type(event_type: type[Message]) -> str:
+    """The CloudEvents ``type`` of an event or internal message: ``<domain>.<name>.v<N>``
+    (its schema's name)."""
     return f"{event_type.domain}.{event_type.name}.v{event_type.schema_version}"
 
 
@@ -318,8 +327,8 @@ def ce_type(event_type: type[Event]) -> str:
 ORDERS_SOURCE = "/order-streams/orders"
 
 
-def ce_dataschema(event_type: type[Event]) -> str:
-    """The event's schema as a URI reference: its committed file (``schemas/…json``)."""
+def ce_dataschema(event_type: type[Message]) -> str:
+    """The model's schema as a URI reference: its committed file (``schemas/…json``)."""
     return f"schemas/{ce_type(event_type)}.json"
 
 
@@ -335,7 +344,7 @@ def ce_headers(event: Event, source: str, time: datetime | None = None) -> tuple
     return ce_headers_of(type(event), str(event.event_id), source, at.isoformat())
 
 
-def ce_headers_of(event_type: type[Event], event_id: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
+def ce_headers_of(event_type: type[Message], event_id: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
     """:func:`ce_headers` from the parts, for a producer that writes the JSON itself."""
     return (("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_type", ce_type(event_type).encode()),
             ("ce_source", source.encode()), ("ce_time", time.encode()),
@@ -391,9 +400,25 @@ def _version_problem(event_type: type[Event], exc: ValidationError) -> Validatio
     return None
 
 
-def _check_ce_type(event_type: type[Event], record: "Record") -> None:
-    """A ``ce_type`` header is data: it may only agree with the topic (else the record
-    is dead-lettered); nothing is routed or decoded by it."""
+def message_headers(message_type: type[Message], ce_id: str, source: str, time_ms: int
+                    ) -> tuple[tuple[str, bytes], ...]:
+    """The same CloudEvents headers on an internal message (inventory's commands and
+    answers, seed-stock's commands, the redrive ledger), whose model has no id or time
+    of its own. Rule for the caller: ``ce_id`` identifies the record, not the send — it
+    is derived from what the record is about (an order id, kind and SKU; a claim), so a
+    replayed or retried record carries the same id; only a record that is itself new
+    (a new claim, a new seed-stock run) gets a new one. ``time_ms``: the record's time
+    (epoch milliseconds, e.g. the time of the record that caused it)."""
+    at = datetime.fromtimestamp(time_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return ce_headers_of(message_type, ce_id, source, at)
+
+
+def check_ce_type(event_type: type[Message], record: "Record") -> None:
+    """A ``ce_type`` header is data: it may only agree with what the record was decoded
+    as — the topic's event, or the internal message its payload is — else the record is
+    dead-lettered (``validation_error``; ``unknown_version`` for another version of the
+    same type); nothing is routed or decoded by it. A record without one (written before
+    the headers existed, or by another producer) is read as it is."""
     raw = record.headers.get(CE_TYPE_HEADER) if record.headers else None
     if raw is None:
         return
@@ -429,7 +454,7 @@ def decode_event(event_type: type[E], record: "Record") -> E:
         if top_level and first["type"] in ("json_invalid", "json_type", "model_type", "model_attributes_type"):
             raise DecodeError(f"not a JSON object: {first['msg']}") from None
         raise (_version_problem(event_type, exc) or ValidationFailed(validation_summary(exc))) from None
-    _check_ce_type(event_type, record)
+    check_ce_type(event_type, record)
     expected = event.idempotency_key().encode()
     if record.key != expected:
         shown = record.key[:64] if record.key is not None else None

@@ -20,6 +20,12 @@ upcaster from ``vN`` (:data:`streams.events.UPCASTERS`); the gate also refuses a
 chain with a gap (:func:`streams.events.chain_gaps`). ``tests/unit/test_schema_gate.py``
 runs the gate against the committed files and fails when regeneration would change them.
 
+Internal messages (inventory's commands and answers, the redrive ledger's records: each a
+:class:`~streams.events.Message`) have committed schemas under the same rules; their
+models live outside this package, so the full list is
+:func:`streams.ops.asyncapi.schema_types` — what the export writes and the gate's test
+checks (the defaults here are the events').
+
 The committed file is the published version, so regenerating it must not launder a
 change: the export refuses to overwrite a committed ``vN`` the model breaks
 (:func:`refusals`), and :func:`published_changes` holds every committed file against
@@ -41,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from streams.events import EVENT_TYPES, UPCASTERS, Event, chain_gaps
+from streams.events import EVENT_TYPES, UPCASTERS, Message, chain_gaps
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schemas"
@@ -54,17 +60,17 @@ UPPER_BOUNDS = frozenset({"maximum", "exclusiveMaximum", "maxLength", "maxItems"
 LOWER_BOUNDS = frozenset({"minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"})
 
 
-def schema_name(event_type: type[Event]) -> str:
+def schema_name(event_type: type[Message]) -> str:
     """``order.paid.v1``: the schema's name (file ``schemas/order.paid.v1.json``)."""
     return f"{event_type.domain}.{event_type.name}.v{event_type.schema_version}"
 
 
-def schema_path(event_type: type[Event]) -> str:
+def schema_path(event_type: type[Message]) -> str:
     """The schema's path in the repository, also its ``$id`` and ``ce_dataschema``."""
     return f"schemas/{schema_name(event_type)}.json"
 
 
-def schema_of(event_type: type[Event]) -> dict[str, Any]:
+def schema_of(event_type: type[Message]) -> dict[str, Any]:
     """The JSON Schema (2020-12) of the event as it is read (pydantic's validation mode)."""
     schema = event_type.model_json_schema(mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_path(event_type),
@@ -76,7 +82,7 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def render(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[str, str]:
+def render(types: Iterable[type[Message]] = EVENT_TYPES) -> dict[str, str]:
     """File name → text of every event's schema."""
     return {f"{schema_name(t)}.json": dumps(schema_of(t)) for t in types}
 
@@ -192,7 +198,7 @@ def _compare(old: Any, new: Any, path: str, old_root: Mapping[str, Any], new_roo
 # -- the gate -----------------------------------------------------------------------------
 
 
-def gate(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEMA_DIR,
+def gate(types: Iterable[type[Message]] = EVENT_TYPES, committed: Path = SCHEMA_DIR,
          upcasters: Mapping[tuple[str, str, int], Callable[..., Any]] = UPCASTERS) -> list[str]:
     """Problems that stop a change from shipping: a committed ``vN`` schema the model
     no longer matches (each broken rule, named) and gaps in the upcaster chains.
@@ -207,7 +213,7 @@ def gate(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEMA_DI
     return problems
 
 
-def refusals(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEMA_DIR) -> list[str]:
+def refusals(types: Iterable[type[Message]] = EVENT_TYPES, committed: Path = SCHEMA_DIR) -> list[str]:
     """What the export must not write: each committed ``vN`` the model no longer
     matches, with the rule it breaks (the gate's named rules; no ``jsoncompat``, which
     is a test dependency). Empty: every file may be (re)written."""
@@ -215,8 +221,8 @@ def refusals(types: Iterable[type[Event]] = EVENT_TYPES, committed: Path = SCHEM
             for t, old, new in _published_pairs(tuple(types), committed) for p in breaking_changes(old, new)]
 
 
-def _published_pairs(types: tuple[type[Event], ...], committed: Path
-                     ) -> list[tuple[type[Event], dict[str, Any], dict[str, Any]]]:
+def _published_pairs(types: tuple[type[Message], ...], committed: Path
+                     ) -> list[tuple[type[Message], dict[str, Any], dict[str, Any]]]:
     """(model, its committed schema, its schema now) for every model with a committed
     file; a version with no file yet is new: it is the exporter's to write."""
     out = []

@@ -1,6 +1,8 @@
 """The AsyncAPI 3.0 document of every channel the project uses (``docs/asyncapi.json``,
 served by the worker at ``/asyncapi.json``), generated from the registry and the event
-models; and the export of it with the events' JSON Schemas (``schema export``)."""
+models; and the export of it with the JSON Schemas (``schema export``) of the events and
+of the internal messages (:func:`message_types`: inventory's commands and answers, the
+redrive ledger's records), which are frozen by the same gate once committed."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from streams import registry
 from streams.engine.topology import ServiceSpec
-from streams.events import EVENT_TYPES, Event, ce_dataschema, ce_type
+from streams.events import EVENT_TYPES, Event, Message, ce_dataschema, ce_type
 from streams.events.schemas import ROOT, dumps, refusals, render
 
 ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.json"
@@ -54,19 +56,51 @@ def _hoist(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return rewrite(schema)
 
 
-def _ce_headers_schema(event_type: type[Event]) -> dict[str, Any]:
+def message_types() -> tuple[type[Message], ...]:
+    """The internal messages with committed schemas, beside :data:`EVENT_TYPES`."""
+    from streams.ops.dlq import RedriveClaim, RedriveDone
+    from tables.inventory import MESSAGE_TYPES
+
+    return (*MESSAGE_TYPES, RedriveClaim, RedriveDone)
+
+
+def schema_types() -> tuple[type[Message], ...]:
+    """Every model with a committed schema: what the gate checks and the export writes."""
+    return (*EVENT_TYPES, *message_types())
+
+
+def _ce_headers_schema(event_type: type[Message]) -> dict[str, Any]:
     def s(desc: str, **more: Any) -> dict[str, Any]:
         return {"type": "string", "description": desc, **more}
+    if issubclass(event_type, Event):
+        ce_id = s("the event id", format="uuid")
+        source = s("who produced it: /order-streams/orders or /order-streams/<service>")
+        at = s("the event time (RFC 3339)", format="date-time")
+        extra = {"event_id": s("the event id (set by the order service's relay)", format="uuid")}
+    else:
+        ce_id = s("the record's id: derived from what it is about (order, kind, SKU; a claim), the same on a "
+                  "replay or a retried send", format="uuid")
+        source = s("who produced it: /order-streams/<service>, /order-streams/seed-stock, "
+                   "/order-streams/dlq-redrive")
+        at = s("the record's time (RFC 3339): that of the record that caused it", format="date-time")
+        extra = {}
     return {"type": "object", "properties": {
         "ce_specversion": s("CloudEvents spec version", const="1.0"),
-        "ce_id": s("the event id", format="uuid"),
-        "ce_type": s("the event's type and version; must agree with the topic", const=ce_type(event_type)),
-        "ce_source": s("who produced it: /order-streams/orders or /order-streams/<service>"),
-        "ce_time": s("the event time (RFC 3339)", format="date-time"),
+        "ce_id": ce_id,
+        "ce_type": s("the type and version; must agree with the topic and payload (else a dead letter)",
+                     const=ce_type(event_type)),
+        "ce_source": source,
+        "ce_time": at,
         "ce_dataschema": s("the committed JSON Schema of the value", const=ce_dataschema(event_type)),
         "content-type": s("the value's media type", const="application/json"),
-        "event_id": s("the event id (set by the order service's relay)", format="uuid"),
+        **extra,
     }}
+
+
+def _internal_message(t: type[Message], defs: dict[str, Any]) -> dict[str, Any]:
+    return {"name": t.__name__, "title": f"{t.__name__} v{t.schema_version}",
+            "summary": (t.__doc__ or t.__name__).strip().splitlines()[0], "contentType": "application/json",
+            "headers": _ce_headers_schema(t), "payload": _hoist(t.model_json_schema(mode="validation"), defs)}
 
 
 def _engine_messages() -> dict[str, Any]:
@@ -88,8 +122,6 @@ def _engine_messages() -> dict[str, Any]:
         }},
         "payload": {"description": "the source record's bytes (a letter too large: its first bytes)"},
     }
-    messages["RedriveMark"] = {"name": "RedriveMark", "summary": "dlq redrive's ledger: one record per redriven letter",
-                               "payload": {"type": "object"}}
     return messages
 
 
@@ -117,7 +149,8 @@ def asyncapi(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[str, Any]:
     their payload schemas and CloudEvents headers), the inventory's internal topics, and
     each service's retry tiers, DLQ and redrive ledger; one operation per service and
     channel it receives from or sends to."""
-    from tables.inventory import ANSWER, StockCommand
+    from streams.ops.dlq import RedriveClaim, RedriveDone
+    from tables.inventory import Expected, SkuAnswer, StockCommand
 
     defs: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -141,13 +174,11 @@ def asyncapi(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[str, Any]:
                               "description": "the record key and idempotency key"},
         }
         channel(t.topic().replace(".", "-"), t.topic(), [name], f"{name}, keyed by order id (UTF-8)")
-    messages["StockCommand"] = {"name": "StockCommand", "contentType": "application/json",
-                                "payload": _hoist(StockCommand.model_json_schema(), defs)}
-    messages["InventoryAnswer"] = {"name": "InventoryAnswer", "contentType": "application/json",
-                                   "payload": _hoist(ANSWER.json_schema(), defs)}
-    channel("inventory-requests", registry.INVENTORY_REQUESTS, ["StockCommand"],
+    for m in message_types():
+        messages[f"{m.__name__}.v{m.schema_version}"] = _internal_message(m, defs)
+    channel("inventory-requests", registry.INVENTORY_REQUESTS, [f"{StockCommand.__name__}.v1"],
             "inventory's repartition by SKU: reserve / release / set commands, keyed by SKU")
-    channel("inventory-answers", registry.INVENTORY_ANSWERS, ["InventoryAnswer"],
+    channel("inventory-answers", registry.INVENTORY_ANSWERS, [f"{Expected.__name__}.v1", f"{SkuAnswer.__name__}.v1"],
             "inventory's answers per order: the expected SKUs, then one answer per SKU, keyed by order id")
     messages.update(_engine_messages())
     operations: dict[str, Any] = {}
@@ -156,7 +187,8 @@ def asyncapi(types: Iterable[type[Event]] = EVENT_TYPES) -> dict[str, Any]:
                 f"{spec.name}'s retry tiers, 1..len(RETRY_DELAYS)",
                 parameters={"tier": {"description": "the retry tier, from 1"}})
         channel(f"{spec.name}-dlq", spec.dlq, ["DeadLetter"], f"{spec.name}'s dead letters")
-        channel(f"{spec.name}-dlq-redriven", spec.ledger, ["RedriveMark"], f"{spec.name}'s redrive ledger")
+        channel(f"{spec.name}-dlq-redriven", spec.ledger, [f"{RedriveClaim.__name__}.v1", f"{RedriveDone.__name__}.v1"],
+                f"{spec.name}'s redrive ledger: claims and done records, keyed by the letter's id")
         operations.update(_operations_of(spec, by_topic))
     orders_send = sorted({t.topic() for t in types if t.domain == "order"})
     for topic in orders_send:
@@ -191,16 +223,19 @@ class FrozenSchema(Exception):
     """The export refused: a model no longer matches its published (committed) ``vN``."""
 
 
-def export(root: Path = ROOT, types: Iterable[type[Event]] = EVENT_TYPES) -> list[Path]:
-    """Write ``schemas/*.json`` and ``docs/asyncapi.json`` under ``root``; the paths
+def export(root: Path = ROOT, types: Iterable[type[Event]] = EVENT_TYPES,
+           messages: Iterable[type[Message]] | None = None) -> list[Path]:
+    """Write ``schemas/*.json`` (events ``types`` and internal ``messages``, by default
+    :func:`message_types`) and ``docs/asyncapi.json`` under ``root``; the paths
     written (changed or not). Writes nothing and raises :class:`FrozenSchema` (one line
     per broken rule) when a model breaks its committed ``vN`` under ``root``: a
     regenerated file must not hide the change from the gate."""
     types = tuple(types)
-    refused = refusals(types, root / "schemas")
+    models = (*types, *(message_types() if messages is None else messages))
+    refused = refusals(models, root / "schemas")
     if refused:
         raise FrozenSchema("\n".join(refused))
-    files = {f"schemas/{name}": text for name, text in render(types).items()}
+    files = {f"schemas/{name}": text for name, text in render(models).items()}
     files[str(ASYNCAPI_PATH.relative_to(ROOT))] = dumps(asyncapi(types))
     written = []
     for name, text in files.items():

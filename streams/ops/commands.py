@@ -440,6 +440,26 @@ def register_dlq_redrive(app: Any, group: click.Group, settings: Any, kafka: dic
         out.end()
 
 
+#: ``ce_source`` of the ``seed-stock`` command's records.
+SEED_STOCK_SOURCE = "/order-streams/seed-stock"
+
+
+def seed_stock_records(raw: Any, now_ms: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """``(key, value, headers)`` of the ``set`` commands for ``{"sku": quantity, …}``
+    (a ``ValueError``/``TypeError``/``AttributeError`` for anything else), each with the
+    CloudEvents headers (``ce_type`` ``inventory.command.v1``, ``ce_time`` ``now_ms``).
+    Rule for ``ce_id``: every command of a run is a new record (a later run setting the
+    same SKU is another command), so each gets a new id, made here once — a retried
+    send resends these bytes, id included."""
+    from streams.events import message_headers, new_event_id
+    from tables.inventory import StockCommand
+
+    commands = [StockCommand(kind="set", sku=sku, qty=qty) for sku, qty in raw.items()]
+    return [(c.sku.encode(), c.model_dump_json().encode(),
+             list(message_headers(StockCommand, str(new_event_id()), SEED_STOCK_SOURCE, now_ms)))
+            for c in commands]
+
+
 def register_seed_stock(app: Any, settings: Any, kafka: dict[str, Any]) -> None:
     """``faust -A streams seed-stock FILE``."""
     bootstrap = settings.bootstrap
@@ -448,13 +468,13 @@ def register_seed_stock(app: Any, settings: Any, kafka: dict[str, Any]) -> None:
                  click_name="seed-stock")
     async def seed_stock(self: OpsCommand, file: str) -> None:
         """Set available stock per SKU from a JSON file {"sku": quantity, …}."""
-        from aiokafka import AIOKafkaProducer
+        import time
 
-        from tables.inventory import StockCommand
+        from aiokafka import AIOKafkaProducer
 
         try:
             raw = json.loads(open(file, encoding="utf-8").read())
-            commands = [StockCommand(kind="set", sku=sku, qty=qty) for sku, qty in raw.items()]
+            records = seed_stock_records(raw, int(time.time() * 1000))
         except (ValueError, AttributeError, TypeError) as exc:
             raise click.UsageError(f"{file}: expected a JSON object of SKU → quantity ({one_line(str(exc))})")
         await settings.check_access(bootstrap)
@@ -465,13 +485,13 @@ def register_seed_stock(app: Any, settings: Any, kafka: dict[str, Any]) -> None:
             await producer.stop()
             self.fail(f"Kafka broker {bootstrap} unreachable ({dlq.describe(exc)})")
         try:
-            acks = [await producer.send(registry.INVENTORY_REQUESTS, key=c.sku.encode(),
-                                        value=c.model_dump_json().encode()) for c in commands]
+            acks = [await producer.send(registry.INVENTORY_REQUESTS, key=key, value=value, headers=headers)
+                    for key, value, headers in records]
             for ack in acks:
                 await ack
         finally:
             await producer.stop()
-        self.say(f"stock set for {len(commands)} SKUs")
+        self.say(f"stock set for {len(records)} SKUs")
 
 
 def register_reconcile(app: Any, settings: Any) -> None:

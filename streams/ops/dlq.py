@@ -33,6 +33,14 @@ headers are dropped, so the event starts a fresh retry ladder). Protocol, per le
 3. the winner sends the letter to the source topic, awaits the ack;
 4. appends the done record ``{"to": <topic>, "at": <ms>}`` (same key), awaits the ack.
 
+Ledger records carry the CloudEvents headers (:func:`ledger_headers`): ``ce_type``
+``dlq.claim.v1`` / ``dlq.redriven.v1`` (models :class:`RedriveClaim` /
+:class:`RedriveDone`, committed schemas ``schemas/dlq.*.v1.json``), ``ce_id`` derived from
+the claim (runner and letter id), ``ce_time`` the record's ``at``. They are data: the
+value says what a record is; a record whose ``ce_type`` names the other kind (or anything
+else) is ignored by every reader (:func:`ledger_kind`: neither a claim nor a redrive);
+records without headers (ledgers from before them) are read by their value.
+
 Two, three or any number of runners at once: each letter is sent once — every claim
 of one id lands in one partition (same key), so all runners read the same order.
 A later redrive skips every id with a done record. Risks, named: a runner that
@@ -55,6 +63,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,9 +72,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from pydantic import Field
 
 from streams.engine import headers as H
 from streams import registry
+from streams.events import Message, ce_type, message_headers
 from streams.faust.compat import aiokafka_client, fetch_high_watermarks
 from streams.ops.text import printable, utf8_or_none
 from streams.registry import dlq_topic, ledger_topic
@@ -583,7 +594,7 @@ class RedrivenIds:
                 continue
             async with aclosing(_scan(consumer, tp, start or None, ends[tp], self.bootstrap)) as records:
                 async for r in records:
-                    if r.key and ledger_kind(r.value) == "done":  # a claim is no redrive yet
+                    if r.key and ledger_kind(r.value, r.headers) == "done":  # a claim is no redrive yet
                         ids.add(r.key.decode("utf-8", "replace"))
             positions[tp.partition] = ends[tp]
 
@@ -596,12 +607,57 @@ class RedrivenIds:
 CLAIM_TTL_MS = 10 * 60 * 1000
 
 
-def ledger_kind(value: bytes | None) -> str:
-    """``claim`` or ``done``: what a ledger record says (records before claims existed,
-    ``{"to": …, "at": …}``, are done records)."""
-    if value and value.startswith(b'{"claim"'):
-        return "claim"
-    return "done"
+class RedriveClaim(Message):
+    """A ledger record: a runner's claim of a letter (keyed by the letter's id)."""
+
+    domain = "dlq"
+    name = "claim"
+
+    claim: str = Field(min_length=1, max_length=64)
+    #: epoch milliseconds on the runner's clock
+    at: int = Field(ge=0)
+
+
+class RedriveDone(Message):
+    """A ledger record: the letter was sent to ``to`` (keyed by the letter's id)."""
+
+    domain = "dlq"
+    name = "redriven"
+
+    #: the topic the letter went to (a Kafka topic name)
+    to: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    at: int = Field(ge=0)
+
+
+#: ``ce_source`` of ledger records (``dlq redrive`` and the console's redrive share the protocol).
+LEDGER_SOURCE = "/order-streams/dlq-redrive"
+_LEDGER_NS = uuid.UUID("5d0c4f8e-9a1b-4c52-8e47-3f6a2b9d1e07")
+_LEDGER_TYPES = {"claim": RedriveClaim, "done": RedriveDone}
+
+
+def claim_id(runner: str, letter_id: str) -> str:
+    """The id of ``runner``'s claim of ``letter_id`` (one claim per runner and letter)."""
+    return str(uuid.uuid5(_LEDGER_NS, f"claim:{runner}:{letter_id}"))
+
+
+def ledger_headers(kind: str, runner: str, letter_id: str, at_ms: int) -> list[tuple[str, bytes]]:
+    """CloudEvents headers of a ledger record: ``ce_id`` is the claim id (a done record's
+    is derived from the claim it completes), so a retried send carries the same id."""
+    cid = claim_id(runner, letter_id)
+    ce_id = cid if kind == "claim" else str(uuid.uuid5(_LEDGER_NS, f"done:{cid}"))
+    return list(message_headers(_LEDGER_TYPES[kind], ce_id, LEDGER_SOURCE, at_ms))
+
+
+def ledger_kind(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None = None) -> str:
+    """``claim``, ``done`` or ``ignored``: what a ledger record says. The value decides
+    (records before claims existed, ``{"to": …, "at": …}``, are done records); a
+    ``ce_type`` header is data that may only agree with it — one that names anything
+    else makes the record ``ignored`` by every reader (no claim, no redrive)."""
+    kind = "claim" if value and value.startswith(b'{"claim"') else "done"
+    for k, v in headers or ():
+        if k == "ce_type" and v != ce_type(_LEDGER_TYPES[kind]).encode():
+            return "ignored"
+    return kind
 
 
 def first_live_claim(claims: Iterable[tuple[int, int, str]], ttl_ms: int) -> tuple[int, int, str] | None:
@@ -643,8 +699,10 @@ class Claims:
         """Append this runner's claim of ``letter_id`` and read back who won."""
         now = int(self.clock() * 1000)
         value = json.dumps({"claim": self.runner, "at": now}).encode()
+        headers = ledger_headers("claim", self.runner, letter_id, now)
         meta = await asyncio.wait_for(
-            self.producer.send_and_wait(self.topic, key=letter_id.encode(), value=value), STALL_TIMEOUT)
+            self.producer.send_and_wait(self.topic, key=letter_id.encode(), value=value, headers=headers),
+            STALL_TIMEOUT)
         await self._read(meta.partition, meta.offset + 1)
         if letter_id in self.done:
             return False
@@ -673,10 +731,11 @@ class Claims:
                 if not r.key:
                     continue
                 key = r.key.decode("utf-8", "replace")
-                if ledger_kind(r.value) == "done":
+                kind = ledger_kind(r.value, r.headers)
+                if kind == "done":
                     self.done.add(key)
                     self.claims.pop(key, None)
-                elif key not in self.done:
+                elif kind == "claim" and key not in self.done:
                     try:
                         runner = str(json.loads(r.value)["claim"])
                     except (ValueError, KeyError, TypeError):
@@ -821,8 +880,10 @@ async def redrive_letters(
                                        if k not in H.OURS and k != H.REDRIVEN_FROM))
                 hdrs.append((H.REDRIVEN_FROM, d.id.encode()))
                 await (await producer.send(target, key=d.key, value=d.value, headers=hdrs))  # 3
-                ledger = json.dumps({"to": target, "at": int(time.time() * 1000)}).encode()
-                await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger))  # 4
+                at = int(time.time() * 1000)
+                ledger = json.dumps({"to": target, "at": at}).encode()
+                await (await producer.send(ledger_topic(service), key=d.id.encode(), value=ledger,  # 4
+                                           headers=ledger_headers("done", claims.runner, d.id, at)))
                 done_before.add(d.id)
                 result.redriven += 1
                 on_outcome(Outcome(d, "redriven", target))

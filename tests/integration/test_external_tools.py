@@ -41,7 +41,7 @@ def test_the_document_validates_with_the_asyncapi_parser(tmp_path):
                        check=True, capture_output=True, timeout=300)
     shutil.copy(SUPPORT / "validate.mjs", CACHE / "validate.mjs")
     broken = json.loads(ASYNCAPI.read_text())  # and one the parser must refuse
-    broken["components"]["messages"]["InventoryAnswer"]["payload"]["discriminator"] = {"propertyName": "kind"}
+    broken["components"]["messages"]["SkuAnswer.v1"]["payload"]["discriminator"] = {"propertyName": "kind"}
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     result = subprocess.run([node, str(CACHE / "validate.mjs"), str(ASYNCAPI), str(tmp_path / "broken.json")],
                             capture_output=True, text=True, timeout=120)

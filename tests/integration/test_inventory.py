@@ -33,6 +33,26 @@ def seed(broker_url: str, stock: dict[str, int], path) -> None:
     assert f"stock set for {len(stock)} SKUs" in result.stdout
 
 
+async def _internal_records_are_cloudevents(bootstrap: str) -> None:
+    """Every record on the internal topics, as the broker holds it, reads as a CloudEvent
+    (issue 22 item 5): seed-stock's sets and inventory's commands and answers, one id each."""
+    from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
+
+    types = {"set": "inventory.command.v1", "reserve": "inventory.command.v1", "release": "inventory.command.v1",
+             "expect": "inventory.expected.v1", "answer": "inventory.answer.v1"}
+    ids: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for topic in ("inventory.requests", "inventory.answers"):
+        for r in await read_topic(bootstrap, topic):
+            ce = from_binary_event(KafkaMessage(headers=r.headers, key=r.key, value=r.value))
+            kind = ce.get_data()["kind"]
+            kinds[kind] += 1
+            assert ce.get_type() == types[kind] and ce.get_dataschema() == f"schemas/{types[kind]}.json"
+            assert ce.get_source() == ("/order-streams/seed-stock" if kind == "set" else "/order-streams/inventory")
+            ids[ce.get_id()] += 1
+    assert set(kinds) == set(types) and set(ids.values()) == {1}, (kinds, ids.most_common(3))
+
+
 async def test_200_orders_over_20_skus_with_limited_stock(broker, worker_factory, tmp_path):
     rng = random.Random(66)
     skus = [f"s-{i}" for i in range(20)]
@@ -59,6 +79,7 @@ async def test_200_orders_over_20_skus_with_limited_stock(broker, worker_factory
     assert len(res_ids) + len(rej_ids) == 200 and not set(res_ids) & set(rej_ids)
     assert set(res_ids.values()) <= {1} and set(rej_ids.values()) <= {1}
     assert res_ids and rej_ids, "stock should be short for some orders and enough for others"
+    await _internal_records_are_cloudevents(broker.bootstrap)
 
     held: Counter[str] = Counter()
     for r in reserved:

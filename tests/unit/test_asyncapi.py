@@ -31,9 +31,9 @@ def test_the_export_command_writes_schemas_and_the_document(tmp_path):
                             cwd=schemas.ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "DATA_DIR": str(tmp_path / "data")})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{len(EVENT_TYPES) + 1} files written under {tmp_path}\n"
+    assert result.stdout == f"{len(asyncapi.schema_types()) + 1} files written under {tmp_path}\n"
     assert (tmp_path / "docs" / "asyncapi.json").read_bytes() == asyncapi.ASYNCAPI_PATH.read_bytes()
-    for t in EVENT_TYPES:
+    for t in asyncapi.schema_types():
         assert (tmp_path / schemas.schema_path(t)).read_bytes() == (schemas.ROOT / schemas.schema_path(t)).read_bytes()
 
 
@@ -45,6 +45,10 @@ def test_every_topic_of_every_service_is_a_channel_with_its_messages():
             assert topic in addresses, topic
         for topic in spec.sources:
             assert f"{spec.name}.receive.{topic}" in doc["operations"]
+    for m in asyncapi.message_types():  # internal messages: their CloudEvents headers and schemas
+        message = doc["components"]["messages"][f"{m.__name__}.v{m.schema_version}"]
+        assert message["headers"]["properties"]["ce_type"]["const"] == ce_type(m)
+        assert set(message["payload"]["required"]) == set(schemas.schema_of(m)["required"])
     for t in EVENT_TYPES:
         [ref] = addresses[t.topic()]["messages"].values()
         message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
