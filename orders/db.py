@@ -81,6 +81,13 @@ class Tx(Protocol):
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
 
+    async def execute_long(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """:meth:`execute` for a statement over hundreds of rows (the relay's batch mark):
+        SQLite runs it in a thread, so the event loop is free meanwhile."""
+
+    async def fetchall_long(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """:meth:`fetchall` for a read of hundreds of rows (the relay's claim), as above."""
+
 
 class Database(Protocol):
     dialect: str
@@ -153,6 +160,17 @@ class _SqliteTx:
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         return self._cursor(sql, params).fetchone()
 
+    async def execute_long(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Rule 7's one exception: a statement over hundreds of rows runs in a thread
+        (SQLite lets go of the GIL while it works), still within the body's turn, and is
+        awaited to its end even if the body is cancelled (:func:`_in_thread`), so the
+        connection is never rolled back under a running statement."""
+        return await _in_thread(lambda: self._cursor(sql, params).rowcount)
+
+    async def fetchall_long(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """:meth:`execute_long` for a read."""
+        return await _in_thread(lambda: self._cursor(sql, params).fetchall())
+
 
 class _Group:
     """One shared write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) and its members."""
@@ -215,7 +233,10 @@ class SqliteDatabase:
     7. *Threads only where SQLite may block.* ``BEGIN IMMEDIATE`` (waits up to the busy
        timeout for another process's write lock) and COMMIT (the fsync, and an
        auto-checkpoint) run in a thread, holding the turn; every statement of a body runs
-       on the event loop — the group holds the write lock, so none of them waits.
+       on the event loop — the group holds the write lock, so none of them waits — except
+       the few of hundreds of rows a body sends to a thread itself (``execute_long``,
+       ``fetchall_long``: the relay's batch claims and marks, milliseconds each), still
+       holding the turn and awaited to their end even when cancelled.
     """
 
     dialect = "sqlite"
@@ -415,6 +436,10 @@ class _PgTx:
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    #: the server does the work; the loop is free already
+    execute_long = execute
+    fetchall_long = fetchall
 
 
 class PostgresDatabase:

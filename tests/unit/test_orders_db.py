@@ -361,6 +361,47 @@ async def test_only_begin_and_commit_leave_the_event_loop(gdb: SqliteDatabase) -
                      "COMMIT": False}
 
 
+async def test_a_long_statement_leaves_the_loop_free_and_a_cancel_waits_for_its_end(
+    gdb: SqliteDatabase, tmp_path: Path
+) -> None:
+    """Rule 7's exception (``execute_long``, the relay's batch marks): the statement runs in a
+    thread while the loop goes on; a body cancelled meanwhile is rolled back only once the
+    statement has ended — never under it — and the connection stays usable."""
+    entered, release = threading.Event(), threading.Event()
+
+    def gate() -> int:  # a statement that runs until the test lets it end
+        entered.set()
+        release.wait(3)  # (a bound, should the test fail before it lets go)
+        return 1
+
+    assert gdb._conn is not None
+    gdb._conn.create_function("gate", 0, gate)
+    ended: list[str] = []
+
+    async def body() -> None:
+        async with gdb.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES ('a')")
+            await tx.execute_long("UPDATE t SET name = 'b' WHERE gate() = 1")
+            ended.append("body")
+
+    task = asyncio.create_task(body())
+    await wait_until(entered.is_set)  # the loop runs this test while the statement holds
+    task.cancel()
+    for _ in range(5):  # no time passes; the cancellation may not finish under the statement
+        await asyncio.sleep(0)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert ended == []
+    assert committed(tmp_path / "g.db") == set()
+    assert not gdb._conn.in_transaction
+    async with gdb.transaction() as tx:
+        assert await tx.execute_long("INSERT INTO t VALUES ('c')") == 1
+        assert await tx.fetchall_long("SELECT name FROM t") == [("c",)]
+    assert committed(tmp_path / "g.db") == {"c"}
+
+
 async def test_a_handle_used_after_its_body_is_refused(gdb: SqliteDatabase) -> None:
     """Rule 1: a handle kept past its body would run inside another member's savepoint."""
     async with gdb.transaction() as tx:
