@@ -22,6 +22,37 @@ every retry.
 
 Risk next to step 4: a relay killed between 3 and 4 publishes those rows again
 after restart — at-least-once; consumers deduplicate by the event's key.
+
+Several batches in flight (``RELAY_IN_FLIGHT`` lanes, each a batch of at most
+``RELAY_BATCH_SIZE`` rows and ``RELAY_BATCH_BYTES``). A round claims a batch, starts
+sending it, and claims the next while the first one's acks are still out, up to
+``RELAY_IN_FLIGHT`` batches; it ends when every batch it started is marked. The rules,
+enforced in :meth:`Relay._round`, :meth:`Relay._lane` and :meth:`Relay._publish`:
+
+1. A batch's rows are marked (sent, failed or given up) only from that batch's own
+   acks, in one transaction per batch (``mark_sent_rows``: one statement per batch), after
+   all of its acks are in or its time (``RELAY_SEND_TIMEOUT``) is up. A batch that
+   fails never marks or fails another; a later batch acked first is marked first.
+2. Order per key: a claim takes only the first pending row of each order, and a row in
+   flight is still ``pending`` until its batch is marked, so no batch can carry the
+   next row of an order whose row is in flight: a key's rows are never in two batches
+   at once, whatever finishes first (:func:`orders.outbox.claim_batch`).
+3. One relay never sends a row twice at once: a round's later claims read only rows
+   past the last row its previous claim took (``position``), and every row in flight
+   was claimed by this round — a round ends only once each of its batches' mark
+   transactions has ended (committed or rolled back). So no claim reads a row in
+   flight, nor an acked row whose mark has not committed yet. A row skipped below (not
+   yet due, or held behind its order's earlier row) waits for the next round, which
+   reads from the start. PostgreSQL also keeps each batch in its own transaction, its
+   rows locked (``FOR UPDATE SKIP LOCKED``) until marked: other relays skip them.
+4. One producer at a time: it is created under a lock (two lanes finding none create
+   one, not two), and a lane that must reset it (a send error, an ack timed out)
+   resets only the producer it sent with — not the new one another lane already
+   sends on.
+5. A send future that a producer reset cancelled, or that is still pending at its
+   batch's deadline, is *not sent*: the row stays pending with a retry time. Only a
+   future that resolved with a result is an ack.
+
 The relay wakes as soon as the API commits (in-process event, or PostgreSQL
 ``LISTEN``) and polls every ``RELAY_POLL_INTERVAL`` as a fallback. Beside its rounds
 it refreshes the outbox gauges every ``OUTBOX_STATS_INTERVAL`` (:meth:`Relay.run_gauges`).
@@ -112,6 +143,10 @@ class RelayLock:
             os.close(fd)  # closing the descriptor releases the flock
 
 
+class SendCancelled(Exception):
+    """The send's future was cancelled before an ack (a producer reset): not sent."""
+
+
 class RowUnreadable(ValueError):
     """The stored row cannot be turned into a record (see ``OutboxRow.error``)."""
 
@@ -140,6 +175,9 @@ class Relay:
         self.locking = db.dialect == "postgresql"
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        #: the last round's last claim was cut by a limit: more rows are likely due
+        self._backlog = False
         self._topics_ready = False
         self._last_cleanup = 0.0
         self.published_total = 0
@@ -175,7 +213,7 @@ class Relay:
                     await self._reset_producer()
                     published = 0
                     await asyncio.sleep(self.settings.relay_backoff_base)
-                if published < self.settings.relay_batch_size:
+                if not (published and self._backlog):
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval)
                     self._wake.clear()
@@ -197,28 +235,66 @@ class Relay:
         return published
 
     async def _round(self) -> int:
+        s = self.settings
+        if self.lock is not None and not self.lock.held:
+            if not await asyncio.to_thread(self.lock.try_acquire):
+                if not self._waiting_logged:
+                    log.info("relay %s: another relay holds %s; waiting to take over", s.relay_id, self.lock.path)
+                    self._waiting_logged = True
+                return 0
+            # A takeover is news; the first start's lock is part of "ready".
+            log.log(logging.INFO if self._waiting_logged else logging.DEBUG,
+                    "relay %s: holds %s; publishing", s.relay_id, self.lock.path)
+        loop = asyncio.get_running_loop()
+        lanes: list[asyncio.Future[int]] = []
+        self._backlog = False
+        after: int | None = None
+        try:
+            for _ in range(s.relay_in_flight):
+                claimed: asyncio.Future[int | None] = loop.create_future()
+                lane = asyncio.ensure_future(self._lane(claimed, after))
+                lanes.append(lane)
+                # The next claim starts once this one is over, reading past its last row
+                # (rule 3).
+                await asyncio.wait((claimed, lane), return_when=asyncio.FIRST_COMPLETED)
+                after = claimed.result() if claimed.done() else None
+                self._backlog = after is not None
+                if after is None:
+                    break
+            results = await asyncio.gather(*lanes, return_exceptions=True)
+        except BaseException:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            raise
+        published = 0
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            published += r
+        return published
+
+    async def _lane(self, claimed: asyncio.Future[int | None], after: int | None) -> int:
+        """One batch: claim the due rows past ``after`` (then tell the round the last
+        one's position, or None when no more rows are due), publish, mark. Rules 1–3 in the
+        module docstring."""
         s, now = self.settings, self.clock()
-        if self.lock is not None:
-            if not self.lock.held:
-                if not await asyncio.to_thread(self.lock.try_acquire):
-                    if not self._waiting_logged:
-                        log.info("relay %s: another relay holds %s; waiting to take over", s.relay_id, self.lock.path)
-                        self._waiting_logged = True
-                    return 0
-                # A takeover is news; the first start's lock is part of "ready".
-                log.log(logging.INFO if self._waiting_logged else logging.DEBUG,
-                        "relay %s: holds %s; publishing", s.relay_id, self.lock.path)
+        if self.lock is not None:  # SQLite: the claim is its own short transaction
             async with self.db.transaction() as tx:
-                rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=False,
-                                          max_delay=s.relay_backoff_max)
+                rows, more = await outbox.claim_batch(
+                    tx, now=now, limit=s.relay_batch_size, skip_locked=False, max_delay=s.relay_backoff_max,
+                    max_bytes=s.relay_batch_bytes, after=after)
+            claimed.set_result(rows[-1].position if more and rows else None)
             if not rows:
                 return 0
             results = await self._publish(rows)
             async with self.db.transaction() as tx:
                 return await self._mark(tx, rows, results)
-        async with self.db.transaction() as tx:
-            rows = await outbox.claim(tx, now=now, limit=s.relay_batch_size, skip_locked=True,
-                                      max_delay=s.relay_backoff_max)
+        async with self.db.transaction() as tx:  # PostgreSQL: locked until marked
+            rows, more = await outbox.claim_batch(
+                tx, now=now, limit=s.relay_batch_size, skip_locked=True, max_delay=s.relay_backoff_max,
+                max_bytes=s.relay_batch_bytes, after=after)
+            claimed.set_result(rows[-1].position if more and rows else None)
             if not rows:
                 return 0
             results = await self._publish(rows)
@@ -226,8 +302,8 @@ class Relay:
 
     async def _mark(self, tx: Any, rows: list[outbox.OutboxRow], results: list[Failure | None]) -> int:
         now = self.clock()
-        ok = [r.id for r, f in zip(rows, results) if f is None]
-        await outbox.mark_sent(tx, ok, now=now)
+        ok = [r for r, f in zip(rows, results) if f is None]
+        await outbox.mark_sent_rows(tx, ok, now=now)
         given_up = 0
         for row, failure in zip(rows, results):
             if failure is None:
@@ -311,10 +387,14 @@ class Relay:
                         reset = reset or not is_terminal(exc)
         except TimeoutError:
             reset = True
-        if futures:
-            _, pending = await asyncio.wait(futures.values(), timeout=max(deadline - loop.time(), 0.001))
-        else:
-            pending = set()
+        # Wait for the first future not yet done, then the next: the acks of a broker
+        # batch resolve together, so this waits a few times per batch, not once per row.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                for f in futures.values():
+                    if not f.done():
+                        await asyncio.wait((f,))
+        pending = {f for f in futures.values() if not f.done()}
         for i in sendable:
             if results[i] is not None:
                 continue
@@ -324,13 +404,19 @@ class Relay:
             elif f in pending:
                 f.cancel()
                 results[i] = Failure(not_sent, terminal=False)
+            elif f.cancelled():  # rule 5: a producer reset dropped it
+                results[i] = Failure(SendCancelled("the send was cancelled (producer reset)"), terminal=False)
             elif (exc := f.exception()) is not None:
                 results[i] = Failure(exc, terminal=is_terminal(exc))
         if pending or reset:
-            await self._reset_producer()
+            await self._reset_producer(producer)
         return results
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:  # rule 4: lanes that find none create one
+            return await self._start_producer()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             timeout_ms = int(self.settings.relay_send_timeout * 1000)
             producer = AIOKafkaProducer(
@@ -367,7 +453,11 @@ class Relay:
         finally:
             await admin.close()
 
-    async def _reset_producer(self) -> None:
+    async def _reset_producer(self, used: AIOKafkaProducer | None = None) -> None:
+        """Stop the producer (the next send starts another). ``used``: reset only if it is
+        still the current one — a lane resets the producer it sent with (rule 4)."""
+        if used is not None and used is not self._producer:
+            return
         # After a broker loss the topics may be gone too (the embedded broker keeps
         # them in memory, and acknowledged sends to a missing topic): create them again.
         self._topics_ready = False

@@ -42,6 +42,12 @@ class OrdersSettings(KafkaConnection, BaseSettings):
     relay_enabled: bool = True
     relay_id: str = Field(default_factory=_default_relay_id)
     relay_batch_size: int = Field(500, ge=1)
+    #: A batch also ends before its rows' key + value + header bytes pass this (a row
+    #: larger than it alone still goes, as a batch of one).
+    relay_batch_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Batches the relay keeps in flight at once: claimed, sent, acks not yet all in
+    #: (rules: ``orders/relay.py``). On PostgreSQL each holds a pooled connection.
+    relay_in_flight: int = Field(4, ge=1, le=16)
     #: Fallback polling when no commit woke the relay (another process wrote rows).
     relay_poll_interval: float = Field(1.0, gt=0)
     relay_backoff_base: float = Field(0.5, gt=0)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiokafka.errors import InvalidTopicError, KafkaConnectionError, MessageSizeTooLargeError, RecordTooLargeError
@@ -311,11 +311,53 @@ async def test_an_empty_outbox_publishes_nothing(db: SqliteDatabase, make_relay:
 
 async def test_round_respects_the_batch_size(db: SqliteDatabase, make_relay: Any) -> None:
     ids = [await add(db, created(f"o-{i}")) for i in range(3)]
-    relay, producer = make_relay(relay_batch_size=2)
+    relay, producer = make_relay(relay_batch_size=2, relay_in_flight=1)
     assert await relay.round() == 2
     assert [s.headers[0][1].decode() for s in producer.sends] == ids[:2]
     assert await relay.round() == 1
     assert [s.headers[0][1].decode() for s in producer.sends] == ids
+
+
+async def test_a_round_fills_up_to_relay_in_flight_batches(db: SqliteDatabase, make_relay: Any) -> None:
+    ids = [await add(db, created(f"o-{i}")) for i in range(7)]
+    relay, producer = make_relay(relay_batch_size=2, relay_in_flight=3)
+    assert await relay.round() == 6  # three batches of two
+    assert [s.headers[0][1].decode() for s in producer.sends] == ids[:6]
+    assert await relay.round() == 1
+    assert await relay.round() == 0
+    assert {r["status"] for r in (await table(db)).values()} == {"sent"}
+
+
+async def test_a_batch_ends_at_relay_batch_bytes_but_a_larger_row_goes_alone(db: SqliteDatabase,
+                                                                             make_relay: Any) -> None:
+    # Rows of ~700 bytes (the setting's floor is 1024 bytes).
+    ids = [await add(db, created(f"o-{i}"), headers=[("x-pad", "p" * 400)]) for i in range(5)]
+    one = outbox.row_bytes((await _claim_all(db))[0])
+    assert 2 * one + 1 >= 1024
+    # Room for two rows a batch: five rows are three batches (2 + 2 + 1) in one round.
+    relay, producer = make_relay(relay_batch_size=100, relay_batch_bytes=2 * one + 1, relay_in_flight=3)
+    batches: list[int] = []
+    real_publish = relay._publish
+
+    async def counted(rows: list[outbox.OutboxRow]) -> Any:
+        batches.append(len(rows))
+        return await real_publish(rows)
+
+    relay._publish = counted  # type: ignore[method-assign]
+    assert await relay.round() == 5
+    assert batches == [2, 2, 1]
+    assert [s.headers[0][1].decode() for s in producer.sends] == ids
+    # One row over the budget is still published, in a batch of its own.
+    big = await add(db, created("o-big"), headers=[("x-pad", "p" * 3000)])
+    tiny, _ = make_relay(relay_id="relay-b", relay_batch_size=100, relay_batch_bytes=1024, relay_in_flight=1)
+    relay.lock.release()
+    assert await tiny.round() == 1
+    assert (await table(db))[big]["status"] == "sent"
+
+
+async def _claim_all(db: SqliteDatabase) -> list[outbox.OutboxRow]:
+    async with db.transaction() as tx:
+        return await outbox.claim(tx, now=T0, limit=100, skip_locked=False, max_delay=60.0)
 
 
 # -- per-order order ---------------------------------------------------------------------
@@ -797,3 +839,174 @@ async def test_a_failing_round_is_logged_once_per_outage(db: SqliteDatabase, mak
     [failure] = relay_records(caplog)
     assert "database is locked" in failure.getMessage()
     assert any(r.getMessage() == "relay: rounds succeed again" for r in caplog.records)
+
+
+# -- several batches in flight (rules 1-5 in orders/relay.py) ----------------------------------
+
+
+def key_of(send: Send) -> str:
+    return send.key.decode()
+
+
+async def test_a_batch_in_flight_is_not_claimed_again_by_the_next_lane(db: SqliteDatabase, make_relay: Any) -> None:
+    """Rule 3: the second lane's claim leaves out the row the first lane has in flight."""
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    relay, producer = make_relay(producer=FakeProducer(outcome=lambda s: "hold"), relay_batch_size=1,
+                                 relay_in_flight=2)
+    task = asyncio.create_task(relay.round())
+    await until(lambda: len(producer.sends) == 2)
+    assert [s.headers[0][1].decode() for s in producer.sends] == [a, b]
+    for s in producer.sends:
+        s.ack.set_result("meta")
+    assert await asyncio.wait_for(task, 2) == 2
+    assert await relay.round() == 0
+    assert len(producer.sends) == 2
+
+
+async def test_a_batch_failing_while_a_later_one_succeeded_keeps_each_orders_order(
+        db: SqliteDatabase, make_relay: Any) -> None:
+    """Rules 1 and 2: o-a's first event is in flight in lane 1 when lane 2 claims; lane 2
+    must not take o-a's second event (it would overtake the first, which then fails). Lane
+    2's batch is acked and marked while lane 1 still waits; lane 1 then fails alone."""
+    a1 = await add(db, created("o-a"))
+    a2 = await add(db, paid("o-a"))
+    b = await add(db, created("o-b"))
+    clock = Clock(T0)
+    relay, producer = make_relay(clock=clock, relay_batch_size=1, relay_in_flight=2,
+                                 producer=FakeProducer(outcome=lambda s: "hold" if s.key == b"o-a" else "ack"))
+    task = asyncio.create_task(relay.round())
+    await until(lambda: len(producer.sends) == 2)
+    assert [s.headers[0][1].decode() for s in producer.sends] == [a1, b]  # not a2
+
+    async def b_sent() -> bool:
+        return (await table(db))[b]["status"] == "sent"
+    async with asyncio.timeout(2):
+        while not await b_sent():
+            await asyncio.sleep(0.002)
+    assert not task.done()  # lane 1 still waits for o-a's ack: the later batch was marked first
+
+    producer.sends[0].ack.set_exception(BrokerDown("leader not available"))
+    assert await asyncio.wait_for(task, 2) == 1
+    t = await table(db)
+    assert t[a1]["status"] == "pending" and t[a1]["attempts"] == 1
+    assert t[a2]["status"] == "pending" and t[a2]["attempts"] == 0  # never sent
+    assert t[b]["status"] == "sent"
+
+    producer.outcome = lambda s: "ack"
+    clock.now = t[a1]["next_retry_at"]
+    # o-a's first event, then its second — in the same round only if the first was
+    # marked before the next lane's claim (timing), never both in flight at once.
+    published = await relay.round()
+    published += await relay.round() if published < 2 else 0
+    assert published == 2
+    assert [s.headers[0][1].decode() for s in producer.sends] == [a1, b, a1, a2]
+    assert {r["status"] for r in (await table(db)).values()} == {"sent"}
+
+
+class ResetProducer:
+    """A producer of the kind the relay makes, whose ``stop`` cancels the sends it has not
+    acknowledged (as a producer torn down with batches in flight)."""
+
+    made: ClassVar[list[ResetProducer]] = []
+    #: the next producers' start() waits for ``may_start``
+    hold_start: ClassVar[bool] = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.held: list[asyncio.Future[Any]] = []
+        self.sends: list[bytes] = []
+        self.stopped = False
+        self.started = asyncio.Event()
+        self.may_start = asyncio.Event()
+        if not ResetProducer.hold_start:
+            self.may_start.set()
+        ResetProducer.made.append(self)
+
+    async def start(self) -> None:
+        self.started.set()
+        await self.may_start.wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        for f in self.held:
+            f.cancel()
+
+    async def send(self, topic: str, *, key: bytes, value: bytes, headers: Any) -> asyncio.Future[Any]:
+        self.sends.append(key)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if len(ResetProducer.made) > 1:  # the producer after the reset acks everything
+            fut.set_result("meta")
+            return fut
+        if key == b"o-a":  # lane 1: fails once lane 2's send is out, which resets the producer
+            await until(lambda: b"o-b" in self.sends)
+            raise KafkaConnectionError("connection reset")
+        self.held.append(fut)  # lane 2: its ack never comes from this producer
+        return fut
+
+
+@pytest.fixture
+def reset_producers(monkeypatch: pytest.MonkeyPatch) -> list[ResetProducer]:
+    async def no_topics(self: Relay) -> None:
+        self._topics_ready = True
+
+    ResetProducer.made = []
+    ResetProducer.hold_start = False
+    monkeypatch.setattr(relay_module, "AIOKafkaProducer", ResetProducer)
+    monkeypatch.setattr(Relay, "_create_topics", no_topics)
+    return ResetProducer.made
+
+
+async def test_a_producer_reset_with_a_batch_in_flight_leaves_its_rows_pending(
+        db: SqliteDatabase, reset_producers: list[ResetProducer]) -> None:
+    """Rule 5: lane 1's send error resets the producer while lane 2's batch is in flight
+    on it; the reset cancels lane 2's send. Lane 2's row is not sent (not marked, and the
+    round does not die of the cancelled future); the next round publishes both once."""
+    a = await add(db, created("o-a"))
+    b = await add(db, created("o-b"))
+    clock = Clock(T0)
+    s = OrdersSettings(database_url="sqlite:///unused.db", relay_batch_size=1, relay_in_flight=2,
+                       relay_backoff_base=BASE, relay_send_timeout=5.0)
+    relay = Relay(db, s, OrdersMetrics(), clock=clock)
+    try:
+        assert await asyncio.wait_for(relay.round(), 4) == 0
+        first = reset_producers[0]
+        assert first.stopped and first.held[0].cancelled()
+        t = await table(db)
+        assert t[a]["status"] == t[b]["status"] == "pending"
+        assert t[a]["attempts"] == t[b]["attempts"] == 1
+        assert t[a]["last_error"].startswith("KafkaConnectionError")
+        assert t[b]["last_error"].startswith("SendCancelled")
+
+        clock.now = max(t[a]["next_retry_at"], t[b]["next_retry_at"])
+        assert await asyncio.wait_for(relay.round(), 4) == 2
+        assert len(reset_producers) == 2 and reset_producers[1].sends == [b"o-a", b"o-b"]
+        assert {r["status"] for r in (await table(db)).values()} == {"sent"}
+    finally:
+        await relay._reset_producer()
+        relay.lock.release()
+
+
+async def test_two_lanes_share_one_producer_and_reset_only_the_one_they_used(
+        db: SqliteDatabase, reset_producers: list[ResetProducer]) -> None:
+    """Rule 4: two lanes that find no producer while one is starting get that one; a lane
+    whose send failed on the old producer does not stop the new one."""
+    relay = Relay(db, OrdersSettings(database_url="sqlite:///unused.db"), OrdersMetrics())
+    ResetProducer.hold_start = True  # the first lane's producer is starting when the second lane comes
+    first = asyncio.create_task(relay._ensure_producer())
+    await until(lambda: bool(reset_producers) and reset_producers[0].started.is_set())
+    second = asyncio.create_task(relay._ensure_producer())
+    for _ in range(3):  # let the second lane run as far as it can (no time passes)
+        await asyncio.sleep(0)
+    ResetProducer.hold_start = False
+    for p in reset_producers:
+        p.may_start.set()
+    p1, p2 = await asyncio.wait_for(asyncio.gather(first, second), 2)
+    assert p1 is p2 and len(reset_producers) == 1
+
+    await relay._reset_producer(p1)  # a lane resets the producer it used
+    assert p1.stopped
+    p3 = await relay._ensure_producer()
+    await relay._reset_producer(p1)  # a second lane that used p1 too: p3 is not its to stop
+    assert not p3.stopped and relay._producer is p3
+    await relay._reset_producer()
+    assert p3.stopped

@@ -32,6 +32,7 @@ def test_defaults() -> None:
     assert s.relay_max_request_bytes == 1024 * 1024  # aiokafka's own default
     assert s.orders_max_body_bytes == 64 * 1024
     assert s.relay_port == 8001
+    assert (s.relay_in_flight, s.relay_batch_bytes) == (4, 1024 * 1024)
     assert s.outbox_stats_interval == 5.0
     assert (s.log_format, s.log_level) == ("text", "INFO")
 
@@ -51,6 +52,8 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_ID", "relay-7")
     monkeypatch.setenv("RELAY_MAX_REQUEST_BYTES", "65536")
     monkeypatch.setenv("RELAY_PORT", "9101")
+    monkeypatch.setenv("RELAY_IN_FLIGHT", "16")
+    monkeypatch.setenv("RELAY_BATCH_BYTES", "65536")
     monkeypatch.setenv("LOG_FORMAT", "json")
     monkeypatch.setenv("LOG_LEVEL", "debug")
     s = load_orders_settings()
@@ -59,6 +62,7 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.bootstrap == "k1:9092,k2:9092"
     assert s.relay_enabled is False
     assert s.relay_id == "relay-7"
+    assert (s.relay_in_flight, s.relay_batch_bytes) == (16, 65536)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,9 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ORDERS_PORT", "70000"),
         ("ORDERS_PORT", "http"),
         ("RELAY_BATCH_SIZE", "0"),
+        ("RELAY_IN_FLIGHT", "0"),
+        ("RELAY_IN_FLIGHT", "17"),
+        ("RELAY_BATCH_BYTES", "1000"),
         ("RELAY_SEND_TIMEOUT", "0"),
         ("IDEMPOTENCY_TTL", "0"),
         ("SQLITE_SYNCHRONOUS", "OFF"),
