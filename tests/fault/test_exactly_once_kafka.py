@@ -12,6 +12,7 @@ last committed transaction. The SMS gateway stays at-least-once (idempotency key
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from harness.events import paid
 from harness.gateway import GatewayStub
 from harness.kafka import _partitions, committed, produce, wait_consumed
+from harness.worker import http_get
 from streams.events import NotificationSent, OrderPaid
 
 pytestmark = pytest.mark.kafka
@@ -215,47 +217,69 @@ def _lines(worker: Any, text: str) -> list[str]:
     return [line for line in worker.log_path.read_text(errors="replace").splitlines() if text in line]
 
 
+class HeldGateway(GatewayStub):
+    """The SMS gateway stub; its requests wait while :attr:`gate` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        #: requests waiting at the gate now
+        self.held = 0
+
+    async def _handle(self, request: Any) -> Any:
+        self.held += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.held -= 1
+        return await super()._handle(request)
+
+
+async def rebalancing(worker: Any) -> bool:
+    """Whether ``worker``'s /health says a rebalance has started there."""
+    status, body = await asyncio.to_thread(http_get, f"{worker.url}/health", 2)
+    return bool(json.loads(body).get("rebalancing"))
+
+
 async def test_a_rebalance_mid_batch_aborts_the_batch_and_each_event_is_committed_once(kafka, kafka_worker_factory):
-    """T4 on Kafka: worker B joins the group while worker A is inside a batch's
-    transaction (each batch waits ~1 s on the SMS gateway, and A is kept busy, so the
-    rebalance lands inside one). A's batch is Superseded and its transaction aborted —
-    not committed after the partitions changed hands — and a read_committed reader sees
-    each NotificationSent exactly once; the aborted records are in the log, visible
-    only to read_uncommitted."""
-    gateway = await GatewayStub(delay=1.0).start()
+    """T4 on Kafka: worker B joins the group while worker A is inside a batch. A's batch
+    is held at the SMS gateway until A's /health says its rebalance started (A cannot
+    rejoin before its batch ends, so B cannot have fenced it yet); released, the batch
+    sends its records into its transaction, finds its partitions changed hands
+    (Superseded) and aborts instead of committing. A read_committed reader sees each
+    NotificationSent exactly once; the aborted records are in the log, visible only to
+    read_uncommitted."""
+    gateway = await HeldGateway().start()
     try:
+        # the held gateway calls must not time out (they would go to a retry tier)
         env = {"notifier_url": gateway.url, "services": "notifications", "processing_guarantee": "exactly_once",
-               "batch_size": "50"}
+               "batch_size": "50", "notifier_timeout": "60"}
         a, b = kafka_worker_factory("a", **env), kafka_worker_factory("b", **env)
         await asyncio.to_thread(a.start().wait_ready)
-        ids: list[str] = []
-        caught = asyncio.Event()
-
-        async def feed() -> None:  # ~40 orders/s: A (one ~1 s batch of ≤ 50 at a time) is never idle
-            while not caught.is_set() and len(ids) < 4_000:
-                more = [f"o-{i}" for i in range(len(ids), len(ids) + 20)]
-                await produce(kafka.bootstrap, PAID, [paid(i) for i in more])
-                ids.extend(more)
-                await asyncio.sleep(0.5)
-
-        feeder = asyncio.create_task(feed())
+        ids = [f"o-{i}" for i in range(200)]
+        await produce(kafka.bootstrap, PAID, [paid(i) for i in ids[:100]])
+        await wait_consumed(kafka.bootstrap, [PAID], timeout=60)
+        gateway.gate.clear()
+        await produce(kafka.bootstrap, PAID, [paid(i) for i in ids[100:]])
         deadline = time.monotonic() + 60
-        while sum((await committed(kafka.bootstrap, PAID)).values()) == 0:
-            assert time.monotonic() < deadline, f"A committed nothing:\n{a.tail()}"
-            await asyncio.sleep(0.1)
-        await asyncio.to_thread(b.start().wait_ready)  # B joins: the group rebalances
-        # the hazard: a batch of A still running when its partitions changed hands
-        while not _lines(a, "partitions changed hands during a batch"):
-            assert time.monotonic() < deadline, f"no batch of A was caught by the rebalance:\n{a.tail()}"
-            await asyncio.sleep(0.1)
-        caught.set()
-        await feeder
+        while not gateway.held:  # A is inside a batch, waiting on the gateway
+            assert time.monotonic() < deadline, f"A started no batch:\n{a.tail()}"
+            await asyncio.sleep(0.05)
+        b.start()  # B joins: the group rebalances
+        while not await rebalancing(a):
+            assert time.monotonic() < deadline, f"A saw no rebalance:\n{a.tail()}\nB:\n{b.tail()}"
+            await asyncio.sleep(0.05)
+        gateway.gate.set()
+        await asyncio.to_thread(b.wait_ready)
         await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
         committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
         everything = Counter(await read_all(kafka.bootstrap, SENT, "read_uncommitted"))
         print(f"\nrebalance mid-batch: {len(ids)} orders; read_committed {sum(committed_view.values())} "
               f"NotificationSent for {len(committed_view)} orders; read_uncommitted {sum(everything.values())}; "
               f"gateway calls {sum(gateway.requests.values())}; A: {_lines(a, 'transaction aborted')[:3]}")
+        # the hazard was caused: A's batch ran on past the start of the rebalance
+        assert _lines(a, "partitions changed hands during a batch"), a.tail()
         assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
         assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
         # the caught batch had sent its records inside its transaction, and aborted it
