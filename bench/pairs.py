@@ -385,9 +385,11 @@ async def relay(rows: int, workdir: Path) -> dict[str, Any]:
                     await outbox.add_event(tx, e, now=0.0)
         settings = OrdersSettings(kafka_broker=broker.url, database_url="sqlite:///unused", relay_batch_size=500)
         rel = Relay(db, settings, OrdersMetrics())
+        # Started (and its topics checked) before the span, as the raw producer below is.
+        await rel._ensure_producer()
         with measured() as relay_span:
             done = 0
-            while done < rows:
+            while done < rows:  # rounds of up to RELAY_IN_FLIGHT batches in flight, as in Relay.run
                 done += await rel.round()
         await rel._reset_producer()
         await db.close()

@@ -627,8 +627,9 @@ def _md_relay(r: dict[str, Any]) -> list[str]:
             out.append(f"| {i} | {_fmt(x['relay']['rows_per_s'])} | {_fmt(x['relay']['cpu_s_per_100k'], 1)} | "
                        f"{_fmt(x['raw_producer']['rows_per_s'])} | {_fmt(x['ratio'], 3)} |")
         out.append("")
-        out.append(f"{_fmt(s['relay_rows'])} rows; relay on SQLite, batches of 500, acks awaited, rows marked; "
-                   "raw aiokafka producer: the same records, acks awaited per 500, no database.")
+        out.append(f"{_fmt(s['relay_rows'])} rows; relay on SQLite, batches of 500, up to 4 in flight "
+                   "(default `RELAY_IN_FLIGHT`), acks awaited, rows marked; both producers started before "
+                   "the clock starts; raw aiokafka producer: the same records, acks awaited per 500, no database.")
     else:
         out.append("Not run or failed (see Errors).")
     out.append("")
