@@ -56,6 +56,8 @@ async def test_worker_kill_storm_loses_nothing_and_commits_in_every_life(tmp_pat
     assert all(b > a for a, b in zip([0, *commits], commits)), d["commits_before_kills"]
     assert d["commit_final"][0] == d["commit_final"][1] == SIZES.storm_orders
     assert result.dead_lettered == 0
+    # the worker's tables equal the reference model's, every order and SKU compared
+    assert (d["model_mismatches"], d["model_orders"], d["model_skus"]) == (0, SIZES.storm_orders, chaos.STORM_SKUS)
     assert result.failed_checks == []
     assert result.drain_seconds is not None
     assert result.ok
