@@ -292,29 +292,48 @@ async def test_a_rebalance_mid_batch_aborts_the_batch_and_each_event_is_committe
 
 async def test_a_batch_that_outlives_the_transaction_timeout_is_aborted_and_read_again_once(
         kafka, kafka_worker_factory):
-    """T6 on Kafka: TRANSACTION_TIMEOUT_MS=2000 and batches that keep their transaction
-    open ~6 s. order-state and notifications both read OrderPaid, so they share each
-    batch: order-state's changelog records open the transaction on the broker while
-    notifications' SMS gateway calls (6 s each) still run. The broker aborts it (the
-    test's Kafka checks every second), the worker's next step of that transaction fails
-    as fenced, and the worker stops the partition and rejoins (T5). Read again with a
-    fast gateway, each NotificationSent is visible once to read_committed; the aborted
-    changelog records only to read_uncommitted. One worker only: no newer owner can
-    have fenced it, the broker's timeout did."""
+    """T6 on Kafka: TRANSACTION_TIMEOUT_MS=2000, and a batch held open past it.
+    order-state and notifications both read OrderPaid, so they share each batch:
+    order-state's changelog records open the transaction on the broker while
+    notifications' SMS gateway calls are held. The gateway lets them go only once the
+    broker has closed that transaction by itself (a read_committed reader's end of the
+    changelog caught up with the log's end while the batch still waited: the worker
+    cannot commit then, so the broker aborted it — the test's Kafka looks every second).
+    The worker's next step of that transaction fails as fenced; it stops the partition
+    and rejoins (T5); read again, each NotificationSent is visible once to
+    read_committed, the aborted changelog records only to read_uncommitted."""
     changelog = "order-streams-order-state-changelog"
-    gateway = await GatewayStub(delay=6.0).start()
+    gateway = await HeldGateway().start()
+    gateway.gate.clear()
+    readers = [AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, isolation_level=level, enable_auto_commit=False)
+               for level in ("read_committed", "read_uncommitted")]
     try:
         worker = kafka_worker_factory(notifier_url=gateway.url, services="notifications,order-state",
                                       processing_guarantee="exactly_once", transaction_timeout_ms="2000",
-                                      notifier_timeout="30")
+                                      notifier_timeout="60")
         await asyncio.to_thread(worker.start().wait_ready)
+        for r in readers:
+            await r.start()
+        tps = await _partitions(readers[0], changelog, time.monotonic() + 10)
+
+        async def open_transaction() -> bool:
+            stable, high = [await r.end_offsets(tps) for r in readers]
+            return any(high[tp] > stable[tp] for tp in tps)
+
         ids = [f"o-{i}" for i in range(40)]
         await produce(kafka.bootstrap, PAID, [paid(i) for i in ids])
         deadline = time.monotonic() + 60
+        while not (gateway.held and await open_transaction()):
+            assert time.monotonic() < deadline, f"no batch opened a transaction:\n{worker.tail()}"
+            await asyncio.sleep(0.05)
+        while await open_transaction():  # the batch is held: only the broker can end it
+            assert time.monotonic() < deadline, f"the broker did not abort the transaction:\n{worker.tail()}"
+            await asyncio.sleep(0.05)
+        assert gateway.held, "the batch was let go before the broker aborted its transaction"
+        gateway.gate.set()
         while not (stopped := _lines(worker, "the partition stops here until the group assigns it again")):
-            assert time.monotonic() < deadline, f"no transaction timed out:\n{worker.tail()}"
+            assert time.monotonic() < deadline, f"the worker did not see the timeout:\n{worker.tail()}"
             await asyncio.sleep(0.1)
-        gateway.delay = 0.0  # batches read again (and the rest) now fit in the timeout
         await wait_consumed(kafka.bootstrap, [PAID], timeout=120)
         committed_view = Counter(await read_all(kafka.bootstrap, SENT, "read_committed"))
         state_committed = await read_all(kafka.bootstrap, changelog, "read_committed")
@@ -324,13 +343,14 @@ async def test_a_batch_that_outlives_the_transaction_timeout_is_aborted_and_read
               f"read_uncommitted {len(state_everything)}; gateway calls {sum(gateway.requests.values())}")
         assert set(committed_view) == {i.encode() for i in ids}, "lost or foreign orders"
         assert [k for k, n in committed_view.items() if n != 1] == [], "a derived event repeated"
-        # the hazard was caused: the broker aborted a transaction with records in it
-        # (no other worker exists to fence this one), and the worker saw it as T5
         assert len(state_everything) > len(state_committed), "no transaction with records was aborted"
+        # the worker saw it as T5 (one worker: no newer owner exists to have fenced it)
         assert "fenced by a newer owner or a transaction timeout" in stopped[0] \
             or "its transactional producer cannot go on" in stopped[0], stopped[0]
         # it rejoined: the stopped partition was assigned again and its records processed
         assert worker.log_path.read_text(errors="replace").split(stopped[0], 1)[1].count("engine ready") >= 1
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
+        for r in readers:
+            await r.stop()
         await gateway.stop()
