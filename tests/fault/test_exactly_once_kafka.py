@@ -238,7 +238,7 @@ class HeldGateway(GatewayStub):
 
 async def rebalancing(worker: Any) -> bool:
     """Whether ``worker``'s /health says a rebalance has started there."""
-    status, body = await asyncio.to_thread(http_get, f"{worker.url}/health", 2)
+    _, body = await asyncio.to_thread(http_get, f"{worker.url}/health", 2)
     return bool(json.loads(body).get("rebalancing"))
 
 
