@@ -1,5 +1,8 @@
-"""PROCESSING_GUARANTEE=exactly_once on Apache Kafka (issue 20): a worker SIGKILLed
-mid-stream leaves a ``read_committed`` consumer with each derived event exactly once.
+"""PROCESSING_GUARANTEE=exactly_once on Apache Kafka (issue 20): the failure modes of
+streams/engine/transactions.py caused on a real broker — a SIGKILL inside a transaction
+(T1), a zombie resumed after its takeover (T5), a rebalance mid-batch (T4) and a batch
+that outlives the transaction timeout (T6) — each leaves a ``read_committed`` consumer
+with each derived event exactly once.
 
 Under at-least-once the same kills repeat up to a batch of NotificationSent per kill
 (tests/fault/test_worker_sigkill.py allows kills × BATCH_SIZE); here the batch that a
