@@ -47,6 +47,12 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pids(self) -> list[int]:
+        """The broker's process id(s), as :attr:`KafkaBroker.pids` (a test that freezes or
+        kills the broker does so through this, on either broker)."""
+        return [self.process.pid] if self.process is not None else []
+
     def start(self, timeout: float = 20.0, *, die_with_parent: bool = False) -> "EmbeddedBroker":
         """Start Tansu and return once *its own* process listens on the port.
 

@@ -54,11 +54,14 @@ def test_health_names_a_frozen_broker_and_turns_200_again_when_it_answers(broker
         assert status == 200, (status, body)
         time.sleep(0.2)
 
-    os.kill(broker.process.pid, signal.SIGSTOP)
+    pids = broker.pids  # every node's process, on Tansu and on Kafka
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         to_503, body = wait_health(worker, lambda s, b: s == 503, deadline_s=10 * TIMEOUT)
     finally:
-        os.kill(broker.process.pid, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     assert any("Kafka broker" in p and "BROKER_LOSS_TIMEOUT" in p for p in body["problems"]), body
     assert body["status"] == "unhealthy", body
 
