@@ -84,6 +84,14 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 20.0) -> list[TopicPartition]:
+    """``topic``'s partitions as ``consumer``'s own metadata lists them, refreshed until it
+    does (an empty list after ``timeout``). Why: on Apache Kafka a client's metadata from
+    before a topic was created lacks it until refreshed; ``consumer.topics()`` fetches a
+    separate copy and leaves ``partitions_for_topic`` None."""
+    return await _partitions(consumer, topic, time.monotonic() + timeout)
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The true end offset of each partition (from a Fetch high watermark)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -173,8 +181,12 @@ async def wait_consumed(bootstrap: str, topics: Iterable[str], *, group: str = G
 async def reset_broker(bootstrap: str, timeout: float = 60.0) -> None:
     """Delete every consumer group and every topic except Kafka's internal ones (``__…``),
     and wait until Metadata no longer lists them: the next test on a shared broker starts
-    as on a new one. Groups must be empty (stop workers with SIGTERM first: a SIGKILLed
-    member stays in its group until its session times out)."""
+    as on a new one.
+
+    A group still listing members is emptied first: each member is sent off with a
+    LeaveGroup in its name. The rule is that no client of the group is alive when this runs
+    (workers are stopped or SIGKILLed before it): a member listed then is one a SIGKILLed
+    process left behind, which Kafka would keep for its whole session timeout."""
     from aiokafka.protocol.admin import DeleteGroupsRequest
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -190,7 +202,9 @@ async def reset_broker(bootstrap: str, timeout: float = 60.0) -> None:
                     break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"group {group} not deleted (error {code}) in {timeout}s")
-                await asyncio.sleep(0.2)  # NON_EMPTY_GROUP: a member is leaving
+                if code == 68:  # NON_EMPTY_GROUP: members a SIGKILLed process left behind
+                    await _send_off_members(admin, node, group)
+                await asyncio.sleep(0.2)
         topics = [t for t in await admin.list_topics() if not t.startswith("__")]
         if topics:
             await admin.delete_topics(topics)
@@ -200,6 +214,17 @@ async def reset_broker(bootstrap: str, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+async def _send_off_members(admin: AIOKafkaAdminClient, node: int, group: str) -> None:
+    """A LeaveGroup for every member ``group`` lists (classic protocol: any client may
+    name a member id; the coordinator removes it at once instead of at its session's end)."""
+    from aiokafka.protocol.admin import DescribeGroupsRequest
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    described = await admin._send_request(DescribeGroupsRequest([group]), node)
+    for member in described.groups[0][5]:  # (error, id, state, protocol type, protocol, members)
+        await admin._send_request(LeaveGroupRequest(group, member[0]), node)
 
 
 async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
