@@ -320,6 +320,11 @@ async def run_unpaired(results: dict[str, Any], sizes: Sizes, quick: bool, repea
 
         log("front door: wrk -t2 -c64 on POST /orders, order service with default settings")
         results["frontdoor"] = await guarded(results, "frontdoor", frontdoor.run(work, seconds=5 if quick else 15))
+        for database, mix in (("sqlite", "create-pay"), ("postgresql", "create"), ("postgresql", "create-pay")):
+            log(f"front door: wrk -t2 -c64, {mix} on {database}")
+            results.setdefault("frontdoor_more", []).append(await guarded(
+                results, f"frontdoor {database} {mix}",
+                frontdoor.run(work, seconds=5 if quick else 15, database=database, mix=mix)))
     if "profile" in only:
         await profile_runs(results, sizes, work)
     if "scale" in only:

@@ -118,6 +118,12 @@ GOALS: dict[str, tuple[str, str, Callable[[float], bool], int, str]] = {
     "frontdoor-p99": (
         "Front door: `POST /orders` p99 latency at 64 connections (ms)", "≤ 50", lambda v: v <= 50, 1,
         "wrk --latency, the same run"),
+    "frontdoor-pg": (
+        "Front door: `POST /orders` requests/s, wrk -t2 -c64, PostgreSQL (fsync on)", "≥ 2,000",
+        lambda v: v >= 2000, 0, "as above, a private PostgreSQL server (Debian's), the pool's 10 connections"),
+    "frontdoor-pg-p99": (
+        "Front door: `POST /orders` p99 latency at 64 connections, PostgreSQL (ms)", "≤ 50", lambda v: v <= 50, 1,
+        "wrk --latency, the same run"),
     "startup": (
         "start-up: start → /health 200, every service, empty broker (s)", "≤ 3 s", lambda v: v <= 3.0, 2,
         "`faust --quiet -A streams worker`, `Popen` → first `/health` 200 (polled every 50 ms), fresh broker "
@@ -157,6 +163,10 @@ def values_of(r: dict[str, Any]) -> dict[str, list[float]]:
     front = r.get("frontdoor")
     out["frontdoor"] = [front["requests_per_s"]] if front else []
     out["frontdoor-p99"] = [front["percentiles_ms"]["p99"]] if front else []
+    pg = [x for x in (r.get("frontdoor_more") or []) if x and x.get("database") == "postgresql"
+          and x.get("mix") == "create"]
+    out["frontdoor-pg"] = [x["requests_per_s"] for x in pg]
+    out["frontdoor-pg-p99"] = [x["percentiles_ms"]["p99"] for x in pg]
     out["startup"] = list(_dig(r, "startup", "empty_s") or [])
     out["startup-restart"] = list(_dig(r, "startup", "restart_s") or [])
     return out
@@ -281,7 +291,7 @@ def write_markdown(r: dict[str, Any], path: Path, results_file: Path) -> None:
     section per measurement, then the errors."""
     sections = [_md_header(r, results_file), _md_goals(r), _md_method(r), _md_headline(r), _md_floods(r),
                 _md_kstreams(r), _md_quix(r), _md_eos(r), _md_parked(r), _md_parked_dlq(r), _md_recovery(r), _md_sweep(r),
-                _md_relay(r), _md_latency(r), _md_retry(r), _md_scale(r), _md_profiles(r), _md_errors(r)]
+                _md_relay(r), _md_frontdoor(r), _md_latency(r), _md_retry(r), _md_scale(r), _md_profiles(r), _md_errors(r)]
     path.write_text("\n".join(line for section in sections for line in section))
 
 
@@ -609,6 +619,28 @@ def _md_sweep(r: dict[str, Any]) -> list[str]:
         out.append(f"Ratio of the medians (largest ÷ smallest table): {_fmt(sw['ratio'], 2)}.")
     else:
         out.append("Not run or failed (see Errors).")
+    out.append("")
+    return out
+
+
+def _md_frontdoor(r: dict[str, Any]) -> list[str]:
+    """Every front-door run: SQLite and PostgreSQL, POST /orders and create + pay."""
+    runs = [x for x in [r.get("frontdoor"), *(r.get("frontdoor_more") or [])] if x]
+    out = ["## Front door — wrk on the order service", ""]
+    if not runs:
+        return [*out, "Not run or failed (see Errors).", ""]
+    out.append("| database | wrk sends | requests/s | p50 ms | p99 ms | not 201/202 | socket errors | "
+               "service CPU-s/1k | load before → after |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for x in runs:
+        p = x["percentiles_ms"]
+        mix = "create + pay" if x.get("mix") == "create-pay" else "`POST /orders`"
+        out.append(f"| {x.get('database', 'sqlite')} | {mix} | {_fmt(x['requests_per_s'])} | {_fmt(p['p50'], 1)} | "
+                   f"{_fmt(p['p99'], 1)} | {x['non_2xx']} | {x['socket_errors']} | "
+                   f"{_fmt(x['service_cpu_s_per_1k'], 2)} | {x['load_before'][0]} → {x['load_after'][0]} |")
+    out.append("")
+    out.append("wrk -t2 -c64 for 15 s (5 s QUICK) after a 2 s warm-up (bench/frontdoor.py); create + pay: each 201's order "
+               "is paid by a later request. Every 201 is checked to be a committed row, every 202 a paid one.")
     out.append("")
     return out
 

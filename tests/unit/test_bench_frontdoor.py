@@ -35,3 +35,12 @@ def test_wrk_output_is_read_with_units_errors_and_refusals() -> None:
 def test_a_report_without_results_is_an_error_not_zero() -> None:
     with pytest.raises(RuntimeError, match="no result"):
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_the_create_pay_counts_are_read_and_their_absence_is_an_error() -> None:
+    from bench.frontdoor import parse_create_pay
+
+    assert parse_create_pay(SAMPLE + "create-pay: created 210 paid 204 refused 0\n") == {
+        "created": 210, "paid": 204, "refused": 0}
+    with pytest.raises(RuntimeError, match="no counts"):
+        parse_create_pay(SAMPLE)
