@@ -81,10 +81,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.fail(f"{item.nodeid} needs {name}, which is not installed: {INSTALL_HINT}", pytrace=False)
 
 
-#: ``TEST_BROKER=kafka``: the ``broker`` fixture is the session's Apache Kafka (emptied per
-#: test) instead of a fresh Tansu per test — a measurement switch, not the default (see
-#: the report of issue 19: not every test passes on Kafka yet).
+#: The broker the ``broker`` fixture (and so ``worker_factory``, ``module_broker``) is: with
+#: ``TEST_BROKER=kafka`` the session's one Apache Kafka node, emptied per test (``kafka``);
+#: with ``tansu`` a fresh embedded Tansu per test. Tansu's own job is the tests that ask
+#: for the ``tansu`` fixture by name, whatever this says.
 TEST_BROKER = os.environ.get("TEST_BROKER", "tansu")
+if TEST_BROKER not in ("kafka", "tansu"):
+    raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: 'kafka' or 'tansu'")
+if TEST_BROKER == "kafka":  # a test on ``broker`` needs Java as one on ``kafka`` does
+    FIXTURE_NEEDS["broker"] = FIXTURE_NEEDS["module_broker"] = FIXTURE_NEEDS["kafka_session"]
 
 
 def _run(coro: object) -> None:
@@ -95,21 +100,50 @@ def _run(coro: object) -> None:
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
-    """A fresh embedded broker per test (its memory only grows), on a free port; with
-    TEST_BROKER=kafka the session's Kafka, emptied for this test."""
-    if TEST_BROKER == "kafka":
-        yield request.getfixturevalue("kafka")
+    """The test's broker: the session's Apache Kafka, emptied for this test (``kafka``);
+    with TEST_BROKER=tansu a fresh embedded Tansu (``tansu``)."""
+    yield request.getfixturevalue("kafka" if TEST_BROKER == "kafka" else "tansu")
+
+
+@pytest.fixture(scope="module")
+def module_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
+    """One broker for the tests of a module that share a worker or a consumer (saves a start
+    each): the session's Apache Kafka, emptied once here; with TEST_BROKER=tansu a fresh Tansu.
+
+    Rule: on Kafka, while a module holds it no test may use ``kafka``/``broker`` (that would
+    empty the broker under the shared worker): such tests come first in the module (pytest
+    ends a module fixture after its module's last test). ``kafka`` enforces it."""
+    if TEST_BROKER != "kafka":
+        with EmbeddedBroker() as b:
+            yield b
         return
+    from harness.kafka import reset_broker
+
+    session: KafkaBroker = request.getfixturevalue("kafka_session")
+    if not session.processes:
+        session.start(die_with_parent=True)
+    _run(reset_broker(session.bootstrap))
+    _shared_by.append(request.node.nodeid)
+    try:
+        yield session
+    finally:
+        _shared_by.remove(request.node.nodeid)
+
+
+#: modules holding the session's Kafka through ``module_broker`` right now
+_shared_by: list[str] = []
+
+
+@pytest.fixture
+def tansu() -> Iterator[EmbeddedBroker]:
+    """A fresh embedded Tansu broker for this test (its memory only grows), on a free port:
+    the Tansu job — the tests that show the fallback broker still works ask for it by name."""
     with EmbeddedBroker() as b:
         yield b
 
 
-@pytest.fixture
-def worker_factory(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Make workers on this test's broker; every worker is stopped at the end (on Kafka
-    with SIGTERM first, so it leaves its group)."""
+def _workers(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     made: list[WorkerProcess] = []
-    on_kafka = isinstance(broker, KafkaBroker)
 
     def make(name: str = "w1", *, app: str = "streams", **env: str) -> WorkerProcess:
         w = WorkerProcess(broker.url, tmp_path / f"data-{name}", tmp_path / f"{name}.log", app=app, **env)
@@ -117,10 +151,32 @@ def worker_factory(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iter
         return w
 
     yield make
-    for w in made:
-        if on_kafka:
-            w.stop(timeout=20)
+    for w in made:  # SIGKILL: on Kafka the next test's reset sends its member off (harness.kafka)
+        if isinstance(broker, KafkaBroker) and w.env.get("PROCESSING_GUARANTEE") == "exactly_once":
+            w.stop(timeout=20)  # no transaction left open for the next test's worker to fence
         w.kill()
+
+
+@pytest.fixture
+def worker_factory(broker: EmbeddedBroker | KafkaBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make workers on this test's broker; every worker is SIGKILLed at the end — on Kafka
+    too (a graceful stop cost ~3 s a test): the next test's ``kafka`` reset sends the member
+    it left off and deletes the group. An exactly_once worker is stopped with SIGTERM first,
+    so no transaction stays open into the next test."""
+    yield from _workers(broker, tmp_path)
+
+
+@pytest.fixture
+def tansu_worker_factory(tansu: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make workers on this test's Tansu broker (``tansu``); all are killed at the end."""
+    yield from _workers(tansu, tmp_path)
+
+
+#: The session's Kafka accepts a record timestamp however far ahead, as Kafka 3.x did by
+#: default: Kafka 4 refuses CreateTime more than an hour ahead (InvalidTimestampError), and
+#: the hostile-input, fuzz and clock-step tests must get such records (a forged year 9999, a
+#: worker whose clock is 400 days ahead) to the worker to show what it does with them.
+TEST_KAFKA_SETTINGS: dict[str, object] = {"log.message.timestamp.after.max.ms": 2**63 - 1}
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +185,7 @@ def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBro
 
     Where Kafka cannot start (no Java 17+, no jars and no Maven) the test fails with
     the runner's one line: it is never skipped silently."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), overrides=TEST_KAFKA_SETTINGS)
     try:
         broker.start(die_with_parent=True)  # pytest runs fixtures on its main thread
     except (KafkaSetupError, PortInUseError) as exc:
@@ -144,6 +200,10 @@ def kafka(kafka_session: KafkaBroker) -> Iterator[KafkaBroker]:
     ones), no consumer group. Tests that stop it must start it again (same ports)."""
     from harness.kafka import reset_broker
 
+    if _shared_by:
+        pytest.fail(f"{_shared_by[0]} holds the session's Kafka (module_broker): a test on kafka/broker "
+                    "would empty it under the module's shared worker; put such tests before the "
+                    "module's module_broker tests", pytrace=False)
     if not kafka_session.processes:
         kafka_session.start(die_with_parent=True)
     _run(reset_broker(kafka_session.bootstrap))

@@ -206,8 +206,10 @@ def random_cluster_id() -> str:
             return text
 
 
-def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int], log_dir: Path) -> str:
-    """``server.properties`` of one combined broker+controller node of a static-voter quorum."""
+def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int], log_dir: Path,
+                    overrides: dict[str, object] | None = None) -> str:
+    """``server.properties`` of one combined broker+controller node of a static-voter quorum
+    (``overrides``: settings that replace or add to these, e.g. a test broker's)."""
     n = len(controller_ports)
     rf = min(3, n)
     voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in sorted(controller_ports.items()))
@@ -251,6 +253,7 @@ def node_properties(node_id: int, *, port: int, controller_ports: dict[int, int]
         # the worker produces records up to MAX_MESSAGE_BYTES (16 MiB by default)
         "message.max.bytes": 16 * 1024 * 1024 + 1024,
         "replica.fetch.max.bytes": 16 * 1024 * 1024 + 1024,
+        **(overrides or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
@@ -289,7 +292,8 @@ class KafkaBroker:
 
     def __init__(self, data_dir: Path | str, *, nodes: int = 1, port: int | None = None,
                  quiet: bool = True, stop_timeout: float = 30.0,
-                 jvm_options: tuple[str, ...] = QUICK_START_JVM) -> None:
+                 jvm_options: tuple[str, ...] = QUICK_START_JVM,
+                 overrides: dict[str, object] | None = None) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
         self.data_dir = Path(data_dir)
@@ -297,6 +301,8 @@ class KafkaBroker:
         self.quiet = quiet
         self.stop_timeout = stop_timeout
         self.jvm_options = tuple(jvm_options)
+        #: broker settings on top of :func:`node_properties`' (a test broker's, say)
+        self.overrides = dict(overrides or {})
         self.ports: list[int] = [port + i for i in range(nodes)] if port else []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._lock_fd: int | None = None
@@ -355,7 +361,8 @@ class KafkaBroker:
             for node_id, port in zip(range(1, self.nodes + 1), self.ports):
                 config = self.data_dir / f"node-{node_id}.properties"
                 config.write_text(node_properties(node_id, port=port, controller_ports=controller_ports,
-                                                  log_dir=self.data_dir / f"node-{node_id}"))
+                                                  log_dir=self.data_dir / f"node-{node_id}",
+                                                  overrides=self.overrides))
                 configs[node_id] = config
             self._format(java, libs, cluster_id, configs)
             started = time.monotonic()

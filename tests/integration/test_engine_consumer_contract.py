@@ -1,6 +1,6 @@
 """The consumer-port contract (tests/unit/test_consumer_contract.py) against the adapter the
 worker runs: :class:`streams.faust.consumer.EngineConsumer`, in a Faust app started in
-this process on a real broker (Tansu; the session's Apache Kafka with ``TEST_BROKER=kafka``).
+this process on a real broker (the session's Apache Kafka; Tansu with ``TEST_BROKER=tansu``).
 
 The engine behind the consumer is a recorder in place of the driver: it keeps what each
 fetch delivered and notes the seek after assignment, so the tests see the port exactly
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -88,12 +87,8 @@ def member(broker_url: str, datadir: Path) -> tuple[Any, Recorder]:
 
 
 @pytest.fixture(scope="module")
-def shared_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
-    if os.environ.get("TEST_BROKER", "tansu") == "kafka":  # as the broker fixture (tests/conftest.py)
-        yield request.getfixturevalue("kafka_session")
-        return
-    with EmbeddedBroker() as broker:
-        yield broker
+def shared_broker(module_broker: EmbeddedBroker | KafkaBroker) -> EmbeddedBroker | KafkaBroker:
+    return module_broker  # the session's Kafka, emptied for this module (tests/conftest.py)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -22,7 +22,6 @@ from collections import Counter
 
 import pytest
 
-from streams.broker import EmbeddedBroker
 from streams.events import NotificationSent, OrderCancelled, OrderCreated, OrderPaid
 from streams.engine.keys import key_partition
 from harness.events import cancelled, created, paid
@@ -47,18 +46,20 @@ YEAR_9999_MS = 253_402_300_799_000
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(module_broker, tmp_path_factory):
     """One broker and one worker with the default web settings, for the tests that only
-    read what the worker does with their own orders (saves a worker start each)."""
-    with EmbeddedBroker() as broker:
-        where = tmp_path_factory.mktemp("shared")
-        worker = WorkerProcess(broker.url, where / "data", where / "worker.log",
-                               retry_delays=DELAYS, maintenance_interval="0.2")
-        try:
-            worker.start().wait_ready()
-            yield broker, worker
-        finally:
-            worker.kill()
+    read what the worker does with their own orders (saves a worker start each); these
+    tests come last in this module (``module_broker``'s rule)."""
+    broker = module_broker
+    where = tmp_path_factory.mktemp("shared")
+    worker = WorkerProcess(broker.url, where / "data", where / "worker.log",
+                           retry_delays=DELAYS, maintenance_interval="0.2")
+    try:
+        worker.start().wait_ready()
+        yield broker, worker
+    finally:
+        worker.stop(timeout=20)  # leaves the group (the broker may be the session's Kafka)
+        worker.kill()
 
 
 async def started(worker_factory, name: str = "w1", **env: str):

@@ -1,6 +1,6 @@
 """The Publisher contract (tests/unit/test_publisher_contract.py) against the adapter the
 worker runs: :class:`streams.faust.publisher.KafkaPublisher` on a Faust producer, on a
-real broker (Tansu; the session's Apache Kafka with ``TEST_BROKER=kafka``).
+real broker (the session's Apache Kafka; Tansu with ``TEST_BROKER=tansu``).
 
 One broker for the module (each test has its own topics): a broker per test would cost a
 start each for no isolation the topics do not already give.
@@ -9,15 +9,14 @@ start each for no isolation the topics do not already give.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from harness.kafka import create_topic
+from harness.kafka import create_topic, topic_partitions
 from streams.broker import EmbeddedBroker, KafkaBroker
 from streams.engine.ports import Publisher
 from streams.faust.publisher import KafkaPublisher
@@ -30,12 +29,8 @@ BATCH_BYTES = 4096
 
 
 @pytest.fixture(scope="module")
-def shared_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
-    if os.environ.get("TEST_BROKER", "tansu") == "kafka":  # as the broker fixture (tests/conftest.py)
-        yield request.getfixturevalue("kafka_session")
-        return
-    with EmbeddedBroker() as broker:
-        yield broker
+def shared_broker(module_broker: EmbeddedBroker | KafkaBroker) -> EmbeddedBroker | KafkaBroker:
+    return module_broker  # the session's Kafka, emptied for this module (tests/conftest.py)
 
 
 class TestKafkaPublisher(PublisherContract):
@@ -61,8 +56,7 @@ class TestKafkaPublisher(PublisherContract):
         await consumer.start()
         out: list[Logged] = []
         try:
-            await consumer.topics()  # metadata: the topic exists, its records were acknowledged
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            tps = await topic_partitions(consumer, topic)  # the topic exists: its records were acknowledged
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             deadline = time.monotonic() + 20

@@ -29,10 +29,10 @@ pytestmark = pytest.mark.kafka
 PAID, SENT = OrderPaid.topic(), NotificationSent.topic()
 
 
-async def test_capability_check_tells_kafka_from_tansu(kafka, broker):
+async def test_capability_check_tells_kafka_from_tansu(kafka, tansu):
     """On Kafka, ListOffsets is trusted (the Fetch workaround is not taken); on Tansu it is not."""
     answers = {}
-    for name, b in (("kafka", kafka), ("tansu", broker)):
+    for name, b in (("kafka", kafka), ("tansu", tansu)):
         client = AIOKafkaClient(bootstrap_servers=b.bootstrap)
         await client.bootstrap()
         try:

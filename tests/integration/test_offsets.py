@@ -1,4 +1,5 @@
-"""The embedded broker's short ListOffsets answer, and the Fetch-watermark fix."""
+"""The embedded broker's short ListOffsets answer, and the Fetch-watermark fix: on Tansu by
+name (the quirk is Tansu's; on Apache Kafka ListOffsets is trusted, test_kafka_worker.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from harness.kafka import produce
 pytestmark = pytest.mark.kafka
 
 
-async def test_fetch_high_watermark_is_the_log_end_where_list_offsets_is_short(broker):
+async def test_fetch_high_watermark_is_the_log_end_where_list_offsets_is_short(tansu):
     for n in (10, 1, 5):  # three produce calls → three batches in partition 0
-        await produce(broker.bootstrap, "t-offsets", [(b"k", b"v")] * n, partition=0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await produce(tansu.bootstrap, "t-offsets", [(b"k", b"v")] * n, partition=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap)
     await consumer.start()
     try:
         tp = TopicPartition("t-offsets", 0)

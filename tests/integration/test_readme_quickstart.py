@@ -1,6 +1,7 @@
 """The README's quick start (create and pay an order with curl, watch the worker),
 run as written against the same three processes ``make run`` starts — on free
-ports instead of 9092/8000/6066."""
+ports instead of 9092/8000/6066: on Apache Kafka (what ``make run`` starts where Java 17+
+is found) and on Tansu (its fallback; part of Tansu's own job, the ``tansu`` fixture)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def quickstart() -> str:
 
 @pytest.mark.needs("curl")
 async def test_readme_quickstart_runs_as_written(broker, worker_factory, orders_factory, tmp_path):
+    await run_quickstart(broker, worker_factory, orders_factory, tmp_path)
+
+
+@pytest.mark.needs("curl")
+async def test_readme_quickstart_runs_as_written_on_tansu(tansu, tansu_worker_factory, orders_factory, tmp_path):
+    await run_quickstart(tansu, tansu_worker_factory, orders_factory, tmp_path)
+
+
+async def run_quickstart(broker, worker_factory, orders_factory, tmp_path) -> None:
     assert shutil.which("curl"), "curl is needed by the README's quick start"
     worker = worker_factory()
     orders = orders_factory("serve", kafka_broker=broker.url, database_url=f"sqlite:///{tmp_path / 'orders.db'}")

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, KafkaBroker
 from streams.http.sessions import SESSION_COOKIE, sessions_of
 from harness.kafka import produce
 from harness.worker import WorkerProcess, http_get, metric_value
@@ -33,34 +33,35 @@ MAX_CONNECTIONS = 40
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[EmbeddedBroker, WorkerProcess, list[str]]]:
+def served(module_broker, tmp_path_factory) -> Iterator[tuple[EmbeddedBroker | KafkaBroker, WorkerProcess, list[str]]]:
     """One broker, one worker (token set, short timeouts, a low connection cap) and a DLQ
     holding hostile letters: a value nested 5,000 deep, forged failure times, raw bytes."""
-    with EmbeddedBroker() as broker:
-        where = tmp_path_factory.mktemp("web-server")
-        worker = WorkerProcess(broker.url, where / "data", where / "worker.log", web_token=TOKEN,
-                               web_keepalive_timeout=str(KEEPALIVE), web_body_timeout="2",
-                               web_max_connections=str(MAX_CONNECTIONS))
-        try:
-            worker.start().wait_ready()
-            base = [("x-dlq-reason", b"max_attempts"), ("x-attempt", b"3"),
-                    ("x-source-topic", b"events.order.paid.v1")]
-            letters = [
-                (b"o-deep", b"[" * 5000 + b"]" * 5000, [("x-failed-at", b"1700000000000")]),
-                (b"o-digits", b"{}", [("x-failed-at", b"9" * 5000)]),
-                (b"o-year", b"{}", [("x-failed-at", b"99999973155096016")]),
-                (b"\xff\xfe", b"\x00\xff<script>", [("x-failed-at", b"-1"), ("x-error-message", b"\x1b[2J")]),
-            ]
+    broker = module_broker
+    where = tmp_path_factory.mktemp("web-server")
+    worker = WorkerProcess(broker.url, where / "data", where / "worker.log", web_token=TOKEN,
+                           web_keepalive_timeout=str(KEEPALIVE), web_body_timeout="2",
+                           web_max_connections=str(MAX_CONNECTIONS))
+    try:
+        worker.start().wait_ready()
+        base = [("x-dlq-reason", b"max_attempts"), ("x-attempt", b"3"),
+                ("x-source-topic", b"events.order.paid.v1")]
+        letters = [
+            (b"o-deep", b"[" * 5000 + b"]" * 5000, [("x-failed-at", b"1700000000000")]),
+            (b"o-digits", b"{}", [("x-failed-at", b"9" * 5000)]),
+            (b"o-year", b"{}", [("x-failed-at", b"99999973155096016")]),
+            (b"\xff\xfe", b"\x00\xff<script>", [("x-failed-at", b"-1"), ("x-error-message", b"\x1b[2J")]),
+        ]
 
-            async def put() -> None:
-                for key, value, extra in letters:
-                    await produce(broker.bootstrap, DLQ, [(key, value)], headers=base + extra, partition=0)
+        async def put() -> None:
+            for key, value, extra in letters:
+                await produce(broker.bootstrap, DLQ, [(key, value)], headers=base + extra, partition=0)
 
-            asyncio.run(put())
-            ids = [f"{DLQ}:0:{i}" for i in range(len(letters))]
-            yield broker, worker, ids
-        finally:
-            worker.kill()
+        asyncio.run(put())
+        ids = [f"{DLQ}:0:{i}" for i in range(len(letters))]
+        yield broker, worker, ids
+    finally:
+        worker.stop(timeout=20)  # leaves the group (the broker may be the session's Kafka)
+        worker.kill()
 
 
 def raw_request(port: int, data: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
