@@ -60,7 +60,7 @@ from streams.engine.ports import INDEX_PREFIX, BatchState, Indexer, Publisher, S
 from streams.engine.records import Outgoing, Record
 from streams.engine.streamtime import STREAM_TIME_KEY, StreamTime
 from streams.engine.topology import ServiceSpec, dlq_topic
-from streams.engine.transactions import doomed
+from streams.engine.transactions import current, doomed
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,9 @@ class Pipeline:
         self._time_table = timed[0] if timed else None
         self._types: dict[str, str] = {}
         self._retry_topics = frozenset(self.spec.retry_topics(policy.tiers))
+        #: exactly-once T7: (topic, partition, offset) of source records whose derived or
+        #: retry record the broker refused for good, with that refusal, until re-read
+        self.refused: dict[tuple[str, int, int], StreamsError] = {}
 
     # -- the protocol ------------------------------------------------------------------
 
@@ -242,6 +245,8 @@ class Pipeline:
         self._load_times(batch, {r.partition for r in records})
         memo = {} if decoded is None else decoded
         items = [self._decode(r, now_ms, memo) for r in records]  # 1
+        if self.refused:
+            self._recall_refusals(items)
         live = [i for i in items if i.error is None]
         if self.service.dedup_table:
             self._dedup(live, batch)  # 2
@@ -255,6 +260,16 @@ class Pipeline:
             raise Superseded(f"{self.spec.name}: partitions changed hands during a batch")
         await self._flush(batch)  # 5
         return self._observe(items, batch, started)
+
+    def _recall_refusals(self, items: list[Item]) -> None:
+        """T7, on the batch's re-read: an event whose output the broker refused for good
+        in the aborted transaction fails with that refusal now, before its handler runs
+        (no second gateway call), so step 4 sends its dead letter in this transaction."""
+        for item in items:
+            r = item.record
+            refusal = self.refused.get((r.topic, r.partition, r.offset))  # kept: this batch may abort too
+            if refusal is not None and item.error is None:
+                item.error = refusal
 
     def indexers(self) -> dict[str, Indexer]:
         """Every table of this pipeline's service → how its index entries derive from its
@@ -427,6 +442,7 @@ class Pipeline:
             again: list[Outgoing] = []
             again_owners: list[Item | None] = []
             rerouted: set[int] = set()
+            refused_in_txn: StreamsError | None = None
             blocked: list[tuple[Outgoing, Item | None]] = []
             for index, error in rejected:
                 message, owner = messages[index], owners[index]
@@ -451,6 +467,13 @@ class Pipeline:
                     continue
                 if id(owner) in rerouted:
                     continue
+                if current() is not None:
+                    # T7: the refused send doomed this transaction, so the dead letter
+                    # cannot ride in it: remember the refusal, abort, and the re-read
+                    # batch dead-letters the event in the next one (_recall_refusals).
+                    self._remember_refusal(owner.record, error)
+                    refused_in_txn = refused_in_txn or error
+                    continue
                 # A derived or retry record of the event can never be sent: dead-letter
                 # the event instead (the error is permanent, so _route picks the DLQ).
                 rerouted.add(id(owner))
@@ -458,12 +481,22 @@ class Pipeline:
                 owner.error = error
                 again.append(self._route(owner, failed_ms))
                 again_owners.append(owner)
+            if refused_in_txn is not None:
+                doomed(refused_in_txn)  # T7: abort; the re-read dead-letters the refused events
             if blocked:
                 await asyncio.sleep(blocked_wait)
                 blocked_wait = min(5.0, blocked_wait * 2)
                 again += [m for m, _ in blocked]
                 again_owners += [o for _, o in blocked]
             messages, owners = again, again_owners
+
+    #: T7's memory is bounded: refusals of partitions that moved away are never re-read here
+    REFUSALS_KEPT = 10_000
+
+    def _remember_refusal(self, record: Record, error: StreamsError) -> None:
+        if len(self.refused) >= self.REFUSALS_KEPT:
+            self.refused.pop(next(iter(self.refused)))
+        self.refused[(record.topic, record.partition, record.offset)] = error
 
     def _mark(self, items: list[Item], batch: Batch) -> None:
         """The dedup markers of the batch's successes (sent only after step 4)."""

@@ -55,6 +55,13 @@ T6. **Transaction timeout**: producers are made with the ``TRANSACTION_TIMEOUT_M
     and the batch ends as T5 (stop the partition, rejoin, read it again on the next
     assignment). A batch keeps its transaction open while one service's records are
     sent and another's HTTP calls still run (services reading one topic share a batch).
+T7. **A send the broker refuses for good dooms the batch too** (an ACL denial of a
+    derived topic: deliver returns it as permanent, and the transaction cannot commit
+    after it). The dead letter cannot ride in that transaction: the pipeline remembers
+    the refusal per source record (``Pipeline.refused``, :mod:`streams.engine.pipeline`),
+    the batch aborts (T4), and on its re-read the event fails with the remembered
+    refusal before its handler runs and is dead-lettered in the next transaction —
+    one abort per refused event, not an abort and re-read for ever.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from harness.events import paid
 from harness.gateway import GatewayStub
 from harness.orders import OrdersClient, OrdersProcess
 from tests.support.secure_kafka import (
-    CREATE, DENY, DESCRIBE, GROUP, LITERAL, PREFIXED, READ, TOPIC, WRITE, SecureKafka, committed,
+    CREATE, DENY, DESCRIBE, GROUP, LITERAL, PREFIXED, READ, TOPIC, TRANSACTIONAL_ID, WRITE, SecureKafka, committed,
     create_acls, create_topics, delete_acls, grant, read_all,
 )
 from harness.worker import ROOT, WorkerProcess
@@ -122,6 +122,48 @@ def stack(secure: SecureKafka, tmp_path_factory: pytest.TempPathFactory):
 def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                           capture_output=True, text=True, timeout=timeout)
+
+
+# -- exactly_once: a write the broker refuses (first: no other worker in the group yet) ------
+
+
+async def test_under_exactly_once_a_topic_the_worker_may_not_write_dead_letters_the_event(secure, tmp_path):
+    """As the at-least-once test below, under ``PROCESSING_GUARANTEE=exactly_once``: the
+    broker refuses one derived topic. The refused send dooms its transaction (T4), so the
+    dead letter cannot ride in it: the event must still reach the DLQ, committed, and the
+    group move past it — not abort and re-read the same batch for ever."""
+    txn = grant("worker", TRANSACTIONAL_ID, f"{APP_ID}-", WRITE, DESCRIBE, pattern=PREFIXED)
+    deny = [(TOPIC, SENT, LITERAL, "User:worker", WRITE, DENY)]
+    await create_acls(secure, txn + deny)
+    gateway = await GatewayStub().start()
+    worker = WorkerProcess(secure.url, tmp_path / "data", tmp_path / "worker.log", notifier_url=gateway.url,
+                           services="notifications", processing_guarantee="exactly_once", **secure.env("worker"))
+    try:
+        await asyncio.to_thread(worker.start().wait_ready)
+        ids = [f"eos-denied-{i}" for i in range(3)]
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(**secure.client_kwargs("admin"), acks="all")
+        await producer.start()
+        try:
+            for i in ids:
+                key, value = paid(i)
+                await producer.send_and_wait(PAID, value, key)
+        finally:
+            await producer.stop()
+        letters = await read_all(secure, registry.NOTIFICATIONS.dlq, isolation_level="read_committed", timeout=90,
+                                 until=lambda r: {x.key.decode() for x in r} >= set(ids))
+        mine = [x for x in letters if x.key.decode() in ids]
+        assert sorted(x.key.decode() for x in mine) == sorted(ids), worker.tail()  # once each
+        for letter in mine:
+            headers = {k: v.decode() for k, v in letter.headers}
+            assert "TopicAuthorizationFailed" in headers.get("x-error-message", ""), headers
+        sent = await read_all(secure, SENT, isolation_level="read_committed", timeout=10, until=lambda r: True)
+        assert not {x.key.decode() for x in sent} & set(ids)
+    finally:
+        worker.stop()
+        await gateway.stop()
+        await delete_acls(secure, txn + deny)
 
 
 # -- the services, each as its own principal ----------------------------------------------

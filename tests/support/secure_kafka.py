@@ -37,7 +37,7 @@ from streams.broker.kafka import (
 MECHANISM = "SCRAM-SHA-512"
 
 # Kafka's AclOperation / ResourceType / PatternType / AclPermissionType codes
-TOPIC, GROUP, CLUSTER = 2, 3, 4
+TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID = 2, 3, 4, 5
 ALL, READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE = 2, 3, 4, 5, 6, 7, 8
 DESCRIBE_CONFIGS, IDEMPOTENT_WRITE = 10, 12
 LITERAL, PREFIXED = 3, 4
@@ -319,13 +319,14 @@ async def create_topics(kafka: SecureKafka, names: set[str], partitions: int = 4
 
 
 async def read_all(kafka: SecureKafka, topic: str, *, until: Any, timeout: float = 60.0,
-                   user: str = "admin") -> list[Any]:
+                   user: str = "admin", isolation_level: str = "read_uncommitted") -> list[Any]:
     """Records of ``topic`` from the beginning, as ``user``, until ``until(records)``
     holds (AssertionError with what was read after ``timeout``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(user), enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                isolation_level=isolation_level)
     await consumer.start()
     out: list[Any] = []
     try:

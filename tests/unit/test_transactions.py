@@ -332,6 +332,29 @@ async def test_a_failure_inside_the_batch_aborts_it_and_the_batch_is_read_again(
     assert h.broker.committed_offsets == {P0: 3} and h.txns.owns(P0)
 
 
+async def test_a_send_the_broker_refuses_for_good_dead_letters_its_event_in_the_next_transaction() -> None:
+    """T7: an ACL denial of a derived topic is permanent, and the transaction cannot
+    commit after it. The batch aborts once; its re-read dead-letters the events without
+    calling the gateway again, and commits — and a further abort decides the same way.
+    (Seen on Kafka before T7: abort and re-read for ever, ~10 a second.)"""
+    from streams.engine.errors import UnknownDestination
+
+    h = Harness()
+    await h.ready()
+    h.publisher.reject[SENT] = UnknownDestination("TopicAuthorizationFailedError: " + SENT)
+    assert await h.fetch({P0: paid(P0, 0, 2)}) == 0
+    assert h.log.count(("abort", h.producer(P0).transactional_id)) == 1 and h.broker.committed_offsets == {}
+    assert len(h.notifier.calls) == 3
+    h.producer(P0).fail_commit = 1  # the re-read's transaction aborts too
+    assert await h.fetch({P0: paid(P0, 0, 2)}) == 0
+    assert await h.fetch({P0: paid(P0, 0, 2)}) == 3
+    assert len(h.notifier.calls) == 3  # the handler did not run again for the refused events
+    assert h.broker.committed_offsets == {P0: 3} and h.broker.texts(SENT) == []
+    letters = [m for m in h.broker.visible if m.topic == "notifications.dlq"]
+    assert sorted(m.key for m in letters) == [b"o-0-0", b"o-0-1", b"o-0-2"]
+    assert all(dict(m.headers)["x-dlq-reason"] == b"non_retryable" for m in letters)
+
+
 async def test_a_rebalance_during_the_batch_aborts_it() -> None:
     h = Harness()
     await h.ready()
