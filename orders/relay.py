@@ -54,7 +54,10 @@ enforced in :meth:`Relay._round`, :meth:`Relay._lane` and :meth:`Relay._publish`
    future that resolved with a result is an ack.
 
 The relay wakes as soon as the API commits (in-process event, or PostgreSQL
-``LISTEN``) and polls every ``RELAY_POLL_INTERVAL`` as a fallback. Beside its rounds
+``LISTEN``) and polls every ``RELAY_POLL_INTERVAL`` as a fallback. After a round that
+published rows it claims again at once: the next rows of those rows' orders are due
+now (they could not be claimed beside them), and more rows may wait past the round's
+batches. Only a round that published nothing waits for a wake or the poll. Beside its rounds
 it refreshes the outbox gauges every ``OUTBOX_STATS_INTERVAL`` (:meth:`Relay.run_gauges`).
 """
 
@@ -176,8 +179,6 @@ class Relay:
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        #: the last round's last claim was cut by a limit: more rows are likely due
-        self._backlog = False
         self._topics_ready = False
         self._last_cleanup = 0.0
         self.published_total = 0
@@ -213,7 +214,7 @@ class Relay:
                     await self._reset_producer()
                     published = 0
                     await asyncio.sleep(self.settings.relay_backoff_base)
-                if not (published and self._backlog):
+                if not published:  # after rows went out, claim again at once (docstring)
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval)
                     self._wake.clear()
@@ -247,7 +248,6 @@ class Relay:
                     "relay %s: holds %s; publishing", s.relay_id, self.lock.path)
         loop = asyncio.get_running_loop()
         lanes: list[asyncio.Future[int]] = []
-        self._backlog = False
         after: int | None = None
         try:
             for _ in range(s.relay_in_flight):
@@ -258,7 +258,6 @@ class Relay:
                 # (rule 3).
                 await asyncio.wait((claimed, lane), return_when=asyncio.FIRST_COMPLETED)
                 after = claimed.result() if claimed.done() else None
-                self._backlog = after is not None
                 if after is None:
                     break
             results = await asyncio.gather(*lanes, return_exceptions=True)

@@ -558,6 +558,23 @@ async def test_notify_wakes_the_running_relay(db: SqliteDatabase, make_relay: An
             await task
 
 
+async def test_an_orders_next_event_goes_out_in_the_round_after_without_a_wake(
+        db: SqliteDatabase, make_relay: Any) -> None:
+    """An order's second event cannot be claimed beside its first; the round after the
+    first's is published claims it at once — not at the next wake or poll (60 s here)."""
+    c = await add(db, created("o-a"))
+    p = await add(db, paid("o-a"))
+    relay, producer = make_relay(relay_poll_interval=60.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: len(producer.sends) == 2)
+        assert [s.headers[0][1].decode() for s in producer.sends] == [c, p]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 # -- one bad row is one row: terminal failures ---------------------------------------------
 
 
@@ -785,8 +802,9 @@ async def test_the_gauges_are_refreshed_on_a_timer_while_a_round_hangs(db: Sqlit
         await until(lambda: relay.metrics.registry.get_sample_value("outbox_pending_rows") == 1)
         await add(db, created("o-b"))
         clock.now = T0 + 12
-        await until(lambda: relay.metrics.registry.get_sample_value("outbox_pending_rows") == 2)
-        assert sample(relay, "outbox_oldest_pending_age_seconds") == 12
+        # (A refresh that read o-b before the clock moved may set pending 2 with age 0 first.)
+        await until(lambda: relay.metrics.registry.get_sample_value("outbox_pending_rows") == 2
+                    and relay.metrics.registry.get_sample_value("outbox_oldest_pending_age_seconds") == 12)
         assert not producer.sends[0].ack.done()  # the round is still waiting
     finally:
         task.cancel()
