@@ -162,11 +162,11 @@ async def _count_orders(database_url: str) -> tuple[int, int]:
 
 class _Postgres:
     """A private PostgreSQL server for one measurement (Debian's packages, as the tests start
-    it: tests/support/postgres.py) — but with ``fsync`` on, as a production server runs, so
+    it: harness/postgres.py) — but with ``fsync`` on, as a production server runs, so
     its commits cost what SQLite's ``FULL`` ones do."""
 
     def __init__(self) -> None:
-        from tests.support.postgres import PostgresServer
+        from harness.postgres import PostgresServer
 
         self.server = PostgresServer()
 

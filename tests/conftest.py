@@ -37,7 +37,7 @@ def _java() -> str | None:
 
 
 def _postgres() -> str | None:
-    from tests.support.postgres import pg_bin
+    from harness.postgres import pg_bin
 
     try:
         return str(pg_bin())
@@ -249,7 +249,7 @@ def orders_factory(tmp_path: Path):
 @pytest.fixture
 def postgres():
     """A private PostgreSQL server on a free port (stopped and removed afterwards)."""
-    from tests.support.postgres import PostgresServer
+    from harness.postgres import PostgresServer
 
     server = PostgresServer().start()
     yield server

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orders.db import PostgresDatabase
-from tests.support.postgres import PostgresServer
+from harness.postgres import PostgresServer
 from tests.unit.test_orders_idempotency import *  # noqa: F401,F403  (the tests and their fixtures)
 
 pytestmark = pytest.mark.needs("postgres")

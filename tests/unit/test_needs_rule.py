@@ -19,7 +19,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 #: test helpers that start an external program (PostgreSQL, a SASL_SSL Kafka, Chromium)
-PROGRAM_HELPERS = ("tests.support.postgres", "tests.support.secure_kafka", "tests.browser")
+PROGRAM_HELPERS = ("harness.postgres", "tests.support.secure_kafka", "tests.browser")
 
 
 def looks_up_a_program(node: ast.AST) -> list[int]:
