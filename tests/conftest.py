@@ -81,13 +81,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.fail(f"{item.nodeid} needs {name}, which is not installed: {INSTALL_HINT}", pytrace=False)
 
 
-#: The broker the ``broker`` fixture (and so ``worker_factory``, ``module_broker``) is: with
-#: ``TEST_BROKER=kafka`` the session's one Apache Kafka node, emptied per test (``kafka``);
-#: with ``tansu`` a fresh embedded Tansu per test. Tansu's own job is the tests that ask
-#: for the ``tansu`` fixture by name, whatever this says.
-TEST_BROKER = os.environ.get("TEST_BROKER", "tansu")
+#: The broker the ``broker`` fixture (and so ``worker_factory``, ``module_broker``) is:
+#: Apache Kafka by default — the session's one node, emptied per test (``kafka``), the
+#: broker our users run; ``TEST_BROKER=tansu``: a fresh embedded Tansu per test instead.
+#: Tansu's own job is the tests that ask for the ``tansu`` fixture by name, whatever this says.
+TEST_BROKER = os.environ.get("TEST_BROKER", "kafka")
 if TEST_BROKER not in ("kafka", "tansu"):
-    raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: 'kafka' or 'tansu'")
+    raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: 'kafka' (the default) or 'tansu'")
 if TEST_BROKER == "kafka":  # a test on ``broker`` needs Java as one on ``kafka`` does
     FIXTURE_NEEDS["broker"] = FIXTURE_NEEDS["module_broker"] = FIXTURE_NEEDS["kafka_session"]
 
