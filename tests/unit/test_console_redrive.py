@@ -61,7 +61,7 @@ async def test_a_dry_run_of_a_selection_sorts_every_letter(kafka):
 
 
 @pytest.mark.kafka
-async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(broker):
+async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(tansu):
     """On the embedded broker, nothing faked: a real run sends the letter back to its
     source topic and appends it to the ledger — both read back from the broker."""
     from harness.events import paid
@@ -70,9 +70,9 @@ async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(br
     key, value = paid("o-redrive")
     headers = [("x-source-topic", PAID), ("x-dlq-reason", b"max_attempts"), ("x-attempt", b"3"),
                ("x-source-partition", b"0"), ("x-source-offset", b"7")]
-    await produce(broker.bootstrap, "notifications.dlq", [(key, value)], headers=headers, partition=0)
+    await produce(tansu.bootstrap, "notifications.dlq", [(key, value)], headers=headers, partition=0)
     letter_id = "notifications.dlq:0:0"
-    jobs = Jobs(broker.bootstrap, {})
+    jobs = Jobs(tansu.bootstrap, {})
 
     async def run_here(dry_run: bool) -> redrive.Job:
         job = jobs.start(Selection("selection", (letter_id,)), dry_run)
@@ -84,8 +84,8 @@ async def test_no_confirmation_without_the_right_to_write_or_after_a_real_run(br
     assert "confirm-redrive" not in render_job(job, csrf=None)
     real = await run_here(dry_run=False)
     assert real.state == "done" and real.counts["redriven"] == 1, (real.state, real.error, real.counts)
-    assert await dlq.redriven_ids(broker.bootstrap, "notifications") == {letter_id}
-    [sent] = [r for r in await read_topic(broker.bootstrap, PAID.decode()) if r.key == key]
+    assert await dlq.redriven_ids(tansu.bootstrap, "notifications") == {letter_id}
+    [sent] = [r for r in await read_topic(tansu.bootstrap, PAID.decode()) if r.key == key]
     assert sent.value == value and sent.headers["x-redriven-from"] == letter_id.encode()
     page = render_job(real, csrf="c0ffee")
     assert "confirm-redrive" not in page and "Finished" in page
