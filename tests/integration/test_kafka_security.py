@@ -119,6 +119,20 @@ def stack(secure: SecureKafka, tmp_path_factory: pytest.TempPathFactory):
         loop.close()
 
 
+async def pay_as_admin(secure: SecureKafka, ids: list[str]) -> None:
+    """An OrderPaid per id, written by ``admin`` (as an upstream service would)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**secure.client_kwargs("admin"), acks="all")
+    await producer.start()
+    try:
+        for i in ids:
+            key, value = paid(i)
+            await producer.send_and_wait(PAID, value, key)
+    finally:
+        await producer.stop()
+
+
 def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                           capture_output=True, text=True, timeout=timeout)
@@ -141,16 +155,7 @@ async def test_under_exactly_once_a_topic_the_worker_may_not_write_dead_letters_
     try:
         await asyncio.to_thread(worker.start().wait_ready)
         ids = [f"eos-denied-{i}" for i in range(3)]
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(**secure.client_kwargs("admin"), acks="all")
-        await producer.start()
-        try:
-            for i in ids:
-                key, value = paid(i)
-                await producer.send_and_wait(PAID, value, key)
-        finally:
-            await producer.stop()
+        await pay_as_admin(secure, ids)
         letters = await read_all(secure, registry.NOTIFICATIONS.dlq, isolation_level="read_committed", timeout=90,
                                  until=lambda r: {x.key.decode() for x in r} >= set(ids))
         mine = [x for x in letters if x.key.decode() in ids]
@@ -247,16 +252,7 @@ async def test_a_topic_the_worker_may_not_write_dead_letters_the_event(secure, s
     await create_acls(secure, deny)
     try:
         ids = [f"denied-{i}" for i in range(3)]
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(**secure.client_kwargs("admin"), acks="all")
-        await producer.start()
-        try:
-            for i in ids:
-                key, value = paid(i)
-                await producer.send_and_wait(PAID, value, key)
-        finally:
-            await producer.stop()
+        await pay_as_admin(secure, ids)
         letters = await read_all(secure, registry.NOTIFICATIONS.dlq,
                                  until=lambda r: {x.key.decode() for x in r} >= set(ids))
         mine = [x for x in letters if x.key.decode() in ids]

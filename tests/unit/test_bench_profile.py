@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import bench.profile
 from bench.profile import area_of, function_name, summarize
 
-SP = "/work/main/.venv/lib/python3.11/site-packages"
+ROOT = Path(bench.profile.__file__).resolve().parents[1]  # wherever the checkout is
+SP = f"{ROOT}/.venv/lib/python3.11/site-packages"
 RAW = f"""\
-run (/work/main/streams/engine/position.py:300);model_validate_json ({SP}/pydantic/main.py:712) 6
-run (/work/main/streams/engine/position.py:300);_decode (/work/main/streams/engine/pipeline.py:90) 3
+run ({ROOT}/streams/engine/position.py:300);model_validate_json ({SP}/pydantic/main.py:712) 6
+run ({ROOT}/streams/engine/position.py:300);_decode ({ROOT}/streams/engine/pipeline.py:90) 3
 select (/root/.pyenv/versions/3.11.7/lib/python3.11/selectors.py:468) 1
 not a sample line
 """
