@@ -721,6 +721,30 @@ def model_mismatches(ref: Reference, views: dict[str, Any], stock: dict[str, Any
     return out
 
 
+async def check_storm_tables(result: Result, worker_url: str, views: dict[str, Any], not_notified: set[str],
+                             skus: Counter[str], model: tuple[Reference, dict[str, int]], dlq: list[Any]) -> None:
+    """Both kill storms' checks on the worker's tables: the orders not NOTIFIED (noted:
+    the caller counts them lost), every order RESERVED, each SKU's stock the seed minus
+    its orders, the tables against the reference model (``model``: it and the records
+    it was fed), and no dead letter."""
+    if not_notified:
+        result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
+                            f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
+    not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
+    if not_reserved:
+        result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
+    stock = await stock_views(worker_url, skus)
+    wrong_stock = {sku: v for sku, v in stock.items()
+                   if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
+    if wrong_stock:
+        result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − orders: "
+                                    f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
+    check_against_model(result, *model, views, stock)
+    if dlq:
+        result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
+                                    f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+
+
 def check_against_model(result: Result, ref: Reference, fed: dict[str, int], views: dict[str, Any],
                         stock: dict[str, Any]) -> list[str]:
     """The storms' comparison with the reference model: a mismatch fails the scenario
@@ -764,23 +788,8 @@ async def worker_kill_storm(sizes: Sizes, workdir: Path, rng: random.Random) -> 
         no_sent = wanted - {r.key.decode() for r in sent if r.key is not None}
         lost = (wanted - gateway.accepted.keys()) | not_notified | no_sent
         result.lost = len(lost)
-        if not_notified:
-            result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
-                                f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
-        not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
-        if not_reserved:
-            result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
-        stock = await stock_views(worker.url, skus)
-        wrong_stock = {sku: v for sku, v in stock.items()
-                       if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
-        if wrong_stock:
-            result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − orders: "
-                                        f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
-        ref, fed = await storm_model(lambda topic: read_topic(broker.bootstrap, topic))
-        check_against_model(result, ref, fed, views, stock)
-        if dlq:
-            result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
-                                        f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+        model = await storm_model(lambda topic: read_topic(broker.bootstrap, topic))
+        await check_storm_tables(result, worker.url, views, not_notified, skus, model, dlq)
         result.failed_checks.extend(commit_progress(snapshots, final))
 
         result.details.update(worker_starts=worker.starts, commits_before_kills=snapshots, commit_final=final,
@@ -1369,22 +1378,7 @@ async def eos_checks(result: Result, worker: Any, gateway: Any, ids: list[str], 
         result.notes.append(f"derived events repeated (read_committed), e.g. {once['repeated_keys']}")
     if once["stray"]:
         result.notes.append(f"{once['stray']} derived records for no order of the storm")
-    if not_notified:
-        result.notes.append(f"{len(not_notified)} orders not NOTIFIED on the worker, e.g. "
-                            f"{[(i, views[i] if not isinstance(views[i], dict) else views[i]['status']) for i in sorted(not_notified)[:3]]}")
-    not_reserved = [i for i, v in views.items() if isinstance(v, dict) and v["reservation"] != "RESERVED"]
-    if not_reserved:
-        result.failed_checks.append(f"{len(not_reserved)} orders not RESERVED, e.g. {not_reserved[:5]}")
-    stock = await stock_views(worker.url, skus)
-    wrong_stock = {sku: v for sku, v in stock.items()
-                   if v != {"sku": sku, "available": STORM_STOCK - skus[sku], "reserved": skus[sku]}}
-    if wrong_stock:
-        result.failed_checks.append(f"stock of {len(wrong_stock)} SKUs is not seed − reserved: "
-                                    f"{dict(list(wrong_stock.items())[:3])} (expected reserved {dict(skus)})")
-    check_against_model(result, *model, views, stock)
-    if dlq:
-        result.failed_checks.append(f"{len(dlq)} dead letters, e.g. "
-                                    f"{[(d.topic, d.key, d.headers.get('x-dlq-reason')) for d in dlq[:3]]}")
+    await check_storm_tables(result, worker.url, views, not_notified, skus, model, dlq)
     if result.gateway_duplicates > gateway_budget:
         result.failed_checks.append(f"{result.gateway_duplicates} gateway calls repeated, more than "
                                     f"{result.worker_kills} kills × BATCH_SIZE {result.batch_size}")
